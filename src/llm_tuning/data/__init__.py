@@ -1,0 +1,1 @@
+"""Data side of the pipeline: formats (loading + validation), templates, tokenisation, collation."""

@@ -1,0 +1,261 @@
+"""Training, top to bottom: config -> data -> tokenizer -> model -> method -> Trainer -> adapter.
+
+The loop itself is the transformers Trainer. What we add around it:
+- input validation before anything heavy is imported or anything is written;
+- a checkpoint is only resumable once a COMPLETE marker is written after the Trainer
+  finished saving it, so a kill during a save never leaves a half-written checkpoint
+  that --resume would load;
+- the per-step loss goes to log.jsonl as it happens (a killed run keeps its log);
+- the final artefacts are written to a temporary folder and moved into place, the
+  run-info file last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+
+from .config import TrainConfig
+from .errors import UserError
+from .models import quiet_libraries
+
+COMPLETE = "COMPLETE"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    method: str
+    trainable_params: int
+    total_params: int
+    train_loss: float | None
+    eval_loss: float | None
+    steps: int
+    seconds: float
+    log_history: list
+
+
+def _log(msg: str):
+    print(f"[llm-tuning] {msg}", flush=True)
+
+
+def complete_checkpoints(output_dir: str) -> list[str]:
+    """Checkpoints that were fully written, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = _CKPT.match(name)
+        if m and os.path.exists(os.path.join(output_dir, name, COMPLETE)):
+            found.append((int(m.group(1)), os.path.join(output_dir, name)))
+    return [p for _, p in sorted(found)]
+
+
+def _drop_incomplete_checkpoints(output_dir: str):
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if _CKPT.match(name) and not os.path.exists(os.path.join(path, COMPLETE)):
+            _log(f"removing {path}: its save never finished")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _prepare_output_dir(cfg: TrainConfig) -> str | None:
+    """Returns the checkpoint to resume from, if any."""
+    out = cfg.output_dir
+    if os.path.isfile(out):
+        raise UserError(f"--output-dir {out}: is a file")
+    if cfg.resume:
+        ckpts = complete_checkpoints(out)
+        if not ckpts:
+            _log(f"--resume: no complete checkpoint in {out}; starting from the beginning")
+            return None
+        _drop_incomplete_checkpoints(out)
+        return ckpts[-1]
+    if os.path.isdir(out) and os.listdir(out):
+        if not cfg.overwrite:
+            raise UserError(f"--output-dir {out}: not empty; pass --resume to continue the run in it, or --overwrite to replace it")
+        shutil.rmtree(out)
+    return None
+
+
+def _make_callbacks(output_dir: str):
+    from transformers import TrainerCallback
+
+    class RunLog(TrainerCallback):
+        """Appends each log entry (loss per step, eval loss) to log.jsonl as it happens."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs:
+                return
+            with open(os.path.join(output_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    class MarkComplete(TrainerCallback):
+        # on_save runs after the Trainer has written model, optimiser, scheduler, RNG and state.
+        def on_save(self, args, state, control, **kw):
+            ckpt = os.path.join(output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(ckpt):
+                with open(os.path.join(ckpt, COMPLETE), "w") as f:
+                    f.write(str(state.global_step))
+                    f.flush()
+                    os.fsync(f.fileno())
+
+    class Progress(TrainerCallback):
+        """One progress bar with the latest loss, instead of the Trainer's printout of every log dict."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                            dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.bar is not None and logs:
+                shown = {k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "eval_loss") and isinstance(v, float)}
+                if shown:
+                    self.bar.set_postfix(shown, refresh=False)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.bar.close()
+
+    return [RunLog(), MarkComplete(), Progress()]
+
+
+def _write_final(cfg, method, model, tokenizer, metrics: dict):
+    out = cfg.output_dir
+    tmp = os.path.join(out, ".final-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    method.save(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    import yaml
+
+    with open(os.path.join(tmp, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, allow_unicode=True, sort_keys=False)
+    with open(os.path.join(tmp, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    from .methods import RUN_INFO
+
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(out, name))
+    shutil.rmtree(tmp)
+    # Written last: its presence says the folder holds a finished adapter.
+    with open(os.path.join(out, RUN_INFO), "w") as f:
+        json.dump({"method": method.name, "base_model": cfg.model, "template": cfg.template,
+                   "max_length": cfg.max_length, "config": cfg.to_dict()}, f, indent=2, ensure_ascii=False)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    from .data.formats import load_records, split_records
+    from .methods import get_method
+
+    t0 = time.time()
+    method = get_method(cfg.method)
+    data = load_records(cfg.data, skip_bad_records=cfg.skip_bad_records)
+    if data.skipped:
+        _log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
+    train_recs, val_recs = split_records(data.records, cfg.val_size, cfg.seed)
+    resume_from = _prepare_output_dir(cfg)
+
+    # Heavy imports only now that the input is known to be good.
+    quiet_libraries()
+    import transformers
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from .data.collate import make_collator
+    from .data.tokenize import encode_records, prepare_tokenizer, to_dataset
+    from .evaluate import response_loss
+    from .models import count_parameters, describe_parameters, load_model, load_tokenizer
+
+    transformers.logging.set_verbosity_error()
+    set_seed(cfg.seed)
+    tokenizer = prepare_tokenizer(load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code), log=_log)
+    enc = encode_records(tokenizer, train_recs, cfg.template, cfg.max_length)
+    if enc.dropped:
+        _log(f"dropped {enc.dropped} records whose prompt alone fills --max-length {cfg.max_length}")
+    if not enc.input_ids:
+        raise UserError(f"{cfg.data}: no training example has response tokens within --max-length {cfg.max_length}")
+    train_ds = to_dataset(enc)
+    eval_ds = to_dataset(encode_records(tokenizer, val_recs, cfg.template, cfg.max_length)) if val_recs else None
+    _log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
+
+    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = method.apply(model, cfg)
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise UserError(f"--method {cfg.method} trains 0 parameters on this model")
+    _log(f"method {method.name}: {describe_parameters(model)}")
+
+    lr = cfg.lr if cfg.lr is not None else method.default_lr
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    import torch
+
+    args = TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=max(2, cfg.save_total_limit),  # >= 2 so a complete checkpoint survives a kill mid-save
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=cfg.eval_steps or cfg.save_steps,
+        seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=make_collator(tokenizer),
+        callbacks=_make_callbacks(cfg.output_dir),
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if resume_from:
+        _log(f"resuming from {resume_from}")
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    train_loss = out.training_loss if out.training_loss is not None and math.isfinite(out.training_loss) else None
+
+    eval_loss = None
+    if val_recs:
+        eval_loss = response_loss(model, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
+        _log(f"held-out loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f}) on {len(val_recs)} records")
+
+    seconds = time.time() - t0
+    metrics = {
+        "method": method.name, "trainable_params": trainable, "total_params": total,
+        "steps": trainer.state.global_step, "train_loss": train_loss, "eval_loss": eval_loss,
+        "seconds": round(seconds, 2), "learning_rate": lr,
+        "log_history": trainer.state.log_history,
+    }
+    _write_final(cfg, method, model, tokenizer, metrics)
+    _log(f"saved the {method.name} adapter, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
+    return TrainResult(cfg.output_dir, method.name, trainable, total, train_loss, eval_loss,
+                       trainer.state.global_step, seconds, trainer.state.log_history)
