@@ -123,7 +123,7 @@ def _texts_from_records(path: str):
         yield r["instruction"] + "\n" + r["input"] + "\n" + r["output"]
 
 
-def tiny_config(arch: str, vocab_size: int, tokenizer=None, **sizes):
+def tiny_config(arch: str, vocab_size: int, tokenizer=None, init_std: float = 0.02, **sizes):
     from transformers import BloomConfig, LlamaConfig
 
     s = {**TINY_DEFAULTS, **{k: v for k, v in sizes.items() if v is not None}}
@@ -133,17 +133,17 @@ def tiny_config(arch: str, vocab_size: int, tokenizer=None, **sizes):
                        pad_token_id=tokenizer.pad_token_id)
     if arch == "bloom":
         return BloomConfig(vocab_size=vocab_size, hidden_size=s["hidden_size"], n_layer=s["num_layers"],
-                           n_head=s["num_heads"], **special)
+                           n_head=s["num_heads"], initializer_range=init_std, **special)
     if arch == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
                            num_hidden_layers=s["num_layers"], num_attention_heads=s["num_heads"],
                            num_key_value_heads=s["num_kv_heads"], max_position_embeddings=2048,
-                           tie_word_embeddings=False, **special)
+                           tie_word_embeddings=False, initializer_range=init_std, **special)
     raise UserError(f"--arch {arch!r} is unknown; choose bloom or llama")
 
 
 def init_model(arch: str, output: str, tokenizer: str | None = None, train_text: str | None = None,
-               vocab_size: int = 2000, seed: int = 0, log=print, **sizes):
+               vocab_size: int = 2000, seed: int = 0, init_std: float = 0.02, log=print, **sizes):
     """Build a small random model of `arch` with a tokenizer, and save both to `output`.
 
     The tokenizer is either an existing folder (`tokenizer`) or a byte-level BPE trained on
@@ -163,7 +163,7 @@ def init_model(arch: str, output: str, tokenizer: str | None = None, train_text:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = tiny_config(arch, len(tok), tok, **sizes)
+    config = tiny_config(arch, len(tok), tok, init_std=init_std, **sizes)
     model = AutoModelForCausalLM.from_config(config)
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
