@@ -130,8 +130,9 @@ def test_method(variant, arch, tiny_models, batches, tmp_path):
     method.save(model, str(tmp_path / "adapter"))
     loaded = method.load(load_model(path) if variant != "full" else None, str(tmp_path / "adapter"))
     loaded_logits = logits_of(loaded, batch)
-    # bit-identical for all but the LSTM encoder, whose reloaded weights take a differently ordered kernel path
-    assert (loaded_logits - trained_logits).abs().max().item() <= 1e-6
+    # PEFT saves a p-tuning adapter as the encoder's *output* embeddings, computed once in another batch
+    # shape, so those logits differ by float rounding (~1e-6); every other method reloads bit-identically.
+    assert (loaded_logits - trained_logits).abs().max().item() <= (1e-5 if cfg.method == "ptuning" else 0.0)
     assert not torch.equal(loaded_logits, base_logits)
 
     # 5. merge: a plain transformers model with the same outputs
