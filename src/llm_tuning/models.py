@@ -36,7 +36,8 @@ def torch_dtype(precision: str):
         raise UserError(f"--precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}") from None
 
 
-def _check_source(name: str, what: str):
+def check_source(name: str, what: str = "model"):
+    """Fail early, before heavy imports, on a local path that is not there."""
     if looks_like_local_path(name) and not os.path.exists(name):
         raise UserError(f"{name}: no such {what} folder")
     if os.path.isfile(name):
@@ -49,7 +50,7 @@ def _hub_error(name: str, what: str, e: Exception) -> UserError:
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
-    _check_source(name, "tokenizer")
+    check_source(name, "tokenizer")
     from transformers import AutoTokenizer
 
     try:
@@ -59,7 +60,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = False, **kwargs):
-    _check_source(name, "model")
+    check_source(name, "model")
     quiet_libraries()
     from transformers import AutoModelForCausalLM
 

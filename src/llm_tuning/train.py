@@ -166,6 +166,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     if data.skipped:
         _log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
     train_recs, val_recs = split_records(data.records, cfg.val_size, cfg.seed)
+    from .models import check_source
+
+    check_source(cfg.model, "model")
+    if cfg.tokenizer:
+        check_source(cfg.tokenizer, "tokenizer")
     resume_from = _prepare_output_dir(cfg)
 
     # Heavy imports only now that the input is known to be good.

@@ -1,0 +1,194 @@
+"""The real `llm-tuning` command end to end: train (YAML + flags), files, PEFT loading, merge, generate, eval,
+resume after SIGKILL, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import ROOT, SAMPLE, run_cli
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "lora"
+    cfg = tmp_path_factory.mktemp("cfg") / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"model": tiny_models["llama"], "data": SAMPLE, "method": "lora", "max_steps": 4,
+                                   "lr": 0.5, "batch_size": 4, "max_length": 96, "val_size": 8, "lora_dropout": 0.0}))
+    r = run_cli("train", "--config", str(cfg), "--output-dir", str(out), "--lr", "0.003", "--save-steps", "2")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_train_writes_adapter_tokenizer_config_and_metrics(lora_run, tiny_models):
+    out, r = lora_run
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "metrics.json",
+                 "log.jsonl", "llm_tuning.json"):
+        assert (out / name).exists(), name
+    assert "trainable params: 3,584 / total:" in r.stdout  # 2 layers x r=8 x ((64+64) for q + (64+32) for v)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["lr"] == 0.003 and resolved["max_steps"] == 4  # the flag beat the file; the file beat defaults
+    metrics = json.loads((out / "metrics.json").read_text())
+    steps = [e["step"] for e in metrics["log_history"] if "loss" in e]
+    assert steps == [1, 2, 3, 4]
+    assert any("eval_loss" in e for e in metrics["log_history"]) and metrics["eval_loss"] > 0
+    assert metrics["trainable_params"] == 3584
+
+
+def test_adapter_loads_with_plain_peft(lora_run, tiny_models):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _ = lora_run
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), str(out))
+    b = load_file(str(out / "adapter_model.safetensors"))
+    key = next(k for k in b if "lora_B" in k)
+    assert b[key].abs().sum() > 0  # trained, not the zero init
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 3584
+
+
+def test_merge_generate_eval_cli(lora_run, tiny_models, tmp_path):
+    out, _ = lora_run
+    merged = tmp_path / "merged"
+    r = run_cli("merge", "--model", tiny_models["llama"], "--adapter", str(out), "--output", str(merged))
+    assert r.returncode == 0, r.stderr
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(str(merged))).__name__ == "LlamaForCausalLM"
+
+    r = run_cli("generate", "--model", tiny_models["llama"], "--adapter", str(out), "--prompt", "说出一种水果。",
+                "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() != ""
+
+    evals = {}
+    for args in (["--adapter", str(out)], []):
+        model = tiny_models["llama"] if args else str(merged)
+        r = run_cli("eval", "--model", model, *args, "--data", SAMPLE, "--limit", "6", "--json", "--max-length", "96")
+        assert r.returncode == 0, r.stderr
+        evals[bool(args)] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(evals[True]) == {"loss", "perplexity", "records", "tokens"}
+    assert evals[True]["records"] == 6 and evals[True]["tokens"] > 6
+    assert abs(evals[True]["perplexity"] - torch.tensor(evals[True]["loss"]).exp().item()) < 1e-3 * evals[True]["perplexity"]
+    assert abs(evals[True]["loss"] - evals[False]["loss"]) < 1e-5  # merged model == adapter on base
+
+
+def test_merge_refuses_prompt_methods(tiny_models, tmp_path):
+    out = tmp_path / "prefix"
+    r = run_cli("train", "--model", tiny_models["bloom"], "--data", SAMPLE, "--method", "prefix", "--max-steps", "1",
+                "--output-dir", str(out), "--max-length", "64")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("merge", "--model", tiny_models["bloom"], "--adapter", str(out), "--output", str(tmp_path / "m"))
+    assert r.returncode == 2
+    assert "a prefix adapter cannot be merged" in r.stderr and "--adapter ADAPTER_DIR" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "m").exists()
+
+
+def _train_args(model, out, extra=()):
+    return ["train", "--model", model, "--data", SAMPLE, "--method", "lora", "--max-steps", "30", "--save-steps", "5",
+            "--batch-size", "2", "--max-length", "96", "--lora-dropout", "0.1", "--seed", "7",
+            "--output-dir", str(out), *extra]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_models, tmp_path):
+    model = tiny_models["llama"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli(*_train_args(model, full)).returncode == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "llm_tuning", *_train_args(model, killed)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-10" / "COMPLETE").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "llm_tuning.json").exists()  # it really stopped mid-way
+
+    # A save interrupted by a kill: a later checkpoint without its COMPLETE marker and a truncated file.
+    half = killed / "checkpoint-25"
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
+
+    r = run_cli(*_train_args(model, killed, ["--resume"]))
+    assert r.returncode == 0, r.stderr
+    assert "removing" in r.stdout and "checkpoint-25" in r.stdout and "resuming from" in r.stdout
+    a = load_file(str(full / "adapter_model.safetensors"))
+    b = load_file(str(killed / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["malformed", "empty", "missing", "not_dataset_dir", "bad_record", "not_a_list"])
+def test_bad_data_one_line_error_exit_2_nothing_written(case, tmp_path, tiny_models):
+    data = {
+        "malformed": lambda: _write(tmp_path / "d.json", '[{"instruction": "x", "output": "y"},'),
+        "empty": lambda: _write(tmp_path / "d.json", "  \n"),
+        "missing": lambda: str(tmp_path / "nope.json"),
+        "not_dataset_dir": lambda: (os.makedirs(tmp_path / "dir"), str(tmp_path / "dir"))[1],
+        "bad_record": lambda: _write(tmp_path / "d.jsonl", '{"instruction": "x", "output": "y"}\n{"instruction": "x", "output": ""}\n'),
+        "not_a_list": lambda: _write(tmp_path / "d.json", '"hello"'),
+    }[case]()
+    expected = {
+        "malformed": "not valid JSON (line 1, column",
+        "empty": "the file is empty",
+        "missing": "no such file or directory",
+        "not_dataset_dir": "not a dataset saved with `save_to_disk`",
+        "bad_record": "record 1: 'output' is empty",
+        "not_a_list": "expected a JSON list of records, found str",
+    }[case]
+    out = tmp_path / "out"
+    r = run_cli("train", "--model", tiny_models["llama"], "--data", data, "--output-dir", str(out))
+    assert r.returncode == 2
+    assert expected in r.stderr and data in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_skip_bad_records_trains_on_the_rest(tmp_path, tiny_models):
+    recs = json.load(open(SAMPLE, encoding="utf-8"))[:6] + [{"instruction": "x"}, {"output": 5}]
+    data = _write(tmp_path / "d.json", json.dumps(recs, ensure_ascii=False))
+    r = run_cli("train", "--model", tiny_models["bloom"], "--data", data, "--method", "bitfit", "--max-steps", "1",
+                "--output-dir", str(tmp_path / "o"), "--skip-bad-records", "--max-length", "512")
+    assert r.returncode == 0, r.stderr
+    assert "skipped 2 bad records" in r.stdout and "data: 6 training examples" in r.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--method", "magic"], "--method 'magic' is unknown"),
+    (["--model", "./no/such/model"], "./no/such/model: no such model folder"),
+    (["--val-size", "500"], "--val-size 500.0 leaves no training records"),
+])
+def test_bad_flags(args, expected, tmp_path, tiny_models):
+    base = {"--model": tiny_models["llama"], "--data": SAMPLE, "--output-dir": str(tmp_path / "o")}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    r = run_cli("train", *[x for kv in base.items() for x in kv])
+    assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_yaml_key(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "model: x\nlearning_rat: 0.1\n")
+    r = run_cli("train", "--config", cfg)
+    assert r.returncode == 2 and "unknown option 'learning_rat'" in r.stderr and cfg in r.stderr
+
+
+def test_help_is_fast():
+    t = time.time()
+    r = run_cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout
+    assert time.time() - t < 5  # no torch/transformers at import time (a generous bound for a loaded CI box)
