@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded default: tiny model + bundled Chinese sample, LoRA, merge, generate")
     p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--steps", type=int, default=200, help="LoRA steps (the stand-in pre-training takes as many)")
 
     p = sub.add_parser("init-model", help="build a tiny random Bloom or Llama with a tokenizer")
     p.add_argument("--arch", required=True, choices=["bloom", "llama"])

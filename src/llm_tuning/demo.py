@@ -18,7 +18,7 @@ def _say(msg):
     print(f"\n== {msg}", flush=True)
 
 
-def run_demo(output_dir: str = "runs/demo", steps: int = 120):
+def run_demo(output_dir: str = "runs/demo", steps: int = 200):
     from .data.formats import load_records
     from .infer import generate, load_for_inference, merge
     from .models import init_model
@@ -35,8 +35,8 @@ def run_demo(output_dir: str = "runs/demo", steps: int = 120):
     # LoRA adapts a *pretrained* model: on a random one its frozen output layer caps what it can learn.
     # So the tiny model first gets a short full fine-tune, standing in for pre-training.
     _say("2/5 stand-in for pre-training: a short full fine-tune of the random model")
-    train(TrainConfig(model=random_base, data=SAMPLE_DATA, method="full", output_dir=base, max_steps=steps // 2,
-                      batch_size=8, lr=2e-3, max_length=256, save_steps=steps, seed=0))
+    train(TrainConfig(model=random_base, data=SAMPLE_DATA, method="full", output_dir=base, max_steps=steps,
+                      batch_size=8, lr=3e-3, max_length=256, save_steps=steps, seed=0))
 
     _say(f"3/5 fine-tune it with LoRA for {steps} steps on {SAMPLE_DATA}")
     cfg = TrainConfig(model=base, data=SAMPLE_DATA, method="lora", output_dir=adapter, max_steps=steps,

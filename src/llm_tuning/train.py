@@ -261,6 +261,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         "log_history": trainer.state.log_history,
     }
     _write_final(cfg, method, model, tokenizer, metrics)
-    _log(f"saved the {method.name} adapter, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
+    _log(f"saved the {method.name} {'model' if method.name == 'full' else 'adapter'}, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
     return TrainResult(cfg.output_dir, method.name, trainable, total, train_loss, eval_loss,
                        trainer.state.global_step, seconds, trainer.state.log_history)
