@@ -106,6 +106,30 @@ def _make_callbacks(output_dir: str):
                     f.flush()
                     os.fsync(f.fileno())
 
+    class StopOnNonFinite(TrainerCallback):
+        """A NaN/inf loss stops training before anything is saved from the poisoned state."""
+
+        bad = None
+
+        def _stop(self, control, step, what):
+            if self.bad is None:
+                self.bad = (step, what)
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            # A step can leave inf/NaN weights while its own loss was finite: check before this step may be saved.
+            import torch
+
+            if model is not None and not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+                self._stop(control, state.global_step, "the trainable weights are no longer finite")
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if isinstance(loss, float) and not math.isfinite(loss):
+                self._stop(control, state.global_step, f"the loss is {loss}")
+
     class Progress(TrainerCallback):
         """One progress bar with the latest loss, instead of the Trainer's printout of every log dict."""
 
@@ -129,7 +153,7 @@ def _make_callbacks(output_dir: str):
         def on_train_end(self, args, state, control, **kw):
             self.bar.close()
 
-    return [RunLog(), MarkComplete(), Progress()]
+    return [RunLog(), MarkComplete(), StopOnNonFinite(), Progress()]
 
 
 def _write_final(cfg, method, model, tokenizer, metrics: dict):
@@ -154,6 +178,30 @@ def _write_final(cfg, method, model, tokenizer, metrics: dict):
     with open(os.path.join(out, RUN_INFO), "w") as f:
         json.dump({"method": method.name, "base_model": cfg.model, "template": cfg.template,
                    "max_length": cfg.max_length, "config": cfg.to_dict()}, f, indent=2, ensure_ascii=False)
+
+
+def _choose_epsilon(model, cfg) -> float:
+    """AdamW's default eps 1e-8 is 0 in fp16: with fp16 trainable weights the update divides by zero."""
+    import torch
+
+    if cfg.adam_epsilon is not None:
+        return cfg.adam_epsilon
+    if any(p.requires_grad and p.dtype == torch.float16 for p in model.parameters()):
+        _log("fp16 weights are trained: AdamW epsilon 1e-8 rounds to 0 in fp16, using 1e-4 (set --adam-epsilon to override)")
+        return 1e-4
+    return 1e-8
+
+
+def _trainable_to_fp32(model, cfg):
+    """Adapter weights train in fp32 over a half-precision base (PEFT methods only: their weights are separate
+    modules; full and BitFit train the base's own tensors, which stay in the chosen precision)."""
+    import torch
+
+    if cfg.precision == "fp32" or cfg.method in ("full", "bitfit"):
+        return
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -199,12 +247,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model = method.apply(model, cfg)
+    _trainable_to_fp32(model, cfg)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError(f"--method {cfg.method} trains 0 parameters on this model")
     _log(f"method {method.name}: {describe_parameters(model)}")
 
     lr = cfg.lr if cfg.lr is not None else method.default_lr
+    eps = _choose_epsilon(model, cfg)
     os.makedirs(cfg.output_dir, exist_ok=True)
     import torch
 
@@ -230,6 +280,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        adam_epsilon=eps,
+        logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the log
     )
     trainer = Trainer(
         model=model,
@@ -246,6 +298,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if resume_from:
         _log(f"resuming from {resume_from}")
     out = trainer.train(resume_from_checkpoint=resume_from)
+    stop = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StopOnNonFinite")
+    if stop.bad:
+        good = complete_checkpoints(cfg.output_dir)
+        raise UserError(
+            f"training stopped at step {stop.bad[0]}: {stop.bad[1]}; "
+            + (f"the last good checkpoint is {good[-1]} (--resume continues from it); " if good else "")
+            + "try a lower --lr, or --precision bf16/fp32"
+        )
     train_loss = out.training_loss if out.training_loss is not None and math.isfinite(out.training_loss) else None
 
     eval_loss = None
