@@ -45,6 +45,8 @@ def _add_train(sub):
     p.add_argument("--lr-scheduler", help="transformers scheduler name (default linear)")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--precision", help="fp32, bf16 or fp16 (default fp32)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass to save memory (every method, prefix included)")
     p.add_argument("--adam-epsilon", type=float, help="optimiser epsilon (default 1e-8; 1e-4 when fp16 weights train)")
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps (default 50)")
     p.add_argument("--save-total-limit", type=int)

@@ -31,6 +31,7 @@ class TrainConfig:
     lr_scheduler: str = "linear"
     seed: int = 42
     precision: str = "fp32"
+    gradient_checkpointing: bool = False
     adam_epsilon: float | None = None  # None: 1e-8, or 1e-4 when fp16 weights train (1e-8 rounds to 0 in fp16)
     save_steps: int = 50
     save_total_limit: int = 2

@@ -246,7 +246,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model = method.apply(model, cfg)
+    if cfg.gradient_checkpointing:
+        from .checkpointing import enable_after_method, enable_before_method
+
+        model = enable_after_method(method.apply(enable_before_method(model, cfg.method), cfg), cfg.method)
+        _log("gradient checkpointing on" + (" (per-layer, keeping the prefix cache)" if cfg.method == "prefix" else ""))
+    else:
+        model = method.apply(model, cfg)
     _trainable_to_fp32(model, cfg)
     trainable, total = count_parameters(model)
     if trainable == 0:
