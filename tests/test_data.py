@@ -84,7 +84,7 @@ def llama2_tok():
 def test_llama2_tokenizer_setup(llama2_tok):
     assert llama2_tok.eos_token_id == 2
     assert llama2_tok.pad_token_id == 2  # no pad token of its own: pad = eos
-    assert llama2_tok.padding_side == "right"  # it ships with left padding
+    assert llama2_tok.padding_side == "left"  # as it ships: the training guard turns it to right (test_guard)
 
 
 def test_example_ends_with_eos_and_labels_cover_response_plus_eos(llama2_tok):
@@ -107,6 +107,7 @@ def test_truncation_and_prompt_only_examples_dropped(llama2_tok):
 
 
 def test_collator_pads_right_with_masked_labels(llama2_tok):
+    llama2_tok.padding_side = "right"
     enc = encode_records(llama2_tok, RECS, max_length=512)
     feats = [{"input_ids": i, "labels": l} for i, l in zip(enc.input_ids, enc.labels)]
     batch = make_collator(llama2_tok)(feats)

@@ -255,12 +255,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         model = method.apply(model, cfg)
     _trainable_to_fp32(model, cfg)
     trainable, total = count_parameters(model)
-    if trainable == 0:
-        raise UserError(f"--method {cfg.method} trains 0 parameters on this model")
     _log(f"method {method.name}: {describe_parameters(model)}")
 
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     eps = _choose_epsilon(model, cfg)
+    collator = make_collator(tokenizer)
+    from .guard import preflight
+
+    preflight(tokenizer, enc, model, cfg, eps, collator, log=_log)
     os.makedirs(cfg.output_dir, exist_ok=True)
     import torch
 
@@ -294,7 +296,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=make_collator(tokenizer),
+        data_collator=collator,
         callbacks=_make_callbacks(cfg.output_dir),
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -23,12 +23,11 @@ class Encoded:
 
 
 def prepare_tokenizer(tokenizer, log=print):
-    """Right padding for training, and pad = eos when the tokenizer has no pad token."""
+    """pad = eos when the tokenizer has no pad token. (Right padding for training is the guard's job.)"""
     if tokenizer.eos_token_id is None:
         from ..errors import UserError
 
         raise UserError("the tokenizer has no eos token; set one in tokenizer_config.json (eos_token)")
-    tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
         log(f"tokenizer has no pad token: using eos ({tokenizer.eos_token!r}, id {tokenizer.eos_token_id}) as pad")
