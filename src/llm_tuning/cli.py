@@ -47,6 +47,8 @@ def _add_train(sub):
     p.add_argument("--precision", help="fp32, bf16 or fp16 (default fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass to save memory (every method, prefix included)")
+    p.add_argument("--quantization", help="load the base 8bit (LLM.int8) or 4bit (NF4) through bitsandbytes")
+    p.add_argument("--int8-threshold", type=float, help="LLM.int8 outlier threshold (default 6.0)")
     p.add_argument("--adam-epsilon", type=float, help="optimiser epsilon (default 1e-8; 1e-4 when fp16 weights train)")
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps (default 50)")
     p.add_argument("--save-total-limit", type=int)
@@ -75,6 +77,7 @@ def _add_common_model(p, adapter=True):
     if adapter:
         p.add_argument("--adapter", help="adapter folder written by `llm-tuning train`")
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--quantization", help="load the base 8bit or 4bit (as it was trained)")
     p.add_argument("--template", default=None, help="prompt template (default: the adapter's, else 'default')")
     p.add_argument("--trust-remote-code", action="store_true")
 
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--save-precision", default="fp32", help="dtype of the written model: fp32, fp16 or bf16")
+    p.add_argument("--merge-base", default="auto",
+                   help="for an adapter trained on a quantised base: original weights, or the dequantized quantised "
+                        "ones (auto: dequantized for 4bit, original for 8bit)")
     p.add_argument("--trust-remote-code", action="store_true")
 
     p = sub.add_parser("generate", help="answer an instruction")
@@ -147,7 +154,7 @@ def _template(args, info):
 def _cmd_generate(args):
     from .infer import generate, load_for_inference
 
-    model, tok, info = load_for_inference(args.model, args.adapter, args.precision, args.trust_remote_code)
+    model, tok, info = load_for_inference(args.model, args.adapter, args.precision, args.trust_remote_code, args.quantization)
     rec = {"instruction": args.prompt, "input": args.input, "output": ""}
     print(generate(model, tok, [rec], _template(args, info), args.max_new_tokens, do_sample=args.sample,
                    temperature=args.temperature, top_p=args.top_p)[0])
@@ -162,7 +169,7 @@ def _cmd_eval(args):
     from .evaluate import response_loss
     from .infer import load_for_inference
 
-    model, tok, info = load_for_inference(args.model, args.adapter, args.precision, args.trust_remote_code)
+    model, tok, info = load_for_inference(args.model, args.adapter, args.precision, args.trust_remote_code, args.quantization)
     r = response_loss(model, tok, records, _template(args, info), args.max_length, args.batch_size)
     if args.json:
         print(json.dumps(r))
@@ -173,7 +180,8 @@ def _cmd_eval(args):
 def _cmd_merge(args):
     from .infer import merge
 
-    merge(args.model, args.adapter, args.output, args.overwrite, args.trust_remote_code)
+    merge(args.model, args.adapter, args.output, args.overwrite, args.trust_remote_code, args.save_precision,
+          args.merge_base)
 
 
 def _cmd_init_model(args):

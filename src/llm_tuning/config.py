@@ -32,6 +32,8 @@ class TrainConfig:
     seed: int = 42
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    quantization: str | None = None  # None, "8bit" (LLM.int8) or "4bit" (NF4), through bitsandbytes
+    int8_threshold: float = 6.0  # LLM.int8 outlier threshold
     adam_epsilon: float | None = None  # None: 1e-8, or 1e-4 when fp16 weights train (1e-8 rounds to 0 in fp16)
     save_steps: int = 50
     save_total_limit: int = 2

@@ -23,6 +23,8 @@ def quiet_libraries():
 
     # bitsandbytes offers an optional CPU kernel fetched from the hub; there is none to fetch offline.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
     # PEFT still reads the deprecated `is_gradient_checkpointing` property of transformers 5.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
@@ -59,19 +61,49 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         raise _hub_error(name, "tokenizer", e) from None
 
 
-def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = False, **kwargs):
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def quantization_config(quantization: str, precision: str = "fp32", int8_threshold: float = 6.0):
+    """bitsandbytes settings: LLM.int8 with its outlier threshold, or NF4 with double quantisation."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch_dtype(precision))
+    raise UserError(f"--quantization {quantization!r} is unknown; choose 8bit or 4bit")
+
+
+def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = False, quantization: str | None = None,
+               int8_threshold: float = 6.0, **kwargs):
     check_source(name, "model")
     quiet_libraries()
     from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(precision)
+    if quantization:
+        kwargs["quantization_config"] = quantization_config(quantization, precision, int8_threshold)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
         )
     except (OSError, ValueError) as e:
         raise _hub_error(name, "model", e) from None
+    if quantization == "4bit":
+        _avoid_bnb_cpu_packing_crash(model)
     return model
+
+
+def _avoid_bnb_cpu_packing_crash(model):
+    """bitsandbytes 0.50 repacks 4-bit weights for an AVX512-BF16 CPU kernel on the first no-grad forward. That
+    path computes in bf16 whatever the compute dtype (so eval would not match training, which never takes it), and
+    it crashes unless out_features % 32 == 0 and in_features is a multiple of 64 (stories260K's MLP is 172 wide).
+    Every 4-bit layer keeps the generic path: the same numerics in training, evaluation and merge."""
+    for module in model.modules():
+        if module.__class__.__name__ == "Linear4bit":
+            module.support_avx512bf16_for_cpu = False
 
 
 def count_parameters(model) -> tuple[int, int]:

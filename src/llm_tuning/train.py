@@ -210,6 +210,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     t0 = time.time()
     method = get_method(cfg.method)
+    if cfg.quantization and not method.trains_on_quantized:
+        raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base: its weights "
+                        "are frozen integers; use lora (QLoRA), ia3, prompt, ptuning or prefix, or drop --quantization")
     data = load_records(cfg.data, skip_bad_records=cfg.skip_bad_records)
     if data.skipped:
         _log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
@@ -243,7 +246,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     eval_ds = to_dataset(encode_records(tokenizer, val_recs, cfg.template, cfg.max_length)) if val_recs else None
     _log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
 
-    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code)
+    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold)
+    if cfg.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts the non-quantised weights (norms, embeddings) to fp32 and lets gradients reach the inputs.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _log(f"base loaded {cfg.quantization} through bitsandbytes"
+             + (f" (LLM.int8, outlier threshold {cfg.int8_threshold})" if cfg.quantization == "8bit" else " (NF4, double quantisation)"))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:

@@ -16,6 +16,7 @@ class Method:
     name = ""
     mergeable = False
     default_lr = 1e-4
+    trains_on_quantized = True  # False where the method updates the base's own (then integer) weights
     # Why the method cannot be merged, and how to serve it instead (shown by `merge`).
     not_mergeable_reason = ""
 

@@ -61,6 +61,7 @@ def _freeze_all_but_biases(model):
 class BitFit(Method):
     name = "bitfit"
     mergeable = True
+    trains_on_quantized = False
     default_lr = 1e-2
 
     def apply(self, model, cfg):

@@ -6,6 +6,7 @@ class Full(Method):
     """Every parameter trains; the output is a whole model."""
 
     name = "full"
+    trains_on_quantized = False
     default_lr = 1e-4
 
     def apply(self, model, cfg):
