@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--save-precision", default="fp32", help="dtype of the written model: fp32, fp16 or bf16")
+    p.add_argument("--save-quantization", help="re-quantise the merged model (8bit or 4bit) before saving")
     p.add_argument("--merge-base", default="auto",
                    help="for an adapter trained on a quantised base: original weights, or the dequantized quantised "
                         "ones (auto: dequantized for 4bit, original for 8bit)")
@@ -181,7 +182,7 @@ def _cmd_merge(args):
     from .infer import merge
 
     merge(args.model, args.adapter, args.output, args.overwrite, args.trust_remote_code, args.save_precision,
-          args.merge_base)
+          args.merge_base, args.save_quantization)
 
 
 def _cmd_init_model(args):

@@ -125,7 +125,8 @@ def _base_for_merge(model_path, info, merge_base, trust_remote_code, log):
 
 
 def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, trust_remote_code: bool = False,
-          save_precision: str = "fp32", merge_base: str = "auto", log=print) -> str:
+          save_precision: str = "fp32", merge_base: str = "auto", save_quantization: str | None = None,
+          log=print) -> str:
     """Fold a LoRA / IA3 / BitFit adapter into a full-precision base and save a standalone transformers model.
 
     An adapter trained on an 8-bit or 4-bit base is merged into full-precision weights too (merging into
@@ -150,6 +151,15 @@ def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, t
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if save_quantization:
+        # Re-quantise: reload the merged weights through bitsandbytes and save them in its serialised form.
+        from .models import load_model
+
+        requant = load_model(tmp, save_precision, quantization=save_quantization)
+        shutil.rmtree(tmp)
+        requant.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        log(f"saved the merged model re-quantised to {save_quantization}")
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(tmp, output)

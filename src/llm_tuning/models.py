@@ -91,8 +91,7 @@ def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = Fal
         )
     except (OSError, ValueError) as e:
         raise _hub_error(name, "model", e) from None
-    if quantization == "4bit":
-        _avoid_bnb_cpu_packing_crash(model)
+    _avoid_bnb_cpu_packing_crash(model)  # also for a folder saved already quantised
     return model
 
 
