@@ -133,8 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="evaluate only the first N records")
     p.add_argument("--skip-bad-records", action="store_true")
-    p.add_argument("--json", action="store_true", help="print JSON (loss, perplexity, records, tokens)")
+    p.add_argument("--generate", action="store_true",
+                   help="also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, BLEU-4 on characters")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="with --generate: answer length limit")
+    p.add_argument("--predictions", help="with --generate: write prompt/reference/prediction JSONL here")
+    p.add_argument("--json", action="store_true", help="print JSON (loss, perplexity, records, tokens[, rouge-1, ...])")
+    p = sub.add_parser("compare", help="run several methods on one budget and write a report (table + plots)")
+    p.add_argument("--config", required=True, help="compare YAML: model, data, output_dir, budget_tokens, runs")
+    p.add_argument("--force", action="store_true", help="rerun runs that already have a result.json")
     return ap
+
+
+def _cmd_compare(args):
+    from .compare import run_compare
+
+    run_compare(args.config, args.force)
 
 
 def _cmd_train(args):
@@ -171,11 +184,23 @@ def _cmd_eval(args):
     from .infer import load_for_inference
 
     model, tok, info = load_for_inference(args.model, args.adapter, args.precision, args.trust_remote_code, args.quantization)
-    r = response_loss(model, tok, records, _template(args, info), args.max_length, args.batch_size)
+    template = _template(args, info)
+    r = response_loss(model, tok, records, template, args.max_length, args.batch_size)
+    if args.generate:
+        from .evaluate import generation_metrics
+
+        g = generation_metrics(model, tok, records, template, args.max_new_tokens, args.batch_size, args.predictions)
+        r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
     if args.json:
         print(json.dumps(r))
-    else:
-        print(f"records {r['records']}  response tokens {r['tokens']}  loss {r['loss']:.4f}  perplexity {r['perplexity']:.2f}")
+        return
+    print("| metric | value |\n|---|---|")
+    for key in ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l", "bleu-4"):
+        if key in r:
+            v = r[key]
+            print(f"| {key} | {v if isinstance(v, int) else f'{v:.4f}'} |")
+    if args.predictions:
+        print(f"predictions written to {args.predictions}")
 
 
 def _cmd_merge(args):
@@ -200,7 +225,7 @@ def _cmd_demo(args):
 
 
 COMMANDS = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval, "merge": _cmd_merge,
-            "init-model": _cmd_init_model, "demo": _cmd_demo}
+            "init-model": _cmd_init_model, "demo": _cmd_demo, "compare": _cmd_compare}
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ def quiet_libraries():
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+    warnings.filterwarnings("ignore", message=".*Position ids are not supported for parameter efficient tuning.*")
     # PEFT still reads the deprecated `is_gradient_checkpointing` property of transformers 5.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
@@ -81,6 +82,9 @@ def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = Fal
     check_source(name, "model")
     quiet_libraries()
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise next to our own progress
 
     dtype = torch_dtype(precision)
     if quantization:

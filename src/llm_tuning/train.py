@@ -299,6 +299,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         adam_epsilon=eps,
+        include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the log
     )
     trainer = Trainer(
@@ -336,6 +337,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         "method": method.name, "trainable_params": trainable, "total_params": total,
         "steps": trainer.state.global_step, "train_loss": train_loss, "eval_loss": eval_loss,
         "seconds": round(seconds, 2), "learning_rate": lr,
+        "train_tokens": int(trainer.state.num_input_tokens_seen or 0),  # real (non-padding) tokens trained on
+        "train_seconds": round(out.metrics.get("train_runtime", 0.0), 3),
         "log_history": trainer.state.log_history,
     }
     _write_final(cfg, method, model, tokenizer, metrics)
