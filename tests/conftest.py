@@ -13,6 +13,13 @@ ZH_DATA = os.path.join(SHARED, "alpaca_gpt4_zh", "alpaca_zh_train.json")
 SAMPLE = os.path.join(ROOT, "src", "llm_tuning", "data", "samples", "zh_sample.json")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tokenisation_cache(tmp_path_factory):
+    """Tests (and the CLI processes they start) use their own tokenisation cache, never the user's."""
+    os.environ["LLM_TUNING_CACHE"] = str(tmp_path_factory.mktemp("tokenized-cache"))
+    yield
+
+
 def need_shared(path):
     """Skip on a user's clone without ../shared/data; under CI a missing file is a failure."""
     if not os.path.exists(path):

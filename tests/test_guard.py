@@ -27,7 +27,7 @@ def setup(tiny_models):
 
 def _run(tok, enc, model, cfg, eps=1e-8, collator=None):
     logs = []
-    fixes = preflight(tok, enc, model, cfg, eps, collator or make_collator(tok), log=logs.append)
+    fixes = preflight(tok, enc.input_ids, enc.labels, model, cfg, eps, collator or make_collator(tok), log=logs.append)
     return fixes, logs
 
 

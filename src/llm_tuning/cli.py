@@ -34,6 +34,7 @@ def _add_train(sub):
     p.add_argument("--template", help="prompt template: default (Human:/Assistant:) or llama2")
     p.add_argument("--max-length", type=int, help="truncate examples to this many tokens (default 512)")
     p.add_argument("--skip-bad-records", action="store_true", help="drop invalid records (counted) instead of failing")
+    p.add_argument("--cache", type=_bool, nargs="?", const=True, help="reuse tokenised data across runs (default true)")
     p.add_argument("--val-size", type=float, help="held-out split: a fraction (<1) or a count (>=1)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, help="passes over the data (default 1)")

@@ -19,6 +19,7 @@ class TrainConfig:
     template: str = "default"
     max_length: int = 512
     skip_bad_records: bool = False
+    cache: bool = True  # reuse tokenised data across runs (data/cache.py)
     val_size: float = 0.0
     # optimisation
     max_steps: int = -1

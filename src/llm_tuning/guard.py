@@ -9,8 +9,10 @@ from .errors import UserError
 FP16_TINY = 6e-8  # the smallest positive fp16 number; a smaller epsilon rounds to 0
 
 
-def preflight(tokenizer, enc, model, cfg, adam_epsilon: float, collator, log=print) -> list[str]:
-    """Returns the list of fixes made; raises UserError for a setup that cannot train correctly."""
+def preflight(tokenizer, input_ids, labels, model, cfg, adam_epsilon: float, collator, log=print) -> list[str]:
+    """Checks the tokenised training examples (`input_ids`, `labels`) and the model before the first step.
+
+    Returns the list of fixes made; raises UserError for a setup that cannot train correctly."""
     import torch
 
     fixes = []
@@ -19,12 +21,12 @@ def preflight(tokenizer, enc, model, cfg, adam_epsilon: float, collator, log=pri
         tokenizer.padding_side = "right"
 
     eos = tokenizer.eos_token_id
-    missing = [i for i, ids in enumerate(enc.input_ids) if len(ids) < cfg.max_length and ids[-1] != eos]
+    missing = [i for i, ids in enumerate(input_ids) if len(ids) < cfg.max_length and ids[-1] != eos]
     if missing:
         raise UserError(f"{len(missing)} tokenised examples (first: {missing[0]}) do not end with eos id {eos}: "
                         "the model would never learn to stop")
 
-    feats = [{"input_ids": i, "labels": l} for i, l in zip(enc.input_ids[:8], enc.labels[:8])]
+    feats = [{"input_ids": i, "labels": l} for i, l in zip(input_ids[:8], labels[:8])]
     batch = collator(feats)
     padded = batch["attention_mask"] == 0
     if bool((batch["labels"][padded] != IGNORE).any()):

@@ -126,8 +126,9 @@ def write_report(out_dir, summary, results) -> dict:
 
     md = [f"# {summary['title']}", "", setup, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
-    md += ["", "![loss curves](loss_curves.png)", "", "![held-out loss vs trainable parameters](heldout_loss_vs_params.png)",
-           "", "## Sample generations", ""]
+    md += ["", "![loss curves](loss_curves.png)", "", "![held-out loss vs trainable parameters](heldout_loss_vs_params.png)", ""]
+    if summary["samples"]:
+        md += ["## Sample generations", ""]
     for instr, ref, preds in _samples(summary, results):
         md += [f"**Instruction:** {_md_cell(instr)}", "", f"- *reference*: {_md_cell(ref)}"]
         md += [f"- **{name}**: {_md_cell(p) or '(empty)'}" for name, p in preds]
@@ -149,8 +150,9 @@ def write_report(out_dir, summary, results) -> dict:
     for r, row in zip(results, rows):
         cls = " class='failed'" if r["status"] != "ok" else ""
         h.append(f"<tr{cls}>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>")
-    h += ["</table>", "<h2>Loss curves</h2>", img(curves), "<h2>Held-out loss vs trainable parameters</h2>", img(bars),
-          "<h2>Sample generations</h2>"]
+    h += ["</table>", "<h2>Loss curves</h2>", img(curves), "<h2>Held-out loss vs trainable parameters</h2>", img(bars)]
+    if summary["samples"]:
+        h.append("<h2>Sample generations</h2>")
     for instr, ref, preds in _samples(summary, results):
         h.append(f"<h3>{e(instr)}</h3><ul><li><i>reference</i>: {e(ref)}</li>"
                  + "".join(f"<li><b>{e(n)}</b>: {e(p) or '(empty)'}</li>" for n, p in preds) + "</ul>")

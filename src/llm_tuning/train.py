@@ -230,20 +230,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     from transformers import Trainer, TrainingArguments, set_seed
 
     from .data.collate import make_collator
-    from .data.tokenize import encode_records, prepare_tokenizer, to_dataset
+    from .data.tokenize import prepare_tokenizer
     from .evaluate import response_loss
     from .models import count_parameters, describe_parameters, load_model, load_tokenizer
 
     transformers.logging.set_verbosity_error()
     set_seed(cfg.seed)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code), log=_log)
-    enc = encode_records(tokenizer, train_recs, cfg.template, cfg.max_length)
-    if enc.dropped:
-        _log(f"dropped {enc.dropped} records whose prompt alone fills --max-length {cfg.max_length}")
-    if not enc.input_ids:
+    from .data.cache import tokenized_dataset
+
+    train_ds, dropped = tokenized_dataset(tokenizer, train_recs, cfg.template, cfg.max_length, cfg.cache, log=_log)
+    if dropped:
+        _log(f"dropped {dropped} records whose prompt alone fills --max-length {cfg.max_length}")
+    if len(train_ds) == 0:
         raise UserError(f"{cfg.data}: no training example has response tokens within --max-length {cfg.max_length}")
-    train_ds = to_dataset(enc)
-    eval_ds = to_dataset(encode_records(tokenizer, val_recs, cfg.template, cfg.max_length)) if val_recs else None
+    eval_ds = tokenized_dataset(tokenizer, val_recs, cfg.template, cfg.max_length, False)[0] if val_recs else None
     _log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
 
     model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold)
@@ -272,7 +273,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     collator = make_collator(tokenizer)
     from .guard import preflight
 
-    preflight(tokenizer, enc, model, cfg, eps, collator, log=_log)
+    preflight(tokenizer, list(train_ds["input_ids"]), list(train_ds["labels"]), model, cfg, eps, collator, log=_log)
     os.makedirs(cfg.output_dir, exist_ok=True)
     import torch
 
