@@ -79,3 +79,14 @@ def test_unsafe_fp16_epsilon_refused(setup):
     with pytest.raises(UserError, match="--adam-epsilon 1e-08 rounds to 0 for fp16"):
         _run(tok, enc, model, cfg, eps=1e-8)
     assert _run(tok, enc, model, cfg, eps=1e-4) == ([], [])
+
+
+def test_guard_reads_a_dataset_like_lists(setup):
+    from llm_tuning.data.tokenize import to_dataset
+
+    tok, enc, model, cfg = setup
+    ds = to_dataset(enc)
+    assert preflight(tok, ds, ds, model, cfg, 1e-8, make_collator(tok), log=lambda m: None) == []
+    broken = to_dataset(Encoded([ids[:-1] for ids in enc.input_ids], [l[:-1] for l in enc.labels], 0))
+    with pytest.raises(UserError, match="do not end with eos"):
+        preflight(tok, broken, broken, model, cfg, 1e-8, make_collator(tok), log=lambda m: None)

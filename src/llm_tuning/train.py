@@ -273,7 +273,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     collator = make_collator(tokenizer)
     from .guard import preflight
 
-    preflight(tokenizer, list(train_ds["input_ids"]), list(train_ds["labels"]), model, cfg, eps, collator, log=_log)
+    preflight(tokenizer, train_ds, train_ds, model, cfg, eps, collator, log=_log)
     os.makedirs(cfg.output_dir, exist_ok=True)
     import torch
 
