@@ -48,6 +48,10 @@ def _add_train(sub):
     p.add_argument("--precision", help="fp32, bf16 or fp16 (default fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass to save memory (every method, prefix included)")
+    p.add_argument("--group-by-length", type=_bool, nargs="?", const=True,
+                   help="batch examples of similar length together (default true)")
+    p.add_argument("--fast-loss", type=_bool, nargs="?", const=True,
+                   help="compute the output layer only on learned positions (default true; full/bitfit/lora/ia3)")
     p.add_argument("--quantization", help="load the base 8bit (LLM.int8) or 4bit (NF4) through bitsandbytes")
     p.add_argument("--int8-threshold", type=float, help="LLM.int8 outlier threshold (default 6.0)")
     p.add_argument("--adam-epsilon", type=float, help="optimiser epsilon (default 1e-8; 1e-4 when fp16 weights train)")

@@ -298,6 +298,7 @@ class _Run:
     lora_r: int
     lora_dropout: float
     ia3: dict  # target -> is_feedforward
+    cache: float = 0.0  # per token: tensors the model's cache holds until the forward returns, not kept after
 
     @property
     def tokens(self) -> int:
@@ -368,11 +369,9 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
         kept += act * qd + 2 * act * kv_saved * kv_ratio + act * qd + FP32 * a.heads
         if r.method == "prefix":
             kept += act * r.kv_len  # the additive mask SDPA builds from the bool prefix mask, per layer
-    if r.method == "prefix":
-        # the DynamicCache holds prefix + keys and values of every layer until the backward is done; they are
-        # SDPA's own k, v unless SDPA got repeated copies
-        if not attn_rg or a.heads != a.kv_heads:
-            kept += 2 * act * kvd * kv_ratio
+    if r.method == "prefix" and a.heads != a.kv_heads:
+        # the DynamicCache's own (unrepeated) prefix + keys and values: alive until the forward returns
+        r.cache += 2 * act * kvd * kv_ratio
     extra, keep = r.adapter_bytes("o_proj", qd, h, attn_rg)
     kept += extra  # o_proj's input is SDPA's output, kept already
     h1_rg = attn_rg or r.trains_something("o_proj")
@@ -415,14 +414,19 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     kept += extra
     kept += act * h if keep or r.keeps_input("query_key_value", y_rg) else 0
     attn_rg = y_rg or r.method == "prefix" or r.trains_something("query_key_value")
-    if r.method == "prefix":
-        kept += 2 * act * h * kv_ratio  # the cache's concatenated prefix + keys and values
-    elif not r.gc:
-        kept += 3 * act * h  # use_cache is on in training: the cache's k, v are views that keep the fused qkv
+    if r.method != "prefix" and not r.gc:
+        # use_cache is on in training: the cache's k, v are views that keep the fused qkv output alive until the
+        # forward returns (the cache is not part of the graph)
+        r.cache += 3 * act * h
     if attn_rg:
-        # reshape to (batch*heads, len, head_dim) copies q, k, v; baddbmm keeps q and k, bmm keeps v and the
+        # reshape to (batch*heads, len, head_dim) copies q, k, v out of the fused output (prefix: k, v are the
+        # cache's contiguous concatenations, kept as they are); baddbmm keeps q and k, bmm keeps v and the
         # probabilities; softmax in fp32 keeps its fp32 output, and the cast back to the hidden dtype is another
         kept += act * h + 2 * act * h * kv_ratio
+        if r.method == "prefix" and not (y_rg or r.trains_something("query_key_value")):
+            # q needs no gradient, so baddbmm does not keep k: the cache holds it until the forward returns
+            kept -= act * h * kv_ratio
+            r.cache += act * h * kv_ratio
         kept += nh * r.kv_len * (FP32 + (act if act != FP32 else 0))
     extra, keep = r.adapter_bytes("dense", h, h, attn_rg)
     kept += extra
@@ -451,9 +455,11 @@ def _activations(r: _Run) -> dict:
     # the input (prompt, p-tuning), or enable_input_require_grads for checkpointing (every method but prefix).
     x_rg = full or r.method in ("prompt", "ptuning") or (r.gc and r.method != "prefix")
     per_layer = []
+    r.cache = 0.0
     for _ in range(a.layers):
         kept, x_rg = layer(r, x_rg)
         per_layer.append(kept * t)
+    cache = r.cache * t
     one_layer = max(per_layer)  # recomputed under checkpointing: that layer as if not checkpointed, inputs needing grad
     if r.gc:
         one_layer = layer(r, True)[0] * t
@@ -484,7 +490,7 @@ def _activations(r: _Run) -> dict:
     else:
         transient = (4 * act * a.intermediate + 2 * act * a.hidden) * t
     return {"layers": 0.0 if r.gc else sum(per_layer), "head": head, "stash": stash, "one_layer": one_layer,
-            "layer_transient": transient}
+            "layer_transient": transient, "cache": 0.0 if r.gc else cache}
 
 
 # ---------------------------------------------------------------- the estimate
@@ -583,14 +589,26 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
     kept = ac["layers"] + ac["head"] + ac["stash"]
     activations = kept + (ac["one_layer"] if gradient_checkpointing else 0)
     head_grad = (a.vocab * a.hidden * p) if method == "full" else 0
+    if method == "full":
+        layer_params = (count_params(a) - a.vocab * a.hidden * (1 if a.tied else 2)) / a.layers
+        first_layer_grads = (layer_params + (0 if a.tied else a.vocab * a.hidden)) * p
+    elif method in ("bitfit", "lora", "ia3"):
+        first_layer_grads = gradients / a.layers
+    else:
+        first_layer_grads = 0
     # The peak is the largest of these moments (activations alive, gradients alive, transient):
+    # Computing the loss: the logits, their fp32 copy for the loss (unless fp32 already), and the cache.
+    forward_end = logits_bytes * a.vocab * t + (FP32 * a.vocab * t if logits_bytes != FP32 else 0) + ac["cache"]
     phases = [
+        # end of the forward: the loss is computed, the model's outputs are still alive
+        (kept, 0, forward_end),
         # cross-entropy backward: every kept activation, no gradient yet
         (kept, 0, ce_transient),
         # lm_head backward: log_softmax's output freed, the logits' gradient and lm_head's weight gradient alive
         (kept - FP32 * a.vocab * t, head_grad, logits_bytes * a.vocab * t),
-        # last layer's backward (under checkpointing: its recomputation), most gradients written
-        (ac["stash"] + ac["one_layer"], gradients, ac["layer_transient"] + dequant),
+        # the first layer's backward (under checkpointing: its recomputation): every gradient written but its own
+        # (and, for full fine-tuning, the input embedding's, computed last)
+        (ac["stash"] + ac["one_layer"], gradients - first_layer_grads, ac["layer_transient"] + dequant),
         # optimizer step: every gradient, no activation
         (0, gradients, step_transient),
     ]

@@ -301,9 +301,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         dataloader_num_workers=0,
         adam_epsilon=eps,
         include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the log
     )
-    trainer = Trainer(
+    from .fastloss import FAST_METHODS, make_trainer_class
+
+    trainer_cls = make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,

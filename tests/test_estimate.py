@@ -1,0 +1,277 @@
+"""`llm-tuning estimate`: parameter counts exact, activations equal to what autograd keeps, and the total within
+15 % of the peak memory of real training steps measured on this machine."""
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llm_tuning.errors import UserError
+from llm_tuning.estimate import PRESETS, count_params, estimate, main, trainable_params
+
+GiB, MiB = 2**30, 2**20
+
+# The measured model: a random Llama of ~21M parameters, big enough that the runtime's noise is small next to
+# the ~100-250 MiB it trains in, small enough for 3 steps in ~10 s on 2 cores.
+LLAMA = dict(model_type="llama", vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+             num_attention_heads=8, num_key_value_heads=8)
+BATCH, LENGTH = 4, 128
+TINY_LLAMA_GQA = dict(model_type="llama", vocab_size=3000, hidden_size=256, intermediate_size=688,
+                      num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4)
+TINY_BLOOM = dict(model_type="bloom", vocab_size=3000, hidden_size=256, n_layer=3, n_head=8)
+
+VARIANTS = {  # name -> (method, options)
+    "full": ("full", {}),
+    "bitfit": ("bitfit", {}),
+    "prompt": ("prompt", {"prompt_init": "random"}),
+    "ptuning-mlp": ("ptuning", {"encoder": "mlp", "encoder_hidden_size": 96}),
+    "ptuning-lstm": ("ptuning", {"encoder": "lstm", "encoder_hidden_size": 48}),
+    "prefix": ("prefix", {}),
+    "prefix-proj": ("prefix", {"prefix_projection": True, "encoder_hidden_size": 64}),
+    "lora": ("lora", {}),
+    "lora-r4-mlp": ("lora", {"lora_r": 4, "target_modules": "mlp"}),
+    "ia3": ("ia3", {}),
+    "ia3-custom": ("ia3", {"target_modules": "custom"}),
+}
+TARGETS = {  # per family: LoRA MLP targets, IA3 custom targets (one feed-forward)
+    "llama": (["gate_proj", "up_proj", "down_proj"], ["q_proj", "o_proj", "down_proj"]),
+    "bloom": (["dense_h_to_4h", "dense_4h_to_h"], ["dense", "dense_4h_to_h"]),
+}
+
+
+def _options(variant, family):
+    method, opts = VARIANTS[variant]
+    opts = dict(opts)
+    if opts.get("target_modules") == "mlp":
+        opts["target_modules"] = TARGETS[family][0]
+    elif opts.get("target_modules") == "custom":
+        opts["target_modules"] = TARGETS[family][1]
+    return method, opts
+
+
+def _build(config: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = {k: v for k, v in config.items() if k != "model_type"}
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(config["model_type"], **kw))
+
+
+def _apply(model, method, opts):
+    """The project's method on a config-built model (prefix: PEFT's own init; ours reads a tokenizer folder)."""
+    from llm_tuning.config import TrainConfig
+    from llm_tuning.methods import get_method
+
+    cfg = TrainConfig(model="-", data="-", output_dir="-", method=method, **opts)
+    m = get_method(method)
+    if method == "prefix":
+        from peft import get_peft_model
+
+        return get_peft_model(model, m.peft_config(model, cfg))
+    return m.apply(model, cfg)
+
+
+# ---------------------------------------------------------------- parameter counts
+
+
+def test_presets_match_the_published_models():
+    assert count_params("llama-2-7b") == 6_738_415_616
+    assert count_params("bloom-1b4") == 1_303_111_680  # Langboat/bloom-1b4-zh
+    assert trainable_params("bloom-1b4", "bitfit") == 544_768  # BitFit on it trains 0.0418 %
+    assert trainable_params("bloom-1b4", "prompt", {"num_virtual_tokens": 7}) == 14_336
+    assert trainable_params("llama-2-7b", "lora") == 4_194_304  # r=8 on q_proj and v_proj
+    assert set(PRESETS) == {"bloom-1b4", "llama-2-7b"}
+
+
+@pytest.mark.parametrize("config", [LLAMA, TINY_LLAMA_GQA, TINY_BLOOM], ids=["llama", "llama-gqa", "bloom"])
+def test_parameter_counts_equal_the_real_models(config):
+    torch.manual_seed(0)
+    base = _build(config)
+    assert count_params(config) == sum(p.numel() for p in base.parameters())
+    family = "bloom" if config["model_type"] == "bloom" else "llama"
+    for variant in VARIANTS:
+        method, opts = _options(variant, family)
+        model = _apply(copy.deepcopy(base), method, opts)
+        real = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert trainable_params(config, method, opts) == real, variant
+
+
+# ---------------------------------------------------------------- activations = what autograd keeps
+
+
+def _saved_bytes(config, method, precision, opts):
+    """Bytes of the distinct tensors autograd keeps for the backward (parameters excluded)."""
+    torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    model = _apply(_build(config).to(dtype), method, opts)
+    if precision != "fp32" and method not in ("full", "bitfit"):  # train._trainable_to_fp32
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    model.train()
+    ids = torch.randint(3, config["vocab_size"], (2, 64))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("config", [TINY_LLAMA_GQA, TINY_BLOOM], ids=["llama-gqa", "bloom"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("variant", ["full", "bitfit", "prompt", "prefix", "lora", "ia3-custom"])
+def test_activations_are_what_autograd_keeps(variant, precision, config):
+    family = "bloom" if config["model_type"] == "bloom" else "llama"
+    method, opts = _options(variant, family)
+    real = _saved_bytes(config, method, precision, opts)
+    est = estimate(config, method, precision, batch_size=2, max_length=64, opts=opts)["activations"]
+    assert abs(est - real) <= 0.02 * real, (est, real)
+
+
+# ---------------------------------------------------------------- peak memory of real training steps
+
+SCRIPT = r"""
+import gc, json, resource, sys
+import torch
+import peft, transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+from llm_tuning.checkpointing import enable_after_method, enable_before_method
+from llm_tuning.config import TrainConfig
+from llm_tuning.methods import get_method
+
+spec = json.loads(sys.argv[1])
+method, ckpt = spec["method"], spec["gradient_checkpointing"]
+cfg = TrainConfig(model="-", data="-", output_dir="-", method=method, **spec["opts"])
+torch.manual_seed(0)
+
+
+def prepare(config):
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    if ckpt:
+        model = enable_before_method(model, method)
+    m = get_method(method)
+    model = m.apply(model, cfg) if method != "prefix" else peft.get_peft_model(model, m.peft_config(model, cfg))
+    if ckpt:
+        model = enable_after_method(model, method)
+    model.train()
+    return model
+
+
+def train(model, ids, steps):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+# Warm-up on a tiny model: the runtime's own first-use memory (kernel code pages, thread pools) is not tensors.
+config = {k: v for k, v in spec["config"].items() if k != "model_type"}
+tiny = dict(config, vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2)
+train(prepare(tiny), torch.randint(3, 64, (2, 16)), 1)
+gc.collect()
+
+ids = torch.randint(3, config["vocab_size"], (spec["batch_size"], spec["max_length"]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = prepare(config)
+train(model, ids, 3)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("RESULT " + json.dumps({"peak_growth": (peak - before) * 1024}))
+"""
+
+
+def measure_peak(method, gradient_checkpointing=False, opts=None):
+    """Peak RSS growth (bytes) of 3 AdamW steps, in a fresh process. glibc's default heap keeps freed tensors'
+    pages and reuses them in ways that depend on allocation history; a fixed mmap threshold gives each tensor its
+    own mapping, returned on free, so RSS follows the live tensors (as a CUDA allocator's allocated bytes do)."""
+    spec = dict(method=method, gradient_checkpointing=gradient_checkpointing, opts=opts or {}, config=LLAMA,
+                batch_size=BATCH, max_length=LENGTH)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS="2",
+               TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line is not None, r.stderr[-3000:]
+    return json.loads(line[7:])["peak_growth"]
+
+
+@pytest.mark.parametrize("method,checkpointing", [("lora", False), ("full", False), ("prefix", False),
+                                                  ("lora", True)],
+                         ids=["lora", "full", "prefix", "lora-checkpointing"])
+def test_estimate_within_15_percent_of_measured_peak(method, checkpointing):
+    measured = measure_peak(method, checkpointing)
+    est = estimate(LLAMA, method, "fp32", batch_size=BATCH, max_length=LENGTH,
+                   gradient_checkpointing=checkpointing)["total"]
+    err = est / measured - 1
+    print(f"{method}{' + checkpointing' if checkpointing else ''}: measured {measured / MiB:.1f} MiB, "
+          f"estimated {est / MiB:.1f} MiB ({100 * err:+.1f} %)")
+    assert abs(err) <= 0.15, (est / MiB, measured / MiB)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _args(**kw):
+    base = dict(model="llama-2-7b", method="lora", precision="fp16", quantization=None, batch_size=1,
+                max_length=512, gradient_checkpointing=False, lora_r=None, lora_dropout=None, target_modules=None,
+                num_virtual_tokens=None, json=True)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _total(capsys, **kw):
+    main(_args(**kw))
+    return json.loads(capsys.readouterr().out)["total"]
+
+
+def test_cli_llama_2_7b_lora(capsys):
+    fp16 = _total(capsys)
+    assert 13 * GiB <= fp16 <= 20 * GiB, fp16 / GiB  # 12.6 GiB of fp16 weights, plus what training adds
+    int8, nf4 = _total(capsys, quantization="8bit"), _total(capsys, quantization="4bit")
+    assert nf4 < int8 < fp16, (nf4 / GiB, int8 / GiB, fp16 / GiB)
+    assert _total(capsys, gradient_checkpointing=True) < fp16
+    main(_args(json=False))
+    table = capsys.readouterr().out
+    assert "base weights" in table and "GiB" in table and "total" in table
+    est = estimate("llama-2-7b", "lora", "fp16", quantization="4bit")
+    assert est["quantisation_savings"] > 0
+    assert est["total"] == sum(est[k] for k in ("weights", "trainable_weights", "gradients", "optimizer",
+                                                "activations", "overhead", "freed_before_peak"))
+
+
+def test_cli_bloom_preset_every_method(capsys):
+    for method in ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "ia3"):
+        total = _total(capsys, model="bloom-1b4", method=method, precision="fp32")
+        assert total > count_params("bloom-1b4") * 4
+
+
+def test_bad_input_is_a_one_line_user_error(tmp_path):
+    with pytest.raises(UserError, match="method"):
+        estimate("llama-2-7b", "adapter-x")
+    with pytest.raises(ValueError, match="gpt2"):  # a ValueError for Python callers too
+        trainable_params({"model_type": "gpt2", "vocab_size": 10}, "lora")
+    with pytest.raises(UserError, match="no such model folder"):
+        main(_args(model=str(tmp_path / "missing")))
+    with pytest.raises(UserError, match="quantization"):
+        estimate("llama-2-7b", "full", "fp16", quantization="4bit")
+    with pytest.raises(UserError, match="precision"):
+        estimate("llama-2-7b", "lora", "fp8")
+    with pytest.raises(UserError, match="not a linear layer"):
+        trainable_params("llama-2-7b", "lora", {"target_modules": ["query_key_value"]})
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(dict(TINY_BLOOM)))
+    assert estimate(str(tmp_path / "cfg"), "lora")["total_params"] == count_params(TINY_BLOOM)
