@@ -11,9 +11,14 @@ from llm_tuning.models import load_model, load_tokenizer
 from test_methods import make_cfg
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("arch", ["bloom", "llama"])
 @pytest.mark.parametrize("method", FAST_METHODS)
-def test_same_loss_and_gradients_as_the_stock_forward(method, arch, tiny_models, sample_records):
+def test_same_loss_and_gradients_as_the_stock_forward(method, arch, chunked, tiny_models, sample_records, monkeypatch):
+    if chunked:  # 7 positions per chunk: many chunks, and a ragged last one
+        import llm_tuning.fastloss as fl
+
+        monkeypatch.setattr(fl, "CHUNK_ELEMENTS", 7 * len(load_tokenizer(tiny_models[arch])))
     path = tiny_models[arch]
     tok = prepare_tokenizer(load_tokenizer(path), log=lambda m: None)
     from llm_tuning.data.collate import make_collator

@@ -11,9 +11,11 @@ one decoder layer op by op and asking, for each op, which inputs or outputs auto
 (and only when something upstream or the op's own weight needs a gradient). Checked against autograd's
 saved tensors and against measured peak RSS of real training steps in tests/test_estimate.py.
 
-Not modelled (small, or outside training): padding masks (a padded batch gives SDPA a B·L·L mask per layer),
-the p-tuning / prefix-projection encoders' own activations (num_virtual_tokens rows), the CUDA context and the
-caching allocator's fragmentation on a GPU, data loading.
+Not modelled (small, or not tensors of the training step): padding masks (a padded batch gives SDPA a B·L·L
+mask per layer), the p-tuning / prefix-projection encoders' own activations (num_virtual_tokens rows), the
+runtime itself (the CUDA context, the caching allocator's fragmentation, cuBLAS / MKL / oneDNN workspaces and
+caches, typically some tens of MiB), data loading. The optimizer-step transient assumes PyTorch's per-tensor
+AdamW (the CPU default); a foreach AdamW makes temporaries of all trainable tensors at once, a fused one none.
 """
 
 from __future__ import annotations
@@ -305,7 +307,7 @@ class _Run:
         return self.batch * self.seq
 
     def trains_weight(self, name: str) -> bool:
-        return self.method == "full"
+        return self.method == "full"  # every linear's weight trains in full fine-tuning, none otherwise
 
     def trains_something(self, name: str) -> bool:
         """Does the output of linear `name` need a gradient because of its own trainable parameters?"""

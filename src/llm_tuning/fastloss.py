@@ -7,6 +7,13 @@ positions whose next token is learned go through the output layer and the cross-
 same token-weighted mean the Trainer computes (sum over learned tokens / number of learned tokens in the
 whole accumulated batch); a test checks loss and gradients against the stock forward.
 
+The projection and the cross-entropy are fused and chunked (_LinearCrossEntropy): the gradient of each
+chunk's logits is formed right after its loss and folded into the hidden-state (and, when it trains, the
+output-layer) gradient at once, so the [tokens x vocabulary] logits never exist whole; with a 55k vocabulary
+and most tokens learned they would otherwise be the largest tensor of the step, held three times over
+(logits, log-softmax, gradient). No pip-installable library does this for CPU training (Liger's fused kernel
+is Triton, GPU-only), hence this small autograd function.
+
 Used for methods whose adapter lives inside the backbone's modules (full, BitFit, LoRA, IA3). Prompt,
 P-tuning and prefix tuning feed extra inputs through PEFT's own forward, so they take the stock path.
 """
@@ -16,26 +23,82 @@ from __future__ import annotations
 FAST_METHODS = ("full", "bitfit", "lora", "ia3")
 
 
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MiB in fp32)
+
+
 def backbone_and_head(model):
     """(backbone, output layer) of a causal LM, looking through a PEFT wrapper; None if unknown."""
+    import torch
+
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(inner, "base_model", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if body is None or body is inner or head is None:
+    if body is None or body is inner or type(head) is not torch.nn.Linear:  # e.g. an adapter on the head itself
         return None
     return body, head
 
 
+def _make_function():
+    import torch
+
+    class _LinearCrossEntropy(torch.autograd.Function):
+        """sum_i CE(hidden_i @ W^T + b, target_i), with its gradients computed chunk by chunk in the forward."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, target):
+            n, vocab = hidden.shape[0], weight.shape[0]
+            chunk = max(1, CHUNK_ELEMENTS // vocab)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+            grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
+            for s in range(0, n, chunk):
+                h, t = hidden[s:s + chunk], target[s:s + chunk]
+                logits = (h @ weight.t()).float()
+                if bias is not None:
+                    logits += bias.float()
+                lse = torch.logsumexp(logits, dim=-1)
+                rows = torch.arange(len(t), device=t.device)
+                total += (lse - logits[rows, t]).sum()
+                g = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+                g[rows, t] -= 1.0  # d(sum CE)/d(logits)
+                if grad_h is not None:
+                    grad_h[s:s + chunk] = (g.to(hidden.dtype) @ weight).to(hidden.dtype)
+                if grad_w is not None:
+                    grad_w += g.t() @ h.float()
+                if grad_b is not None:
+                    grad_b += g.sum(0)
+            ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
+            ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
+            ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            saved = ctx.saved_tensors
+            grads = [(saved[i] * grad_out).to(ctx.dtypes[i]) if ctx.has[i] else None for i in range(3)]
+            return grads[0], grads[1], grads[2], None
+
+    return _LinearCrossEntropy
+
+
+_FN = None
+
+
+def linear_cross_entropy_sum(hidden, head, target):
+    global _FN
+    if _FN is None:
+        _FN = _make_function()
+    return _FN.apply(hidden, head.weight, head.bias, target)
+
+
 def response_loss_sum(model, input_ids, attention_mask, labels):
     """(sum of cross-entropy over learned tokens, number of learned tokens)."""
-    import torch.nn.functional as F
-
     body, head = backbone_and_head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
-    logits = head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), target[keep], reduction="sum"), keep.sum()
+    return linear_cross_entropy_sum(hidden[:, :-1][keep], head, target[keep]), keep.sum()
 
 
 def make_trainer_class():

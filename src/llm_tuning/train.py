@@ -41,6 +41,18 @@ class TrainResult:
     log_history: list
 
 
+def seconds_since_process_start() -> float | None:
+    """From /proc (Linux): uptime minus the process's start time. None where unavailable."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _log(msg: str):
     print(f"[llm-tuning] {msg}", flush=True)
 
@@ -95,6 +107,15 @@ def _make_callbacks(output_dir: str):
                 return
             with open(os.path.join(output_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    class StartupClock(TrainerCallback):
+        """Seconds from process start to the first training step: what a user waits before anything trains."""
+
+        seconds = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if self.seconds is None:
+                self.seconds = seconds_since_process_start()
 
     class MarkComplete(TrainerCallback):
         # on_save runs after the Trainer has written model, optimiser, scheduler, RNG and state.
@@ -153,7 +174,7 @@ def _make_callbacks(output_dir: str):
         def on_train_end(self, args, state, control, **kw):
             self.bar.close()
 
-    return [RunLog(), MarkComplete(), StopOnNonFinite(), Progress()]
+    return [RunLog(), StartupClock(), MarkComplete(), StopOnNonFinite(), Progress()]
 
 
 def _write_final(cfg, method, model, tokenizer, metrics: dict):
@@ -344,6 +365,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         "seconds": round(seconds, 2), "learning_rate": lr,
         "train_tokens": int(trainer.state.num_input_tokens_seen or 0),  # real (non-padding) tokens trained on
         "train_seconds": round(out.metrics.get("train_runtime", 0.0), 3),
+        "startup_seconds": next(cb.seconds for cb in trainer.callback_handler.callbacks
+                                if type(cb).__name__ == "StartupClock"),
         "log_history": trainer.state.log_history,
     }
     _write_final(cfg, method, model, tokenizer, metrics)
