@@ -143,10 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="with --generate: answer length limit")
     p.add_argument("--predictions", help="with --generate: write prompt/reference/prediction JSONL here")
     p.add_argument("--json", action="store_true", help="print JSON (loss, perplexity, records, tokens[, rouge-1, ...])")
+    from .estimate import add_parser as add_estimate_parser
+
+    add_estimate_parser(sub)
+
     p = sub.add_parser("compare", help="run several methods on one budget and write a report (table + plots)")
     p.add_argument("--config", required=True, help="compare YAML: model, data, output_dir, budget_tokens, runs")
     p.add_argument("--force", action="store_true", help="rerun runs that already have a result.json")
     return ap
+
+
+def _cmd_estimate(args):
+    from .estimate import main as estimate_main
+
+    estimate_main(args)
 
 
 def _cmd_compare(args):
@@ -230,7 +240,8 @@ def _cmd_demo(args):
 
 
 COMMANDS = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval, "merge": _cmd_merge,
-            "init-model": _cmd_init_model, "demo": _cmd_demo, "compare": _cmd_compare}
+            "init-model": _cmd_init_model, "demo": _cmd_demo, "compare": _cmd_compare,
+            "estimate": _cmd_estimate}
 
 
 def main(argv=None) -> int:

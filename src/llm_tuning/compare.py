@@ -90,12 +90,15 @@ def _run_training(run_cfg: dict, run_dir: str, log_path: str):
 
 
 def _estimate(run_cfg: dict):
+    """The estimator's training-memory figure for this run, MiB (None where it cannot say)."""
+    from .config import TrainConfig
+    from .estimate import estimate, load_config
+
     try:
-        from .estimate import estimate_for_train_config
-    except ImportError:
-        return None
-    try:
-        return estimate_for_train_config(run_cfg)["total"] / 2**20
+        opts = TrainConfig(**{k: v for k, v in run_cfg.items() if k in FIELDS})
+        r = estimate(load_config(run_cfg["model"]), opts.method, opts.precision, opts.quantization, opts.batch_size,
+                     opts.max_length, opts.gradient_checkpointing, opts)
+        return r["total"] / 2**20
     except Exception:  # the estimate is a column of the report, never a reason to fail a run
         return None
 
@@ -150,7 +153,7 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
                    "save_steps": max(steps, 1)}
         log(f"[{i}/{len(cfg['runs'])}] {name} ({run['method']}): training {steps} steps ...")
         code, peak, wall, error = _run_training(run_cfg, run_dir, os.path.join(run_dir, "train.log"))
-        row = {"name": name, "method": run["method"], "status": "ok", "peak_rss_mib": round(peak, 1),
+        row = {"name": name, "method": run["method"], "status": "ok", "process_peak_rss_mib": round(peak, 1),
                "estimated_mib": _estimate(run_cfg), "wall_s": round(wall, 1)}
         if code != 0:
             row.update(status="failed", error=error)
@@ -162,6 +165,9 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
                 row.update(
                     trainable_params=metrics["trainable_params"], total_params=metrics["total_params"],
                     train_tokens=metrics.get("train_tokens"),
+                    # training memory: peak RSS above the process's RSS just before the model was loaded,
+                    # the quantity the estimator predicts
+                    peak_rss_mib=round(metrics["peak_rss_mib"] - metrics["rss_before_model_mib"], 1),
                     tokens_per_s=(metrics["train_tokens"] / metrics["train_seconds"]) if metrics.get("train_seconds") else None,
                     final_train_loss=next((e["loss"] for e in reversed(metrics["log_history"]) if "loss" in e), None),
                     loss_curve=[(e["step"], e["loss"]) for e in metrics["log_history"] if "loss" in e],

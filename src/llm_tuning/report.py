@@ -14,8 +14,8 @@ COLUMNS = [
     ("trainable params", lambda r: _int(r.get("trainable_params"))),
     ("trainable %", lambda r: _pct(r)),
     ("adapter size", lambda r: _size(r.get("adapter_bytes"))),
-    ("peak memory MiB (measured)", lambda r: _num(r.get("peak_rss_mib"), 0)),
-    ("peak memory MiB (estimated)", lambda r: _num(r.get("estimated_mib"), 0)),
+    ("training memory MiB (measured)", lambda r: _num(r.get("peak_rss_mib"), 0)),
+    ("training memory MiB (estimated)", lambda r: _num(r.get("estimated_mib"), 0)),
     ("train tokens/s", lambda r: _num(r.get("tokens_per_s"), 0)),
     ("wall s", lambda r: _num(r.get("wall_s"), 1)),
     ("final train loss", lambda r: _num(r.get("final_train_loss"), 4)),
@@ -119,7 +119,8 @@ def write_report(out_dir, summary, results) -> dict:
     plot_loss_vs_params(results, bars)
     header = [c for c, _ in COLUMNS]
     rows = table_rows(results)
-    setup = (f"Model `{summary['model']}`; data `{summary['data']}` ({summary['train_records']} training, "
+    setup = (f"Training memory: peak RSS above the process's RSS just before the model was loaded (measured), and "
+             f"`llm-tuning estimate` from the config alone (estimated). Model `{summary['model']}`; data `{summary['data']}` ({summary['train_records']} training, "
              f"{summary['heldout_records']} held-out records); every run: {summary['steps']} steps of batch "
              f"{summary['batch_size']}, seed {summary['seed']}, same records in the same order. Held-out loss on all "
              f"held-out records; ROUGE-L/BLEU-4 of greedy answers on the first {summary['eval_records']}.")

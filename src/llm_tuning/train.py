@@ -268,6 +268,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     eval_ds = tokenized_dataset(tokenizer, val_recs, cfg.template, cfg.max_length, False)[0] if val_recs else None
     _log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
 
+    import resource
+
+    rss_before_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
@@ -365,6 +368,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         "seconds": round(seconds, 2), "learning_rate": lr,
         "train_tokens": int(trainer.state.num_input_tokens_seen or 0),  # real (non-padding) tokens trained on
         "train_seconds": round(out.metrics.get("train_runtime", 0.0), 3),
+        "rss_before_model_mib": round(rss_before_model, 1),  # peak RSS (MiB) of the process up to the model load
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "startup_seconds": next(cb.seconds for cb in trainer.callback_handler.callbacks
                                 if type(cb).__name__ == "StartupClock"),
         "log_history": trainer.state.log_history,
