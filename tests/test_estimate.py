@@ -104,7 +104,10 @@ def test_parameter_counts_equal_the_real_models(config):
 
 
 def _saved_bytes(config, method, precision, opts):
-    """Bytes of the distinct tensors autograd keeps for the backward (parameters excluded)."""
+    """Bytes of the distinct tensors autograd keeps for the backward (parameters excluded), with the loss path
+    train.py takes: fastloss.py's fused output layer + loss for full/BitFit/LoRA/IA3 unless fast_loss is off."""
+    from llm_tuning.fastloss import FAST_METHODS, response_loss_sum
+
     torch.manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     model = _apply(_build(config).to(dtype), method, opts)
@@ -124,17 +127,25 @@ def _saved_bytes(config, method, precision, opts):
     model.train()
     ids = torch.randint(3, config["vocab_size"], (2, 64))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(input_ids=ids, labels=ids).loss
+        if opts.get("fast_loss", True) and method in FAST_METHODS:
+            total, n = response_loss_sum(model, ids, None, ids)
+            loss = total / n
+        else:
+            loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     return sum(kept.values())
 
 
 @pytest.mark.parametrize("config", [TINY_LLAMA_GQA, TINY_BLOOM], ids=["llama-gqa", "bloom"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("variant", ["full", "bitfit", "prompt", "prefix", "lora", "ia3-custom"])
+@pytest.mark.parametrize("variant", ["full", "bitfit", "prompt", "prefix", "lora", "ia3-custom", "full-stock-loss",
+                                     "lora-stock-loss"])
 def test_activations_are_what_autograd_keeps(variant, precision, config):
     family = "bloom" if config["model_type"] == "bloom" else "llama"
-    method, opts = _options(variant, family)
+    stock = variant.endswith("-stock-loss")
+    method, opts = _options(variant.removesuffix("-stock-loss"), family)
+    if stock:
+        opts["fast_loss"] = False
     real = _saved_bytes(config, method, precision, opts)
     est = estimate(config, method, precision, batch_size=2, max_length=64, opts=opts)["activations"]
     assert abs(est - real) <= 0.02 * real, (est, real)
@@ -150,6 +161,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from llm_tuning.checkpointing import enable_after_method, enable_before_method
 from llm_tuning.config import TrainConfig
 from llm_tuning.methods import get_method
+from llm_tuning.fastloss import FAST_METHODS, response_loss_sum
 from llm_tuning.train import _trainable_to_fp32
 
 spec = json.loads(sys.argv[1])
@@ -157,6 +169,7 @@ method, ckpt = spec["method"], spec["gradient_checkpointing"]
 cfg = TrainConfig(model="-", data="-", output_dir="-", method=method, precision=spec["precision"], **spec["opts"])
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
 model_type = spec["config"]["model_type"]
+fast = cfg.fast_loss and method in FAST_METHODS
 torch.manual_seed(0)
 
 
@@ -173,10 +186,17 @@ def prepare(config):
     return model
 
 
+def loss_of(model, ids):
+    if fast:  # as train.py's Trainer for these methods: fused, chunked output layer + loss (fastloss.py)
+        total, n = response_loss_sum(model, ids, None, ids)
+        return total / n
+    return model(input_ids=ids, labels=ids).loss
+
+
 def train(model, ids, steps):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = loss_of(model, ids)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -234,15 +254,17 @@ def measure_peak(method, gradient_checkpointing=False, opts=None, config=LLAMA, 
     return json.loads(line[7:])["peak_growth"]
 
 
-@pytest.mark.parametrize("method,checkpointing", [("lora", False), ("full", False), ("prefix", False),
-                                                  ("lora", True)],
-                         ids=["lora", "full", "prefix", "lora-checkpointing"])
-def test_estimate_within_15_percent_of_measured_peak(method, checkpointing):
-    measured = measure_peak(method, checkpointing)
-    est = estimate(LLAMA, method, "fp32", batch_size=BATCH, max_length=LENGTH,
-                   gradient_checkpointing=checkpointing)["total"]
+@pytest.mark.parametrize("method,checkpointing,opts", [
+    ("lora", False, {}), ("full", False, {}), ("prefix", False, {}), ("lora", True, {}),
+    ("full", False, {"fast_loss": False}),
+], ids=["lora", "full", "prefix", "lora-checkpointing", "full-stock-loss"])
+def test_estimate_within_15_percent_of_measured_peak(method, checkpointing, opts):
+    """lora and full take train.py's fused output layer + loss (fastloss.py), prefix the stock causal-LM loss."""
+    measured = measure_peak(method, checkpointing, opts)
+    est = estimate(LLAMA, method, "fp32", batch_size=BATCH, max_length=LENGTH, gradient_checkpointing=checkpointing,
+                   opts=opts)["total"]
     err = est / measured - 1
-    print(f"{method}{' + checkpointing' if checkpointing else ''}: measured {measured / MiB:.1f} MiB, "
+    print(f"{method}{' + checkpointing' if checkpointing else ''} {opts or ''}: measured {measured / MiB:.1f} MiB, "
           f"estimated {est / MiB:.1f} MiB ({100 * err:+.1f} %)")
     assert abs(err) <= 0.15, (est / MiB, measured / MiB)
 
@@ -253,7 +275,7 @@ def test_estimate_within_15_percent_of_measured_peak(method, checkpointing):
 def _args(**kw):
     base = dict(model="llama-2-7b", method="lora", precision="fp16", quantization=None, batch_size=1,
                 max_length=512, gradient_checkpointing=False, lora_r=None, lora_dropout=None, target_modules=None,
-                num_virtual_tokens=None, json=True)
+                num_virtual_tokens=None, fast_loss=None, json=True)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -282,6 +304,10 @@ def test_cli_bloom_preset_every_method(capsys):
     for method in ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "ia3"):
         total = _total(capsys, model="bloom-1b4", method=method, precision="fp32")
         assert total > count_params("bloom-1b4") * 4
+    # the stock loss holds batch x length x 46,145 logits, as fp32 at least twice (copy for the loss, log-probs)
+    fast, stock = _total(capsys, model="bloom-1b4", batch_size=4), _total(capsys, model="bloom-1b4", batch_size=4,
+                                                                        fast_loss=False)
+    assert stock - fast > 2 * 4 * 512 * 46145 * 4
 
 
 def test_bad_input_is_a_one_line_user_error(tmp_path):

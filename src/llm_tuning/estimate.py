@@ -4,7 +4,9 @@ No weights are read: the numbers follow from the tensor shapes of the architectu
 precision, the quantisation, the batch and the sequence length. The estimate models what *this project's*
 training does (see train.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over a
 half base (`_trainable_to_fp32`); `prepare_model_for_kbit_training` over a quantised base (which casts the
-non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, eager attention for Bloom.
+non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, eager attention for Bloom; the
+fused, chunked output layer + loss of fastloss.py for full / BitFit / LoRA / IA3 (unless fast_loss is off),
+the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
 one decoder layer op by op and asking, for each op, which inputs or outputs autograd keeps for the backward
@@ -26,6 +28,7 @@ import os
 
 from .config import TrainConfig
 from .errors import UserError
+from .fastloss import CHUNK_ELEMENTS, FAST_METHODS
 
 
 class EstimateError(UserError, ValueError):
@@ -470,14 +473,12 @@ def _activations(r: _Run) -> dict:
     head = INT64 * t if full else 0
     if a.family == "bloom" and (full or r.method in ("bitfit", "prompt", "ptuning") or (r.gc and r.method != "prefix")):
         head += (act * a.hidden + 2 * act) * t
-    # After them: the final norm keeps its input (Llama: in fp32) and, when it trains, its normalised output;
-    # lm_head keeps its input when it trains; log_softmax keeps its fp32 output over the vocabulary.
+    # After them: the final norm keeps its input (Llama: in fp32) and, when it trains, its normalised output.
+    # (The output layer and the loss: see estimate(), they depend on the loss path.)
     if a.family == "bloom":
         head += (act * a.hidden + 2 * act) * t
     else:
         head += (FP32 * a.hidden + FP32 + (act * a.hidden if full else 0)) * t
-    head += (act * a.hidden if full else 0) * t
-    head += FP32 * a.vocab * t
     # Checkpointing keeps each layer's input (and, for prefix, the cache's keys and values, which our per-layer
     # checkpointing leaves in the cache until the backward).
     stash = 0.0
@@ -578,19 +579,39 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
     r = _Run(a, method, act, quantization, gradient_checkpointing, batch_size, seq, kv_len, lora, o.lora_r,
              o.lora_dropout, ia3)
     ac = _activations(r)
-    t = r.tokens
+    t, h, v = r.tokens, a.hidden, a.vocab
     logits_bytes = act if not quantization else FP32  # lm_head output dtype (fp32 lm_head over a quantised base)
-    # The cross-entropy backward: nll_loss's dense fp32 gradient over the vocabulary and log_softmax's fp32 input
-    # gradient, both alive with the kept log_softmax output.
-    ce_transient = 2 * FP32 * a.vocab * t
+    head_trains = method == "full"  # the output layer's weight (Bloom: tied to the input embedding)
+    backbone = ac["layers"] + ac["head"] + ac["stash"]
+    fast = bool(o.fast_loss) and method in FAST_METHODS
+    if fast:
+        # fastloss.py (train.py's default for these methods): the output layer and the cross-entropy run fused,
+        # chunk by chunk, on the learned positions only (here every position but the last: an upper bound), and
+        # their gradients are formed in the forward. Kept for the backward: the hidden-state gradient (and, when
+        # the output layer trains, its fp32 weight gradient) and the int64 row and column indices of the learned
+        # positions. The logits never exist whole.
+        learned = batch_size * (seq - 1)
+        out_kept = (act * h + 2 * INT64) * learned + (FP32 * v * h if head_trains else 0)
+        chunk_logits = min(learned, max(1, CHUNK_ELEMENTS // v)) * v
+        # In the chunk loop: the learned hidden states gathered for the head; one chunk's fp32 logits and their
+        # fp32 softmax-gradient (and its cast to the hidden dtype); the fp32 weight-gradient product when it trains.
+        out_forward = act * h * learned + chunk_logits * (2 * FP32 + (act if act != FP32 else 0)) + (
+            FP32 * v * h if head_trains else 0)
+        # Its backward: the gradients scaled by the loss's gradient (and cast), the zero-filled gradient of the
+        # whole last hidden state the gathered rows scatter into.
+        out_backward = act * h * learned + act * h * t + (
+            (FP32 + (p if p != FP32 else 0)) * v * h if head_trains else 0)
+    else:
+        # The stock causal-LM loss: lm_head keeps its input when it trains; log_softmax keeps its fp32 output.
+        out_kept = (act * h * t if head_trains else 0) + FP32 * v * t
+    kept = backbone + out_kept
     # Dequantising: bitsandbytes materialises one linear's weight at a time in the compute dtype (fp32 for 8-bit's
     # input gradient).
     dequant = largest_linear * (FP32 if quantization == "8bit" else p) if quantization else 0
     step_transient = 2 * _largest_trainable(a, method, o) * train_bytes  # sqrt(exp_avg_sq) and its scaled copy
 
-    kept = ac["layers"] + ac["head"] + ac["stash"]
     activations = kept + (ac["one_layer"] if gradient_checkpointing else 0)
-    head_grad = (a.vocab * a.hidden * p) if method == "full" else 0
+    head_grad = (v * h * p) if head_trains else 0
     if method == "full":
         layer_params = (count_params(a) - a.vocab * a.hidden * (1 if a.tied else 2)) / a.layers
         first_layer_grads = (layer_params + (0 if a.tied else a.vocab * a.hidden)) * p
@@ -599,29 +620,42 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
     else:
         first_layer_grads = 0
     # The peak is the largest of these moments (activations alive, gradients alive, transient):
-    # Computing the loss: the logits, their fp32 copy for the loss (unless fp32 already), and the cache.
-    forward_end = logits_bytes * a.vocab * t + (FP32 * a.vocab * t if logits_bytes != FP32 else 0) + ac["cache"]
     phases = [
-        # end of the forward: the loss is computed, the model's outputs are still alive
-        (kept, 0, forward_end),
-        # cross-entropy backward: every kept activation, no gradient yet
-        (kept, 0, ce_transient),
-        # lm_head backward: log_softmax's output freed, the logits' gradient and lm_head's weight gradient alive
-        (kept - FP32 * a.vocab * t, head_grad, logits_bytes * a.vocab * t),
         # the first layer's backward (under checkpointing: its recomputation): every gradient written but its own
         # (and, for full fine-tuning, the input embedding's, computed last)
         (ac["stash"] + ac["one_layer"], gradients - first_layer_grads, ac["layer_transient"] + dequant),
         # optimizer step: every gradient, no activation
         (0, gradients, step_transient),
     ]
+    if fast:
+        phases += [
+            # the backbone returns: its cache is still alive
+            (backbone, 0, ac["cache"]),
+            # the fused output layer + loss, one chunk at a time
+            (backbone, 0, out_kept + out_forward),
+            # its backward
+            (kept, 0, out_backward),
+        ]
+    else:
+        phases += [
+            # the loss is computed: the logits, their fp32 copy for the loss (unless fp32 already), the cache
+            (kept, 0, logits_bytes * v * t + (FP32 * v * t if logits_bytes != FP32 else 0) + ac["cache"]),
+            # the cross-entropy backward: nll_loss's dense fp32 gradient over the vocabulary and log_softmax's fp32
+            # input gradient, both alive with the kept log_softmax output
+            (kept, 0, 2 * FP32 * v * t),
+            # lm_head backward: log_softmax's output freed; the logits' gradient and the weight gradient alive
+            (kept - FP32 * v * t, head_grad, logits_bytes * v * t),
+        ]
     alive_act, alive_grad, overhead = max(phases, key=lambda ph: sum(ph))
+    if fast and (alive_act, overhead) == (backbone, out_kept + out_forward):
+        alive_act, overhead = kept, out_forward  # what the fused head keeps is an activation
     freed = (alive_act - activations) + (alive_grad - gradients)
 
     fp_weights = n_total * p
     out = {"weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
            "optimizer": optimizer, "activations": activations, "overhead": overhead, "freed_before_peak": freed,
            "quantisation_savings": fp_weights - weights if quantization else 0}
-    out = {k: int(round(v)) for k, v in out.items()}
+    out = {k: int(round(val)) for k, val in out.items()}
     out["total"] = sum(out[k] for k in SUMMED)
     out["trainable_params"] = n_train
     out["total_params"] = n_total
@@ -648,8 +682,21 @@ def add_parser(subparsers):
     p.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
     p.add_argument("--target-modules", help="comma-separated LoRA / IA3 target modules (default: PEFT's choice)")
     p.add_argument("--num-virtual-tokens", type=int, help="prompt / p-tuning / prefix virtual tokens (default 10)")
+    p.add_argument("--fast-loss", type=_bool, nargs="?", const=True,
+                   help="as train's --fast-loss: the output layer only on learned positions, fused with the loss "
+                        "(default true; full/bitfit/lora/ia3)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes)")
     return p
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def _fmt(n: float) -> str:
@@ -661,7 +708,7 @@ def _fmt(n: float) -> str:
 
 def main(args) -> None:
     opts = {}
-    for key in ("lora_r", "lora_dropout", "num_virtual_tokens"):
+    for key in ("lora_r", "lora_dropout", "num_virtual_tokens", "fast_loss"):
         if getattr(args, key, None) is not None:
             opts[key] = getattr(args, key)
     targets = getattr(args, "target_modules", None)
