@@ -58,6 +58,9 @@ def generate(model, tokenizer, records: list[dict], template: str = "default", m
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
+    if _is_prompt_learning_model(model):
+        return [_generate_without_cache(model, tokenizer, r, template, max_new_tokens, do_sample, temperature, top_p)
+                for r in records]
     answers = []
     for i in range(0, len(records), batch_size):
         prompts = [encode_prompt(tokenizer, format_prompt(r, template)) for r in records[i:i + batch_size]]
@@ -122,6 +125,44 @@ def _base_for_merge(model_path, info, merge_base, trust_remote_code, log):
     if quant:
         log(f"merging into the original full-precision base (the adapter was trained on its {quant} version)")
     return load_model(model_path, "fp32", trust_remote_code)
+
+
+def _is_prompt_learning_model(model) -> bool:
+    cfg = getattr(model, "active_peft_config", None)
+    return bool(cfg is not None and getattr(cfg, "is_prompt_learning", False))
+
+
+def _generate_without_cache(model, tokenizer, record, template, max_new_tokens, do_sample, temperature, top_p):
+    """Decoding for prompt tuning, P-tuning and prefix tuning: one record at a time, a full forward per token.
+
+    With transformers 5.24 and PEFT 0.21, `generate` on these models is wrong: it hands the model its own
+    (empty) cache under the new `cache` name, so the prefix PEFT puts under `past_key_values` is silently
+    ignored (a prefix adapter generated exactly what the base model generates, seen on stories260K); prompt
+    tuning crashes on a mask shape; and with left padding PEFT drops position ids. The plain forward applies
+    the virtual tokens correctly, so we decode with it: slower (no KV cache), but the tokens are the model's.
+    tests/test_methods.py::test_generation_follows_the_adapter checks this for every method."""
+    import torch
+
+    from .data.templates import format_prompt
+    from .data.tokenize import encode_prompt
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([encode_prompt(tokenizer, format_prompt(record, template))], device=device)
+    start = ids.shape[1]
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
+            if do_sample:
+                probs = torch.softmax(logits / max(temperature, 1e-5), -1)
+                sorted_p, order = probs.sort(descending=True)
+                keep = sorted_p.cumsum(0) - sorted_p < top_p
+                nxt = order[keep][torch.multinomial(sorted_p[keep] / sorted_p[keep].sum(), 1)]
+            else:
+                nxt = logits.argmax().view(1)
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+            if int(nxt) == tokenizer.eos_token_id:
+                break
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
 
 
 def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, trust_remote_code: bool = False,
