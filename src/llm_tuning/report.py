@@ -60,10 +60,10 @@ def plot_loss_curves(results, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for r in results:
-        if r.get("loss_curve"):
-            steps, losses = zip(*r["loss_curve"])
-            ax.plot(steps, losses, label=r["name"], linewidth=1.4)
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: a comparison often has more than 10 runs
+    for i, r in enumerate(r for r in results if r.get("loss_curve")):
+        steps, losses = zip(*r["loss_curve"])
+        ax.plot(steps, losses, label=r["name"], linewidth=1.4, color=colors[i % len(colors)])
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss (response tokens)")
     ax.set_title("Training loss by method (same data, order and budget)")
