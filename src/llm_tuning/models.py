@@ -25,6 +25,8 @@ def quiet_libraries():
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt: inputs will be cast.*")
+    # PEFT 0.21 still hands the prefix to transformers 5 as `past_key_values` (a rename notice, nothing wrong).
+    warnings.filterwarnings("ignore", message=".*`past_key_values` is deprecated.*")
     warnings.filterwarnings("ignore", message=".*Position ids are not supported for parameter efficient tuning.*")
     # PEFT still reads the deprecated `is_gradient_checkpointing` property of transformers 5.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
