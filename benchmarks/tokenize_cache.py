@@ -5,7 +5,6 @@ then again with the same data and tokenizer, which the cache serves. Prints a ta
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time

@@ -107,7 +107,7 @@ def _dir_size(path: str, names) -> int:
     return sum(os.path.getsize(os.path.join(path, n)) for n in names if os.path.exists(os.path.join(path, n)))
 
 
-def _evaluate(run: dict, run_dir: str, model: str, val: list[dict], eval_records: int, max_new_tokens: int,
+def _evaluate(run_dir: str, model: str, val: list[dict], eval_records: int, max_new_tokens: int,
               template: str, max_length: int) -> dict:
     from .evaluate import generation_metrics, response_loss
     from .infer import load_for_inference
@@ -175,7 +175,7 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
                                                       "model.safetensors")),
                     mergeable=get_method(run["method"]).mergeable,
                 )
-                row.update(_evaluate(run, run_dir, cfg["model"], val_recs, cfg.get("eval_records", 20),
+                row.update(_evaluate(run_dir, cfg["model"], val_recs, cfg.get("eval_records", 20),
                                      cfg.get("max_new_tokens", 64), shared.get("template", "default"),
                                      shared.get("max_length", 512)))
                 log(f"[{i}/{len(cfg['runs'])}] {name}: held-out loss {row['heldout_loss']:.4f}, "

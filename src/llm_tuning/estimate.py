@@ -405,7 +405,7 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     a, act = r.arch, r.act
     h, nh = a.hidden, a.heads
     kv_ratio = r.kv_len / r.seq
-    full, ln_trains = r.method == "full", r.method in ("full", "bitfit")
+    ln_trains = r.method in ("full", "bitfit")
     kept = 0.0
 
     def layernorm(rg):
