@@ -10,15 +10,8 @@ import argparse
 import json
 import sys
 
+from .config import parse_bool
 from .errors import UserError
-
-
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def _add_train(sub):
@@ -34,7 +27,7 @@ def _add_train(sub):
     p.add_argument("--template", help="prompt template: default (Human:/Assistant:) or llama2")
     p.add_argument("--max-length", type=int, help="truncate examples to this many tokens (default 512)")
     p.add_argument("--skip-bad-records", action="store_true", help="drop invalid records (counted) instead of failing")
-    p.add_argument("--cache", type=_bool, nargs="?", const=True, help="reuse tokenised data across runs (default true)")
+    p.add_argument("--cache", type=parse_bool, nargs="?", const=True, help="reuse tokenised data across runs (default true)")
     p.add_argument("--val-size", type=float, help="held-out split: a fraction (<1) or a count (>=1)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, help="passes over the data (default 1)")
@@ -48,9 +41,9 @@ def _add_train(sub):
     p.add_argument("--precision", help="fp32, bf16 or fp16 (default fp32)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass to save memory (every method, prefix included)")
-    p.add_argument("--group-by-length", type=_bool, nargs="?", const=True,
+    p.add_argument("--group-by-length", type=parse_bool, nargs="?", const=True,
                    help="batch examples of similar length together (default true)")
-    p.add_argument("--fast-loss", type=_bool, nargs="?", const=True,
+    p.add_argument("--fast-loss", type=parse_bool, nargs="?", const=True,
                    help="compute the output layer only on learned positions (default true; full/bitfit/lora/ia3)")
     p.add_argument("--quantization", help="load the base 8bit (LLM.int8) or 4bit (NF4) through bitsandbytes")
     p.add_argument("--int8-threshold", type=float, help="LLM.int8 outlier threshold (default 6.0)")
@@ -68,7 +61,7 @@ def _add_train(sub):
     g.add_argument("--prompt-text", help="text whose embeddings start the hard prompt")
     g.add_argument("--encoder", help="p-tuning encoder: mlp or lstm")
     g.add_argument("--encoder-hidden-size", type=int, help="p-tuning / prefix projection width (default: model hidden size)")
-    g.add_argument("--prefix-projection", type=_bool, nargs="?", const=True, help="prefix through an MLP (true/false)")
+    g.add_argument("--prefix-projection", type=parse_bool, nargs="?", const=True, help="prefix through an MLP (true/false)")
     g = p.add_argument_group("lora")
     g.add_argument("--lora-r", type=int, help="rank (default 8)")
     g.add_argument("--lora-alpha", type=int, help="scale numerator (default 16)")

@@ -59,12 +59,15 @@ def _steps_for_budget(cfg: dict, shared: dict, train_records: list[dict]) -> int
         return int(cfg["max_steps"])
     if not cfg.get("budget_tokens"):
         raise UserError("compare: set either budget_tokens or max_steps")
-    from .data.tokenize import encode_records, prepare_tokenizer
+    from .data.cache import tokenized_dataset
+    from .data.tokenize import prepare_tokenizer
     from .models import load_tokenizer
 
     tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cfg["model"]), log=lambda m: None)
-    enc = encode_records(tok, train_records, shared.get("template", "default"), shared.get("max_length", 512))
-    mean = sum(len(x) for x in enc.input_ids) / max(1, len(enc.input_ids))
+    # Through the cache: the runs tokenise exactly these records the same way, and then find them there.
+    ds, _ = tokenized_dataset(tok, train_records, shared.get("template", "default"), shared.get("max_length", 512),
+                              shared.get("cache", True), log=lambda m: None)
+    mean = sum(len(x) for x in ds["input_ids"]) / max(1, len(ds))
     per_step = mean * shared["batch_size"] * shared.get("grad_accum", 1)
     return max(1, round(cfg["budget_tokens"] / per_step))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -68,6 +69,16 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
 
 
+def parse_bool(value) -> bool:
+    """true/yes/1/on or false/no/0/off: one reading for command-line flags and YAML values alike."""
+    v = str(value).lower()
+    if v in ("true", "yes", "1", "on"):
+        return True
+    if v in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
 def _coerce(key: str, value, source: str):
     if key == "target_modules" and isinstance(value, str):
         return [m.strip() for m in value.split(",") if m.strip()]
@@ -76,18 +87,14 @@ def _coerce(key: str, value, source: str):
         if value is None:
             return None
         if "bool" in typ and not isinstance(value, bool):
-            if str(value).lower() in ("true", "yes", "1", "on"):
-                return True
-            if str(value).lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
+            return parse_bool(value)
         if typ.startswith("int") and not isinstance(value, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         if typ.startswith("float") and not isinstance(value, bool):
             return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
         raise UserError(f"{source}: {key!r} has a bad value {value!r} (expected {typ})") from None
     return value
 

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_bool
 from .errors import UserError
 from .fastloss import CHUNK_ELEMENTS, FAST_METHODS
 
@@ -682,21 +682,11 @@ def add_parser(subparsers):
     p.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
     p.add_argument("--target-modules", help="comma-separated LoRA / IA3 target modules (default: PEFT's choice)")
     p.add_argument("--num-virtual-tokens", type=int, help="prompt / p-tuning / prefix virtual tokens (default 10)")
-    p.add_argument("--fast-loss", type=_bool, nargs="?", const=True,
+    p.add_argument("--fast-loss", type=parse_bool, nargs="?", const=True,
                    help="as train's --fast-loss: the output layer only on learned positions, fused with the loss "
                         "(default true; full/bitfit/lora/ia3)")
     p.add_argument("--json", action="store_true", help="print JSON (bytes)")
     return p
-
-
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    import argparse
-
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def _fmt(n: float) -> str:

@@ -53,6 +53,29 @@ def seconds_since_process_start() -> float | None:
         return None
 
 
+def _peak_rss_mib() -> float:
+    """The process's RSS high-water mark (VmHWM on Linux, else ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss_mib() -> float:
+    """Restart the high-water mark at the current RSS, so a later peak measures this phase alone (an import
+    spike before the model load would otherwise hide it); returns that RSS. Where the kernel does not allow the
+    reset, the high-water mark so far is returned and the difference is a lower bound."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _peak_rss_mib()
+
+
 def _log(msg: str):
     print(f"[llm-tuning] {msg}", flush=True)
 
@@ -174,7 +197,8 @@ def _make_callbacks(output_dir: str):
         def on_train_end(self, args, state, control, **kw):
             self.bar.close()
 
-    return [RunLog(), StartupClock(), MarkComplete(), StopOnNonFinite(), Progress()]
+    return {"log": RunLog(), "clock": StartupClock(), "complete": MarkComplete(), "stop": StopOnNonFinite(),
+            "progress": Progress()}
 
 
 def _write_final(cfg, method, model, tokenizer, metrics: dict):
@@ -268,9 +292,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     eval_ds = tokenized_dataset(tokenizer, val_recs, cfg.template, cfg.max_length, False)[0] if val_recs else None
     _log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
 
-    import resource
-
-    rss_before_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before_model = _reset_peak_rss_mib()
     model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
@@ -330,6 +352,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     from .fastloss import FAST_METHODS, make_trainer_class
 
+    callbacks = _make_callbacks(cfg.output_dir)
     trainer_cls = make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer
     trainer = trainer_cls(
         model=model,
@@ -337,7 +360,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
-        callbacks=_make_callbacks(cfg.output_dir),
+        callbacks=list(callbacks.values()),
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -346,7 +369,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if resume_from:
         _log(f"resuming from {resume_from}")
     out = trainer.train(resume_from_checkpoint=resume_from)
-    stop = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StopOnNonFinite")
+    stop = callbacks["stop"]
     if stop.bad:
         good = complete_checkpoints(cfg.output_dir)
         raise UserError(
@@ -368,10 +391,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         "seconds": round(seconds, 2), "learning_rate": lr,
         "train_tokens": int(trainer.state.num_input_tokens_seen or 0),  # real (non-padding) tokens trained on
         "train_seconds": round(out.metrics.get("train_runtime", 0.0), 3),
-        "rss_before_model_mib": round(rss_before_model, 1),  # peak RSS (MiB) of the process up to the model load
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "startup_seconds": next(cb.seconds for cb in trainer.callback_handler.callbacks
-                                if type(cb).__name__ == "StartupClock"),
+        "rss_before_model_mib": round(rss_before_model, 1),  # RSS (MiB) just before the model load
+        "peak_rss_mib": round(_peak_rss_mib(), 1),  # peak RSS (MiB) from then on
+        "startup_seconds": callbacks["clock"].seconds,
         "log_history": trainer.state.log_history,
     }
     _write_final(cfg, method, model, tokenizer, metrics)
