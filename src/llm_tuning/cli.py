@@ -45,6 +45,8 @@ def _add_train(sub):
                    help="batch examples of similar length together (default true)")
     p.add_argument("--fast-loss", type=parse_bool, nargs="?", const=True,
                    help="compute the output layer only on learned positions (default true; full/bitfit/lora/ia3)")
+    p.add_argument("--speedups", type=parse_bool, nargs="?", const=True,
+                   help="Bloom: SDPA attention and torch's tanh-GeLU in place of transformers' eager ones (default true)")
     p.add_argument("--quantization", help="load the base 8bit (LLM.int8) or 4bit (NF4) through bitsandbytes")
     p.add_argument("--int8-threshold", type=float, help="LLM.int8 outlier threshold (default 6.0)")
     p.add_argument("--adam-epsilon", type=float, help="optimiser epsilon (default 1e-8; 1e-4 when fp16 weights train)")

@@ -36,6 +36,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     group_by_length: bool = True  # batches of similar lengths: less padding computed
     fast_loss: bool = True  # project onto the vocabulary only where a token is learned (fastloss.py)
+    speedups: bool = True  # Bloom: SDPA attention and torch's tanh-GeLU, equal to transformers' (speedups.py)
     quantization: str | None = None  # None, "8bit" (LLM.int8) or "4bit" (NF4), through bitsandbytes
     int8_threshold: float = 6.0  # LLM.int8 outlier threshold
     adam_epsilon: float | None = None  # None: 1e-8, or 1e-4 when fp16 weights train (1e-8 rounds to 0 in fp16)

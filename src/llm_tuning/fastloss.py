@@ -23,7 +23,7 @@ from __future__ import annotations
 FAST_METHODS = ("full", "bitfit", "lora", "ia3")
 
 
-CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MiB in fp32)
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in fp32; 303 rows of a 55k vocabulary: a wide enough matmul)
 
 
 def backbone_and_head(model):
@@ -47,23 +47,32 @@ def _make_function():
         @staticmethod
         def forward(ctx, hidden, weight, bias, target):
             n, vocab = hidden.shape[0], weight.shape[0]
-            chunk = max(1, CHUNK_ELEMENTS // vocab)
+            # Equal chunks of at most CHUNK_ELEMENTS logits (400 rows -> 2 x 200, not 303 + 97: a thin matmul is slow)
+            pieces = max(1, -(-n * vocab // CHUNK_ELEMENTS))
+            chunk = max(1, -(-n // pieces))
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
             grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
+            fp32 = hidden.dtype == torch.float32 and weight.dtype == torch.float32
+            # One [chunk x vocabulary] buffer for every chunk (a fresh one per chunk costs page faults), worked on
+            # in place after the matmul: log-softmax (one row-wise pass that stays in cache), exp, minus one-hot.
+            buf = torch.empty(min(chunk, n), vocab, dtype=torch.float32, device=hidden.device) if fp32 else None
             for s in range(0, n, chunk):
                 h, t = hidden[s:s + chunk], target[s:s + chunk]
-                logits = (h @ weight.t()).float()
+                logits = torch.mm(h, weight.t(), out=buf[:len(h)]) if fp32 else (h @ weight.t()).float()
                 if bias is not None:
                     logits += bias.float()
-                lse = torch.logsumexp(logits, dim=-1)
+                torch.log_softmax(logits, dim=-1, out=logits)
                 rows = torch.arange(len(t), device=t.device)
-                total += (lse - logits[rows, t]).sum()
-                g = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+                total -= logits[rows, t].sum()
+                g = logits.exp_()  # softmax
                 g[rows, t] -= 1.0  # d(sum CE)/d(logits)
                 if grad_h is not None:
-                    grad_h[s:s + chunk] = (g.to(hidden.dtype) @ weight).to(hidden.dtype)
+                    if fp32:
+                        torch.mm(g, weight, out=grad_h[s:s + chunk])
+                    else:
+                        grad_h[s:s + chunk] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
                 if grad_w is not None:
                     grad_w += g.t() @ h.float()
                 if grad_b is not None:
@@ -95,7 +104,8 @@ def linear_cross_entropy_sum(hidden, head, target):
 def response_loss_sum(model, input_ids, attention_mask, labels):
     """(sum of cross-entropy over learned tokens, number of learned tokens)."""
     body, head = backbone_and_head(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and values
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     return linear_cross_entropy_sum(hidden[:, :-1][keep], head, target[keep]), keep.sum()

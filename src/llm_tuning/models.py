@@ -80,7 +80,7 @@ def quantization_config(quantization: str, precision: str = "fp32", int8_thresho
 
 
 def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = False, quantization: str | None = None,
-               int8_threshold: float = 6.0, **kwargs):
+               int8_threshold: float = 6.0, speedups: bool = True, **kwargs):
     check_source(name, "model")
     quiet_libraries()
     from transformers import AutoModelForCausalLM
@@ -98,6 +98,10 @@ def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = Fal
     except (OSError, ValueError) as e:
         raise _hub_error(name, "model", e) from None
     _avoid_bnb_cpu_packing_crash(model)  # also for a folder saved already quantised
+    if speedups:
+        from .speedups import speed_up
+
+        speed_up(model)
     return model
 
 

@@ -293,7 +293,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     _log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
 
     rss_before_model = _reset_peak_rss_mib()
-    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold)
+    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
+                       speedups=cfg.speedups)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
 

@@ -1,0 +1,78 @@
+"""Faster, equal replacements for two pieces of transformers' Bloom (measured in benchmarks/train_throughput.py).
+
+transformers 5 runs Bloom with its own eager attention only (no SDPA path: ALiBi is an additive bias the
+attention-interface registry does not pass) and with a hand-written tanh-GeLU autograd function of eight
+elementwise kernels each way. On this CPU those two were ~15 % of a LoRA step, and eager attention keeps the
+[batch, heads, length, length] probabilities of every layer for the backward.
+
+- GeLU: torch's own `gelu(approximate="tanh")` is the same formula (0.79788456 = sqrt(2/pi), 0.044715) and its
+  backward is the same derivative, in one vectorised kernel each way.
+- Attention: `scaled_dot_product_attention` with ALiBi + causal/padding mask as one additive bias. The bias is
+  built once per forward and shared by every layer (the model passes all layers the same `alibi` and mask
+  tensors), so the backward keeps one [batch, heads, q, k] tensor instead of one per layer. Anything the
+  replacement does not cover (attention weights requested, Bloom's slow-but-exact tensor-parallel path, no
+  mask) falls back to the original method.
+
+Both swaps leave the state dict, the saved adapters and merged models exactly as they were; tests compare
+logits and gradients with the stock modules (tests/test_speedups.py).
+"""
+
+from __future__ import annotations
+
+import types
+
+
+def _shared_bias(alibi, mask, batch, heads):
+    """ALiBi [batch*heads, 1, kv] + additive mask [batch, 1, q, kv] -> [batch, heads, q, kv], once per forward."""
+    cached = _shared_bias.last
+    if cached is not None and cached[0] is alibi and cached[1] is mask:
+        return cached[2]
+    kv = alibi.shape[-1]
+    bias = alibi.view(batch, heads, 1, kv).to(mask.dtype) + mask
+    _shared_bias.last = (alibi, mask, bias)  # replaced at the next forward; keeps at most one bias alive
+    return bias
+
+
+_shared_bias.last = None
+
+
+def _bloom_attention_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
+                             output_attentions=False, **kwargs):
+    import torch.nn.functional as F
+    from transformers.models.bloom.modeling_bloom import dropout_add
+
+    if output_attentions or attention_mask is None or (self.pretraining_tp > 1 and self.slow_but_exact):
+        return type(self).forward(self, hidden_states, residual, alibi, attention_mask, layer_past, use_cache,
+                                  output_attentions, **kwargs)
+    batch, q_len, _ = hidden_states.shape
+    fused = self.query_key_value(hidden_states).view(batch, q_len, self.num_heads, 3, self.head_dim)
+    query, key, value = (fused[..., i, :].transpose(1, 2) for i in range(3))  # views: [batch, heads, len, dim]
+    if layer_past is not None:  # generation, or prefix tuning's virtual keys/values
+        key, value = layer_past.update(key, value, self.layer_idx)
+    bias = _shared_bias(alibi, attention_mask, batch, self.num_heads)
+    context = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=bias.to(query.dtype),
+        dropout_p=self.attention_dropout.p if self.training else 0.0, scale=self.inv_norm_factor)
+    context = context.transpose(1, 2).reshape(batch, q_len, self.hidden_size)
+    output = dropout_add(self.dense(context), residual, self.hidden_dropout, self.training)
+    return output, None
+
+
+def speed_up(model) -> int:
+    """Swap Bloom's GeLU and attention for the equal, faster versions above; returns how many modules changed.
+    Other architectures are left alone (transformers already runs Llama with SDPA and a fused SiLU)."""
+    import torch.nn as nn
+
+    try:
+        from transformers.models.bloom.modeling_bloom import BloomAttention, BloomGelu
+    except ImportError:  # pragma: no cover - transformers without Bloom
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "gelu_impl", None), BloomGelu):
+            module.gelu_impl = nn.GELU(approximate="tanh")
+            changed += 1
+        if isinstance(module, BloomAttention) and "forward" not in vars(module):
+            module.forward = types.MethodType(_bloom_attention_forward, module)
+            changed += 1
+    return changed
