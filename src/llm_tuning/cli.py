@@ -168,6 +168,10 @@ def _cmd_train(args):
     flags.pop("command")
     path = flags.pop("config", None)
     cfg = build_config(load_yaml(path) if path else None, flags, path or "config")
+    if not cfg.quantization:
+        from .models import skip_bitsandbytes
+
+        skip_bitsandbytes()
     train(cfg)
 
 

@@ -4,9 +4,11 @@ No weights are read: the numbers follow from the tensor shapes of the architectu
 precision, the quantisation, the batch and the sequence length. The estimate models what *this project's*
 training does (see train.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over a
 half base (`_trainable_to_fp32`); `prepare_model_for_kbit_training` over a quantised base (which casts the
-non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, eager attention for Bloom; the
-fused, chunked output layer + loss of fastloss.py for full / BitFit / LoRA / IA3 (unless fast_loss is off),
-the stock causal-LM loss over B·L·V logits otherwise.
+non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for Bloom (train.py
+replaces it with SDPA by default, speedups.py, which keeps less: one shared bias instead of each layer's
+[B, heads, L, L] probabilities, so for Bloom the estimate is an upper bound; modelling the SDPA path is still
+to do); the fused, chunked output layer + loss of fastloss.py for full / BitFit / LoRA / IA3 (unless fast_loss
+is off; that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
 one decoder layer op by op and asking, for each op, which inputs or outputs autograd keeps for the backward
@@ -585,6 +587,7 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
     backbone = ac["layers"] + ac["head"] + ac["stash"]
     fast = bool(o.fast_loss) and method in FAST_METHODS
     if fast:
+        ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
         # fastloss.py (train.py's default for these methods): the output layer and the cross-entropy run fused,
         # chunk by chunk, on the learned positions only (here every position but the last: an upper bound), and
         # their gradients are formed in the forward. Kept for the backward: the hidden-state gradient (and, when
@@ -592,10 +595,12 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
         # positions. The logits never exist whole.
         learned = batch_size * (seq - 1)
         out_kept = (act * h + 2 * INT64) * learned + (FP32 * v * h if head_trains else 0)
-        chunk_logits = min(learned, max(1, CHUNK_ELEMENTS // v)) * v
-        # In the chunk loop: the learned hidden states gathered for the head; one chunk's fp32 logits and their
-        # fp32 softmax-gradient (and its cast to the hidden dtype); the fp32 weight-gradient product when it trains.
-        out_forward = act * h * learned + chunk_logits * (2 * FP32 + (act if act != FP32 else 0)) + (
+        pieces = max(1, -(-learned * v // CHUNK_ELEMENTS))
+        chunk_logits = -(-learned // pieces) * v  # equal chunks of at most CHUNK_ELEMENTS logits
+        # In the chunk loop: the learned hidden states gathered for the head; one chunk's fp32 logits, turned in
+        # place into the softmax-gradient (in half precision: the matmul's output before the fp32 copy, and the
+        # gradient's cast back); the fp32 weight-gradient product when it trains.
+        out_forward = act * h * learned + chunk_logits * (FP32 + (2 * act if act != FP32 else 0)) + (
             FP32 * v * h if head_trains else 0)
         # Its backward: the gradients scaled by the loss's gradient (and cast), the zero-filled gradient of the
         # whole last hidden state the gathered rows scatter into.

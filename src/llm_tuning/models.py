@@ -32,6 +32,19 @@ def quiet_libraries():
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
+def skip_bitsandbytes():
+    """Keep bitsandbytes out of a process that will not quantise. PEFT and the transformers Trainer import it
+    whenever it is installed, and bitsandbytes 0.50 imports torch's inductor compiler on the way: ~3 s of
+    start-up and ~44 MiB of memory here (benchmarks/train_throughput.py). An entry of None in sys.modules is how
+    Python marks a module as unavailable: `import` raises ImportError and importlib's find_spec answers None, so
+    both libraries take their no-bitsandbytes path. For whole-process commands only (the CLI), never inside a
+    library call: a later quantised load in the same process would fail."""
+    import sys
+
+    if "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None
+
+
 def torch_dtype(precision: str):
     import torch
 
