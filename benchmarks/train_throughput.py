@@ -89,26 +89,32 @@ def recipe_worker(model_dir, data_path, out_json):
 
 
 def ours_worker(model_dir, data_path, out_json, method, extra, evaluate=False):
-    sys.path.insert(0, os.path.join(ROOT, "src"))
-    from llm_tuning.config import TrainConfig
-    from llm_tuning.infer import load_for_inference
-    from llm_tuning.train import train
+    """`llm-tuning train` as a user runs it: the command, in its own process (peak RSS: that child's)."""
+    import resource
 
     # Throughput: the recipe's LoRA config (r=8, alpha=8, dropout 0). Learning: the project's own defaults.
     kw = {} if extra.pop("defaults", False) else dict(lora_r=8, lora_alpha=8, lora_dropout=0.0)
     kw.update(prompt_text="Answer the instruction.", **extra)
     out_dir = os.path.join(os.path.dirname(out_json), f"ours-{method}")
-    import resource
-
-    r = train(TrainConfig(model=model_dir, data=data_path, method=method, output_dir=out_dir, epochs=1,
-                          max_length=256, save_steps=10**6, overwrite=True, cache=False, **kw))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cmd = [sys.executable, "-m", "llm_tuning", "train", "--model", model_dir, "--data", data_path, "--method", method,
+           "--output-dir", out_dir, "--epochs", "1", "--max-length", "256", "--save-steps", str(10**6), "--overwrite",
+           "--cache", "false"]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"llm-tuning train failed:\n{p.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with open(os.path.join(out_dir, "metrics.json")) as f:
         m = json.load(f)
-    model, tok = load_for_inference(model_dir, out_dir)[:2] if evaluate else (None, None)
+    model = tok = None
+    if evaluate:
+        sys.path.insert(0, os.path.join(ROOT, "src"))
+        from llm_tuning.infer import load_for_inference
+
+        model, tok = load_for_inference(model_dir, out_dir)[:2]
     return {"tokens": m["train_tokens"], "seconds": m["train_seconds"], "startup": m["startup_seconds"],
-            "model": model, "tokenizer": tok, "steps": r.steps,
-            "peak_rss_mib": peak}
+            "model": model, "tokenizer": tok, "steps": m["steps"], "peak_rss_mib": peak}
 
 
 def worker(args):

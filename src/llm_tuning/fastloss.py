@@ -14,13 +14,14 @@ and most tokens learned they would otherwise be the largest tensor of the step, 
 (logits, log-softmax, gradient). No pip-installable library does this for CPU training (Liger's fused kernel
 is Triton, GPU-only), hence this small autograd function.
 
-Used for methods whose adapter lives inside the backbone's modules (full, BitFit, LoRA, IA3). Prompt,
-P-tuning and prefix tuning feed extra inputs through PEFT's own forward, so they take the stock path.
+Used for every method. Full, BitFit, LoRA and IA3 live inside the backbone's modules: the backbone runs alone.
+Prompt, P-tuning and prefix tuning feed extra inputs through PEFT's own forward: that forward runs with the
+output layer swapped for the identity, and the virtual positions are dropped.
 """
 
 from __future__ import annotations
 
-FAST_METHODS = ("full", "bitfit", "lora", "ia3")
+FAST_METHODS = ("full", "bitfit", "lora", "ia3", "prompt", "ptuning", "prefix")
 
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in fp32; 303 rows of a 55k vocabulary: a wide enough matmul)
@@ -101,11 +102,31 @@ def linear_cross_entropy_sum(hidden, head, target):
     return _FN.apply(hidden, head.weight, head.bias, target)
 
 
+def _last_hidden_states(model, body, input_ids, attention_mask):
+    prompt = getattr(model, "active_peft_config", None)
+    if prompt is None or not getattr(prompt, "is_prompt_learning", False):
+        # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and
+        # values until it returns
+        return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    # Prompt, P-tuning and prefix tuning: PEFT's own forward adds the virtual tokens (or the prefix keys and
+    # values), so it runs as usual, with the output layer swapped for the identity for this one call: its
+    # "logits" are then the last hidden states. Virtual-token positions come first and learn nothing: dropped.
+    import torch
+
+    inner = model.get_base_model()
+    head = inner.get_output_embeddings()
+    inner.set_output_embeddings(torch.nn.Identity())
+    try:
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    finally:
+        inner.set_output_embeddings(head)
+    return hidden[:, hidden.shape[1] - input_ids.shape[1]:]
+
+
 def response_loss_sum(model, input_ids, attention_mask, labels):
     """(sum of cross-entropy over learned tokens, number of learned tokens)."""
     body, head = backbone_and_head(model)
-    # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and values
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = _last_hidden_states(model, body, input_ids, attention_mask)
     target = labels[:, 1:]
     keep = target != -100
     return linear_cross_entropy_sum(hidden[:, :-1][keep], head, target[keep]), keep.sum()
