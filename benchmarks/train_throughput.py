@@ -4,7 +4,8 @@ The seed's recipe is re-implemented here faithfully: transformers Trainer + PEFT
 Bloom `query_key_value` / Llama `q_proj,v_proj`), prompt "Human: " + instruction + "\\n" + input (stripped)
 + "\\n\\nAssistant: ", labels -100 on the prompt, eos id appended, MAX_LENGTH 256,
 DataCollatorForSeq2Seq(padding=True), batch 1 x gradient accumulation 8, one epoch, the Trainer's default
-learning rate, fp32. `llm-tuning train` runs with the same LoRA config and records and its own defaults.
+learning rate, fp32. `llm-tuning train` (the command, in its own process) runs with the same LoRA config and
+records and its own defaults.
 Every run is a fresh process (its peak RSS is its own); recipe and ours alternate, repeated, medians reported;
 the ratio is the median of the per-pair ratios.
 
@@ -14,7 +15,7 @@ measured by each run just before and after its training: this machine's speed dr
 full) plus attention (QK^T and AV: 4*layers*hidden*context forward, doubled with input gradients).
 Learning: stories260K on the 900 English records, one epoch each, held-out loss on 90 of them.
 
-    .venv/bin/python benchmarks/train_throughput.py [--reps 3] [--skip-learning] [--skip-methods]
+    .venv/bin/python benchmarks/train_throughput.py [--reps 5] [--skip-learning] [--skip-methods]
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def run(kind, model_dir, data, tmp, method="lora", extra=None, heldout=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--records", type=int, default=64)
     ap.add_argument("--skip-learning", action="store_true")
     ap.add_argument("--skip-methods", action="store_true")
