@@ -44,7 +44,7 @@ def _add_train(sub):
     p.add_argument("--group-by-length", type=parse_bool, nargs="?", const=True,
                    help="batch examples of similar length together (default true)")
     p.add_argument("--fast-loss", type=parse_bool, nargs="?", const=True,
-                   help="compute the output layer only on learned positions (default true; full/bitfit/lora/ia3)")
+                   help="compute the output layer only on learned positions (default true; every method)")
     p.add_argument("--speedups", type=parse_bool, nargs="?", const=True,
                    help="Bloom: SDPA attention and torch's tanh-GeLU in place of transformers' eager ones (default true)")
     p.add_argument("--quantization", help="load the base 8bit (LLM.int8) or 4bit (NF4) through bitsandbytes")

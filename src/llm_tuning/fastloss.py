@@ -103,8 +103,9 @@ def linear_cross_entropy_sum(hidden, head, target):
 
 
 def _last_hidden_states(model, body, input_ids, attention_mask):
-    prompt = getattr(model, "active_peft_config", None)
-    if prompt is None or not getattr(prompt, "is_prompt_learning", False):
+    from .models import is_prompt_learning
+
+    if not is_prompt_learning(model):
         # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and
         # values until it returns
         return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -55,10 +55,11 @@ def generate(model, tokenizer, records: list[dict], template: str = "default", m
 
     from .data.templates import format_prompt
     from .data.tokenize import encode_prompt
+    from .models import is_prompt_learning
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    if _is_prompt_learning_model(model):
+    if is_prompt_learning(model):
         return [_generate_without_cache(model, tokenizer, r, template, max_new_tokens, do_sample, temperature, top_p)
                 for r in records]
     answers = []
@@ -125,11 +126,6 @@ def _base_for_merge(model_path, info, merge_base, trust_remote_code, log):
     if quant:
         log(f"merging into the original full-precision base (the adapter was trained on its {quant} version)")
     return load_model(model_path, "fp32", trust_remote_code)
-
-
-def _is_prompt_learning_model(model) -> bool:
-    cfg = getattr(model, "active_peft_config", None)
-    return bool(cfg is not None and getattr(cfg, "is_prompt_learning", False))
 
 
 def _generate_without_cache(model, tokenizer, record, template, max_new_tokens, do_sample, temperature, top_p):

@@ -128,6 +128,12 @@ def _avoid_bnb_cpu_packing_crash(model):
             module.support_avx512bf16_for_cpu = False
 
 
+def is_prompt_learning(model) -> bool:
+    """A PEFT model whose adapter adds virtual tokens or a prefix (prompt tuning, P-tuning, prefix tuning)."""
+    cfg = getattr(model, "active_peft_config", None)
+    return bool(cfg is not None and getattr(cfg, "is_prompt_learning", False))
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total), each shared (tied) tensor counted once."""
     trainable = total = 0
