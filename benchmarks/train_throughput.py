@@ -6,7 +6,7 @@ Bloom `query_key_value` / Llama `q_proj,v_proj`), prompt "Human: " + instruction
 DataCollatorForSeq2Seq(padding=True), batch 1 x gradient accumulation 8, one epoch, the Trainer's default
 learning rate, fp32. `llm-tuning train` (the command, in its own process) runs with the same LoRA config and
 records and its own defaults.
-Every run is a fresh process (its peak RSS is its own); recipe and ours alternate, repeated, medians reported;
+Every run is a fresh process (peak RSS: its own VmHWM); recipe and ours alternate, repeated, medians reported;
 the ratio is the median of the per-pair ratios.
 
 Throughput model: a random Bloom (hidden 512, 6 layers, Chinese-LLaMA-2 tokenizer, 55,296 tokens, ~47M
@@ -90,9 +90,7 @@ def recipe_worker(model_dir, data_path, out_json):
 
 
 def ours_worker(model_dir, data_path, out_json, method, extra, evaluate=False):
-    """`llm-tuning train` as a user runs it: the command, in its own process (peak RSS: that child's)."""
-    import resource
-
+    """`llm-tuning train` as a user runs it: the command, in its own process."""
     # Throughput: the recipe's LoRA config (r=8, alpha=8, dropout 0). Learning: the project's own defaults.
     kw = {} if extra.pop("defaults", False) else dict(lora_r=8, lora_alpha=8, lora_dropout=0.0)
     kw.update(prompt_text="Answer the instruction.", **extra)
@@ -105,7 +103,6 @@ def ours_worker(model_dir, data_path, out_json, method, extra, evaluate=False):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"llm-tuning train failed:\n{p.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with open(os.path.join(out_dir, "metrics.json")) as f:
         m = json.load(f)
     model = tok = None
@@ -115,12 +112,21 @@ def ours_worker(model_dir, data_path, out_json, method, extra, evaluate=False):
 
         model, tok = load_for_inference(model_dir, out_dir)[:2]
     return {"tokens": m["train_tokens"], "seconds": m["train_seconds"], "startup": m["startup_seconds"],
-            "model": model, "tokenizer": tok, "steps": m["steps"], "peak_rss_mib": peak}
+            "model": model, "tokenizer": tok, "steps": m["steps"],
+            "peak_rss_mib": m["peak_rss_mib"]}  # the command's own VmHWM (train.py)
+
+
+def _peak_rss_mib():
+    """This process's own RSS high-water mark (VmHWM). Not ru_maxrss: Linux carries the spawning process's
+    high-water mark over into a child's ru_maxrss (seen: 671 MiB reported by a child whose VmHWM was 9 MiB,
+    spawned by this script's driver after it had built the model)."""
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    from llm_tuning.train import _peak_rss_mib as peak
+
+    return peak()
 
 
 def worker(args):
-    import resource
-
     extra = json.loads(args.extra or "{}")
     # This machine's speed drifts (a shared VM): each run measures the matmul rate it gets just before and after
     # its own training, and its MFU is taken against that.
@@ -135,7 +141,7 @@ def worker(args):
         r = ours_worker(args.model_dir, args.data, args.out, args.method, extra, evaluate=bool(args.heldout))
     # measured before any evaluation loads a second copy of the model
     result = {"tokens": r["tokens"], "seconds": r["seconds"], "startup": r["startup"],
-              "peak_rss_mib": r.get("peak_rss_mib") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_mib": r.get("peak_rss_mib") or _peak_rss_mib(),
               "rate": (rate_before + matmul_flops_per_s(1.5)) / 2}
     if args.heldout:
         sys.path.insert(0, os.path.join(ROOT, "src"))
