@@ -73,7 +73,7 @@ def _steps_for_budget(cfg: dict, shared: dict, train_records: list[dict]) -> int
 
 
 def _run_training(run_cfg: dict, run_dir: str, log_path: str):
-    """Train in a child process; returns (exit status, peak RSS in MiB, wall seconds, last error line)."""
+    """Train in a child process; returns (exit status, wall seconds, last error line)."""
     cfg_path = os.path.join(run_dir, "train.yaml")
     with open(cfg_path, "w") as f:
         yaml.safe_dump(run_cfg, f, allow_unicode=True)
@@ -81,15 +81,14 @@ def _run_training(run_cfg: dict, run_dir: str, log_path: str):
     with open(log_path, "a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "llm_tuning", "train", "--config", cfg_path, "--resume"],
                                 stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = proc.wait()
     wall = time.time() - t
-    code = os.waitstatus_to_exitcode(status)
     error = ""
     if code != 0:
         with open(log_path, encoding="utf-8", errors="replace") as f:
             lines = [l.strip() for l in f if l.strip() and not l.startswith(("training:", "Loading", "Writing"))]
         error = lines[-1] if lines else f"exit code {code}"
-    return code, usage.ru_maxrss / 1024, wall, error
+    return code, wall, error
 
 
 def _estimate(run_cfg: dict):
@@ -155,9 +154,9 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
                    "data": os.path.abspath(data_path), "output_dir": run_dir, "val_size": 0, "max_steps": steps,
                    "save_steps": max(steps, 1)}
         log(f"[{i}/{len(cfg['runs'])}] {name} ({run['method']}): training {steps} steps ...")
-        code, peak, wall, error = _run_training(run_cfg, run_dir, os.path.join(run_dir, "train.log"))
-        row = {"name": name, "method": run["method"], "status": "ok", "process_peak_rss_mib": round(peak, 1),
-               "estimated_mib": _estimate(run_cfg), "wall_s": round(wall, 1)}
+        code, wall, error = _run_training(run_cfg, run_dir, os.path.join(run_dir, "train.log"))
+        row = {"name": name, "method": run["method"], "status": "ok", "estimated_mib": _estimate(run_cfg),
+               "wall_s": round(wall, 1)}
         if code != 0:
             row.update(status="failed", error=error)
             log(f"[{i}/{len(cfg['runs'])}] {name}: FAILED: {error}")
@@ -171,6 +170,9 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
                     # training memory: peak RSS above the process's RSS just before the model was loaded,
                     # the quantity the estimator predicts
                     peak_rss_mib=round(metrics["peak_rss_mib"] - metrics["rss_before_model_mib"], 1),
+                    # the training process's own high-water mark (VmHWM; not the child's ru_maxrss, into which
+                    # Linux carries this parent's high-water mark)
+                    process_peak_rss_mib=metrics["peak_rss_mib"],
                     tokens_per_s=(metrics["train_tokens"] / metrics["train_seconds"]) if metrics.get("train_seconds") else None,
                     final_train_loss=next((e["loss"] for e in reversed(metrics["log_history"]) if "loss" in e), None),
                     loss_curve=[(e["step"], e["loss"]) for e in metrics["log_history"] if "loss" in e],
