@@ -65,3 +65,31 @@ def test_trainer_uses_it_and_trains_the_same(tiny_models, tmp_path):
         outs[fast] = load_file(str(out / "adapter_model.safetensors"))
     for k in outs[True]:
         assert (outs[True][k] - outs[False][k]).abs().max().item() <= 1e-5, k
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_matches_cross_entropy_even_for_hopeless_targets(bias):
+    """The fused output layer + cross-entropy against torch's, with some targets whose probability underflows
+    fp32 (a loss of ~150 nats): those rows take the exact log-softmax path, so no loss is inf or off."""
+    from llm_tuning.fastloss import linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    hidden = torch.randn(9, 16, requires_grad=True)
+    target = torch.randint(0, 50, (9,))
+    with torch.no_grad():
+        hidden[:3] = 0.0
+        hidden[:3, 0] = 30.0
+        head.weight[:, 0] = 0.0
+        head.weight[target[:3], 0] = -5.0  # logit -150 for the first three targets, 0 elsewhere
+    ref_h = hidden.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(head(ref_h), target, reduction="sum")
+    ref.backward()
+    ref_w = head.weight.grad.clone()
+    head.weight.grad = None
+    out = linear_cross_entropy_sum(hidden, head, target)
+    out.backward()
+    assert torch.isfinite(out) and ref.item() > 400
+    assert abs(out.item() - ref.item()) <= 1e-4 * ref.item()
+    assert torch.allclose(hidden.grad, ref_h.grad, atol=1e-6)
+    assert torch.allclose(head.weight.grad, ref_w, atol=1e-6)

@@ -46,7 +46,9 @@ def _bloom_attention_forward(self, hidden_states, residual, alibi, attention_mas
                                   output_attentions, **kwargs)
     batch, q_len, _ = hidden_states.shape
     fused = self.query_key_value(hidden_states).view(batch, q_len, self.num_heads, 3, self.head_dim)
-    query, key, value = (fused[..., i, :].transpose(1, 2) for i in range(3))  # views: [batch, heads, len, dim]
+    # views [batch, heads, len, dim]; unbind's backward stacks the three gradients into one tensor, where three
+    # separate index views would each zero a whole fused-size gradient and add them up
+    query, key, value = (x.transpose(1, 2) for x in fused.unbind(3))
     if layer_past is not None:  # generation, or prefix tuning's virtual keys/values
         key, value = layer_past.update(key, value, self.layer_idx)
     bias = _shared_bias(alibi, attention_mask, batch, self.num_heads)
