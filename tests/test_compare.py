@@ -83,3 +83,23 @@ def test_rerun_resumes_only_what_is_not_done(compare_run):
     assert "lora-r4: done already" in r.stdout and "prefix-proj: done already" in r.stdout
     assert "[4/4] bitfit (bitfit): training" in r.stdout
     assert json.load(open(out / "bitfit" / "result.json"))["status"] == "ok"
+
+
+def test_force_reruns_from_scratch(compare_run, tmp_path):
+    """--force replaces a finished run instead of resuming from its final checkpoint."""
+    import shutil
+
+    out, path, r = compare_run
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    cfg = yaml.safe_load(path.read_text())
+    cfg.update(output_dir=str(copy), runs=[{"name": "bitfit", "method": "bitfit"}])
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump(cfg))
+    steps = int(r.stdout.split(" steps of ")[0].rsplit(" ", 1)[1])
+    r2 = run_cli("compare", "--config", str(one), "--force")
+    assert r2.returncode == 0, r2.stderr
+    assert "[1/1] bitfit (bitfit): training" in r2.stdout
+    metrics = json.load(open(copy / "bitfit" / "metrics.json"))
+    assert metrics["steps"] == steps
+    assert sorted(n for n in os.listdir(copy / "bitfit") if n.startswith("checkpoint-")) == [f"checkpoint-{steps}"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -149,6 +150,10 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
                 results.append(json.load(f))
             log(f"[{i}/{len(cfg['runs'])}] {name}: done already (result.json), skipped")
             continue
+        if force and os.path.isdir(run_dir):
+            # a forced run starts afresh: runs train with --resume (so an interrupted comparison continues), and
+            # would otherwise resume from the finished checkpoint of the run being replaced
+            shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         run_cfg = {**shared, **{k: v for k, v in run.items() if k != "name"}, "model": cfg["model"],
                    "data": os.path.abspath(data_path), "output_dir": run_dir, "val_size": 0, "max_steps": steps,
