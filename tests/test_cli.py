@@ -126,6 +126,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_models, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
+    # Resuming the finished run trains nothing more (transformers alone would train a 31st step).
+    r = run_cli(*_train_args(model, killed, ["--resume"]))
+    assert r.returncode == 0, r.stderr
+    assert "nothing left to train" in r.stdout
+    assert json.loads((killed / "metrics.json").read_text())["steps"] == 30
+    c = load_file(str(killed / "adapter_model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
 
 def _write(path, text):
     path.write_text(text, encoding="utf-8")

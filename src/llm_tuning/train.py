@@ -119,6 +119,10 @@ def _prepare_output_dir(cfg: TrainConfig) -> str | None:
     return None
 
 
+class _NothingLeftToTrain(Exception):
+    pass
+
+
 def _make_callbacks(output_dir: str):
     from transformers import TrainerCallback
 
@@ -139,6 +143,14 @@ def _make_callbacks(output_dir: str):
         def on_step_begin(self, args, state, control, **kw):
             if self.seconds is None:
                 self.seconds = seconds_since_process_start()
+
+    class NothingLeft(TrainerCallback):
+        """A run resumed from its last checkpoint has no step left, but transformers' loop only checks max_steps
+        after a step, so it would train one more: stop before it (the checkpoint is loaded by then)."""
+
+        def on_step_begin(self, args, state, control, **kw):
+            if 0 < state.max_steps <= state.global_step:
+                raise _NothingLeftToTrain
 
     class MarkComplete(TrainerCallback):
         # on_save runs after the Trainer has written model, optimiser, scheduler, RNG and state.
@@ -198,7 +210,7 @@ def _make_callbacks(output_dir: str):
             self.bar.close()
 
     return {"log": RunLog(), "clock": StartupClock(), "complete": MarkComplete(), "stop": StopOnNonFinite(),
-            "progress": Progress()}
+            "progress": Progress(), "nothing_left": NothingLeft()}
 
 
 def _write_final(cfg, method, model, tokenizer, metrics: dict):
@@ -369,7 +381,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer.remove_callback(PrinterCallback)
     if resume_from:
         _log(f"resuming from {resume_from}")
-    out = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        out = trainer.train(resume_from_checkpoint=resume_from)
+        train_loss, train_seconds = out.training_loss, out.metrics.get("train_runtime", 0.0)
+    except _NothingLeftToTrain:
+        if callbacks["progress"].bar is not None:
+            callbacks["progress"].bar.close()
+        _log(f"{resume_from} is the last step ({trainer.state.global_step}): nothing left to train")
+        logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        train_loss, train_seconds = (logged[-1] if logged else None), 0.0  # no training in this process
     stop = callbacks["stop"]
     if stop.bad:
         good = complete_checkpoints(cfg.output_dir)
@@ -378,7 +398,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             + (f"the last good checkpoint is {good[-1]} (--resume continues from it); " if good else "")
             + "try a lower --lr, or --precision bf16/fp32"
         )
-    train_loss = out.training_loss if out.training_loss is not None and math.isfinite(out.training_loss) else None
+    train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
 
     eval_loss = None
     if val_recs:
@@ -391,7 +411,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "steps": trainer.state.global_step, "train_loss": train_loss, "eval_loss": eval_loss,
         "seconds": round(seconds, 2), "learning_rate": lr,
         "train_tokens": int(trainer.state.num_input_tokens_seen or 0),  # real (non-padding) tokens trained on
-        "train_seconds": round(out.metrics.get("train_runtime", 0.0), 3),
+        "train_seconds": round(train_seconds, 3),
         "rss_before_model_mib": round(rss_before_model, 1),  # RSS (MiB) just before the model load
         "peak_rss_mib": round(_peak_rss_mib(), 1),  # peak RSS (MiB) from then on
         "startup_seconds": callbacks["clock"].seconds,
