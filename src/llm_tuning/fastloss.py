@@ -113,9 +113,9 @@ def linear_cross_entropy_sum(hidden, head, target):
 def _last_hidden_states(model, body, input_ids, attention_mask):
     from .models import is_prompt_learning
 
+    # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and values
+    # until it returns (prefix tuning's prefix is passed in as a cache of its own and is used all the same)
     if not is_prompt_learning(model):
-        # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and
-        # values until it returns
         return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     # Prompt, P-tuning and prefix tuning: PEFT's own forward adds the virtual tokens (or the prefix keys and
     # values), so it runs as usual, with the output layer swapped for the identity for this one call: its
@@ -126,7 +126,7 @@ def _last_hidden_states(model, body, input_ids, attention_mask):
     head = inner.get_output_embeddings()
     inner.set_output_embeddings(torch.nn.Identity())
     try:
-        hidden = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     finally:
         inner.set_output_embeddings(head)
     return hidden[:, hidden.shape[1] - input_ids.shape[1]:]
