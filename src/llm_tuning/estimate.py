@@ -7,8 +7,8 @@ half base (`_trainable_to_fp32`); `prepare_model_for_kbit_training` over a quant
 non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for Bloom (train.py
 replaces it with SDPA by default, speedups.py, which keeps less: one shared bias instead of each layer's
 [B, heads, L, L] probabilities, so for Bloom the estimate is an upper bound; modelling the SDPA path is still
-to do); the fused, chunked output layer + loss of fastloss.py for full / BitFit / LoRA / IA3 (unless fast_loss
-is off; that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
+to do); the fused, chunked output layer + loss of fastloss.py for every method (unless fast_loss is off;
+that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
 one decoder layer op by op and asking, for each op, which inputs or outputs autograd keeps for the backward
@@ -588,7 +588,7 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
     fast = bool(o.fast_loss) and method in FAST_METHODS
     if fast:
         ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
-        # fastloss.py (train.py's default for these methods): the output layer and the cross-entropy run fused,
+        # fastloss.py (train.py's default for every method): the output layer and the cross-entropy run fused,
         # chunk by chunk, on the learned positions only (here every position but the last: an upper bound), and
         # their gradients are formed in the forward. Kept for the backward: the hidden-state gradient (and, when
         # the output layer trains, its fp32 weight gradient) and the int64 row and column indices of the learned
