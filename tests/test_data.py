@@ -118,3 +118,84 @@ def test_collator_pads_right_with_masked_labels(llama2_tok):
     assert batch["attention_mask"][short, :n_short].all() and not batch["attention_mask"][short, n_short:].any()
     assert (batch["labels"][short, n_short:] == IGNORE).all()
     assert (batch["input_ids"][short, n_short:] == llama2_tok.pad_token_id).all()
+
+
+def _padded_tokens(lengths, order, batch):
+    return sum(len(order[j:j + batch]) * max(lengths[i] for i in order[j:j + batch]) for j in range(0, len(order), batch))
+
+
+def _spread_lengths(n, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    return rng.sample(range(20, 400), n)  # distinct, so that the grouping of a single pool is unique
+
+
+def test_length_grouping_pads_as_little_as_a_full_sort_on_a_small_set():
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from llm_tuning.data.sampling import length_grouped_indices
+
+    lengths = _spread_lengths(64)
+    ours = length_grouped_indices(lengths, 4, torch.Generator().manual_seed(0))
+    assert sorted(ours) == list(range(64))
+    by_length = sorted(range(64), key=lambda i: lengths[i])
+    assert _padded_tokens(lengths, ours, 4) == _padded_tokens(lengths, by_length, 4)  # the least possible
+    theirs = [_padded_tokens(lengths, get_length_grouped_indices(lengths, 4, generator=torch.Generator().manual_seed(s)), 4)
+              for s in range(5)]
+    assert min(theirs) > _padded_tokens(lengths, ours, 4)  # transformers pools 16 examples at a time here
+
+
+def test_length_grouping_longest_first_incomplete_batch_last_random_order():
+    import torch
+
+    from llm_tuning.data.sampling import length_grouped_indices
+
+    lengths = _spread_lengths(66)
+    runs = [length_grouped_indices(lengths, 4, torch.Generator().manual_seed(s)) for s in range(3)]
+    for order in runs:
+        assert sorted(order) == list(range(66))
+        assert max(lengths) in [lengths[i] for i in order[:4]]
+        assert len(order[64:]) == 2 and set(order[64:]) == set(sorted(range(66), key=lambda i: lengths[i])[:2])
+    batches = [[frozenset(order[j:j + 4]) for j in range(0, 64, 4)] for order in runs]
+    assert set(batches[0]) == set(batches[1]) == set(batches[2])  # one pool: the same groups...
+    assert batches[0] != batches[1] or batches[1] != batches[2]   # ...served in a different order
+
+
+def test_length_grouping_pools_of_fifty_batches():
+    import torch
+
+    from llm_tuning.data.sampling import length_grouped_indices
+
+    lengths = _spread_lengths(380, seed=1)  # 400 examples would be 2 pools of 200; 380: 200 + 180
+    order = length_grouped_indices(lengths, 4, torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(380))
+    pooled = _padded_tokens(lengths, order, 4)
+    assert _padded_tokens(lengths, sorted(range(380), key=lambda i: lengths[i]), 4) < pooled
+    assert pooled < _padded_tokens(lengths, list(range(380)), 4) * 0.8
+
+
+def test_trainer_batches_come_from_the_length_grouping(tiny_models, tmp_path):
+    import datasets
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from llm_tuning.train import _with_length_grouping
+
+    lengths = _spread_lengths(64)
+    ds = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "labels": [[5] * n for n in lengths]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["bloom"])
+    loaders = {}
+    for strategy in ("group_by_length", "random"):
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to="none",
+                                 train_sampling_strategy=strategy, seed=0)
+        trainer = _with_length_grouping(Trainer)(model=model, args=args, train_dataset=ds,
+                                                 data_collator=lambda feats: [len(f["input_ids"]) for f in feats])
+        loaders[strategy] = list(trainer.get_train_dataloader())
+    grouped = loaders["group_by_length"]
+    assert sorted(n for b in grouped for n in b) == sorted(lengths)
+    assert max(lengths) in grouped[0]
+    by_length = sorted(lengths)
+    least = sum(max(by_length[j:j + 4]) * 4 for j in range(0, 64, 4))
+    assert sum(max(b) * len(b) for b in grouped) == least
+    assert sum(max(b) * len(b) for b in loaders["random"]) > least * 1.2  # --group-by-length false: random order

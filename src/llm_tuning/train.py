@@ -213,6 +213,23 @@ def _make_callbacks(output_dir: str):
             "progress": Progress(), "nothing_left": NothingLeft()}
 
 
+def _with_length_grouping(trainer_cls):
+    """The Trainer class with data/sampling.py's length grouping in place of transformers' (less padding on small
+    data sets, batches in random order); --group-by-length false keeps the plain random order."""
+
+    class LengthGroupedTrainer(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in getattr(ds, "column_names", ()):
+                return super()._get_train_sampler(train_dataset)
+            from .data.sampling import make_sampler
+
+            lengths = [len(x) for x in ds["input_ids"]]
+            return make_sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+
+    return LengthGroupedTrainer
+
+
 def _write_final(cfg, method, model, tokenizer, metrics: dict):
     out = cfg.output_dir
     tmp = os.path.join(out, ".final-tmp")
@@ -366,7 +383,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from .fastloss import FAST_METHODS, make_trainer_class
 
     callbacks = _make_callbacks(cfg.output_dir)
-    trainer_cls = make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer
+    trainer_cls = _with_length_grouping(make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -390,6 +407,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         _log(f"{resume_from} is the last step ({trainer.state.global_step}): nothing left to train")
         logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         train_loss, train_seconds = (logged[-1] if logged else None), 0.0  # no training in this process
+    finally:
+        from .fastloss import release_buffers
+
+        release_buffers()
     stop = callbacks["stop"]
     if stop.bad:
         good = complete_checkpoints(cfg.output_dir)

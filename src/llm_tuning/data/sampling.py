@@ -1,0 +1,55 @@
+"""Which examples share a batch: grouped by length, so that little padding is computed.
+
+transformers' `group_by_length` (LengthGroupedSampler) permutes the examples, cuts them into "megabatches" of
+50 batches, sorts each megabatch by length and serves its batches longest to shortest. Two of its choices
+cost on the small data sets people start with, so this is the same scheme with two changes:
+
+- Megabatches of 50 batches whatever the data size. transformers makes at least 4 megabatches, so a small
+  set is grouped in small pools: 12.6 % of the computed tokens were padding on 64 Chinese records with batches
+  of 4, against 3.5 % here (5.9 % -> 1.2 % on 200 records; from ~800 records on both are the same, 1.4 %).
+- The batches of a megabatch come in random order instead of longest to shortest, so one pool is not a
+  sawtooth of lengths and, on a set small enough to be one megabatch, epochs do not repeat one order.
+
+Kept from transformers: the permutation comes from torch's global generator (seeded by the Trainer, restored
+on resume), the batch holding the longest example is first (an out-of-memory error shows at step 1, not hours
+in), and an incomplete batch stays last (the DataLoader cuts the index list into consecutive batches).
+Tested in tests/test_data.py.
+"""
+
+from __future__ import annotations
+
+MEGABATCH = 50  # batches per pool sorted by length (transformers' cap)
+
+
+def length_grouped_indices(lengths, batch_size: int, generator=None) -> list[int]:
+    import torch
+
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).tolist()
+    pool = MEGABATCH * batch_size
+    batches = []
+    for start in range(0, n, pool):
+        mega = sorted(perm[start:start + pool], key=lambda i: lengths[i], reverse=True)
+        cut = [mega[j:j + batch_size] for j in range(0, len(mega), batch_size)]
+        batches += [cut[k] for k in torch.randperm(len(cut), generator=generator).tolist()]
+    if not batches:
+        return []
+    short = [b for b in batches if len(b) < batch_size]  # at most one: the end of the last pool
+    batches = [b for b in batches if len(b) == batch_size]
+    if batches:
+        longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return [i for b in batches + short for i in b]
+
+
+def make_sampler(lengths, batch_size: int, generator=None):
+    from torch.utils.data import Sampler
+
+    class LengthGroupedBatches(Sampler):
+        def __len__(self):
+            return len(lengths)
+
+        def __iter__(self):
+            return iter(length_grouped_indices(lengths, batch_size, generator))
+
+    return LengthGroupedBatches()
