@@ -37,7 +37,7 @@ def length_grouped_indices(lengths, batch_size: int, generator=None) -> list[int
     short = [b for b in batches if len(b) < batch_size]  # at most one: the end of the last pool
     batches = [b for b in batches if len(b) == batch_size]
     if batches:
-        longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+        longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])  # each batch is sorted: first is longest
         batches[0], batches[longest] = batches[longest], batches[0]
     return [i for b in batches + short for i in b]
 
