@@ -52,3 +52,15 @@ def test_non_finite_training_stops_with_intact_checkpoint(tiny_models, tmp_path)
     if step > 1:
         assert (out / f"checkpoint-{step - 1}" / "COMPLETE").exists()
         assert f"checkpoint-{step - 1}" in r.stderr
+
+
+def test_non_finite_training_without_checkpoints_writes_nothing(tiny_models, tmp_path):
+    # the weights are checked before saves and after the last step, not after every step: with no save in the
+    # run the bad state must still not reach the output folder
+    out = tmp_path / "o"
+    r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--method", "full", "--precision", "fp16",
+                "--lr", "1000", "--max-steps", "6", "--save-steps", "1000", "--max-length", "96", "--output-dir", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "training stopped at step" in r.stderr and "try a lower --lr" in r.stderr
+    assert not (out / "llm_tuning.json").exists()
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob("*.safetensors"))

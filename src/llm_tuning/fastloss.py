@@ -54,7 +54,7 @@ def _make_function():
             chunk = max(1, -(-n // pieces))
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
-            grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+            grad_w = torch.empty_like(weight, dtype=torch.float32) if weight.requires_grad else None
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
             fp32 = hidden.dtype == torch.float32 and weight.dtype == torch.float32
             # One [chunk x vocabulary] buffer for every chunk and every step (a fresh one costs page faults: glibc
@@ -83,19 +83,27 @@ def _make_function():
                         torch.mm(g, weight, out=grad_h[s:s + chunk])
                     else:
                         grad_h[s:s + chunk] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-                if grad_w is not None:
-                    grad_w += g.t() @ h.float()
+                if grad_w is not None:  # full fine-tuning: the first chunk writes (beta=0 ignores the empty
+                    # buffer's contents), the others add in place: no zero fill, no [vocab x hidden] temporary
+                    grad_w.addmm_(g.t(), h.float(), beta=0.0 if s == 0 else 1.0)
                 if grad_b is not None:
                     grad_b += g.sum(0)
-            ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
-            ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
+            # Kept on ctx, not save_for_backward: they are this function's own results (autograd's docs allow
+            # that), and backward hands them over without a copy: scaled in place, the only reference left, so
+            # autograd can make them the .grad itself. Full fine-tuning's [vocab x hidden] gradient was copied
+            # once a step (50 ms each for 55,296 x 512).
+            ctx.grads = [grad_h, grad_w, grad_b]
             ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
             return total
 
         @staticmethod
         def backward(ctx, grad_out):
-            saved = ctx.saved_tensors
-            grads = [(saved[i] * grad_out).to(ctx.dtypes[i]) if ctx.has[i] else None for i in range(3)]
+            if ctx.grads is None:
+                raise RuntimeError("the fused response loss supports one backward pass per forward")
+            grads, ctx.grads = ctx.grads, None
+            for i, g in enumerate(grads):
+                if g is not None:
+                    grads[i] = g.mul_(grad_out) if g.dtype == ctx.dtypes[i] else (g * grad_out).to(ctx.dtypes[i])
             return grads[0], grads[1], grads[2], None
 
     return _LinearCrossEntropy
