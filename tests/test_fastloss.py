@@ -93,3 +93,26 @@ def test_fused_head_matches_cross_entropy_even_for_hopeless_targets(bias):
     assert abs(out.item() - ref.item()) <= 1e-4 * ref.item()
     assert torch.allclose(hidden.grad, ref_h.grad, atol=1e-6)
     assert torch.allclose(head.weight.grad, ref_w, atol=1e-6)
+
+
+def test_fused_head_gradient_scales_with_the_loss_and_refuses_a_second_backward():
+    """The gradients are formed in the forward and scaled in place in the backward: a scaled loss gives scaled
+    gradients (the Trainer divides by the learned tokens), and a second backward through the same graph is an
+    error rather than gradients scaled twice."""
+    from llm_tuning.fastloss import linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True)
+    hidden = torch.randn(7, 16, requires_grad=True)
+    target = torch.randint(0, 50, (7,))
+    ref_h = hidden.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(head(ref_h), target, reduction="sum") / 7
+    ref.backward()
+    ref_w, ref_b = head.weight.grad.clone(), head.bias.grad.clone()
+    head.weight.grad = head.bias.grad = None
+    out = linear_cross_entropy_sum(hidden, head, target) / 7
+    out.backward(retain_graph=True)
+    assert torch.allclose(hidden.grad, ref_h.grad, atol=1e-6)
+    assert torch.allclose(head.weight.grad, ref_w, atol=1e-6) and torch.allclose(head.bias.grad, ref_b, atol=1e-6)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        out.backward()

@@ -55,7 +55,11 @@ def test_quantized_lora_learns_and_merges(quant, en_files, tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.load(open(tmp_path / "rq" / "config.json"))
     assert cfg["quantization_config"]["quant_method"] == "bitsandbytes"
-    assert abs(_eval(str(tmp_path / "rq"), val) - after) <= 0.1
+    # Re-quantising the merged weights is a fresh rounding to the 4/8-bit grid: allowed to move the loss by as
+    # much as quantising the base itself did (4-bit: 3.70 -> 3.83 on these records), and at least 0.1. An adapter
+    # lost in the merge would land near `before`, 0.4 away.
+    quant_shift = abs(before - _eval(stories, val))
+    assert abs(_eval(str(tmp_path / "rq"), val) - after) <= max(0.1, 1.5 * quant_shift), quant_shift
 
 
 @pytest.mark.parametrize("method", ["full", "bitfit"])
