@@ -5,8 +5,8 @@ transformers' `group_by_length` (LengthGroupedSampler) permutes the examples, cu
 cost on the small data sets people start with, so this is the same scheme with two changes:
 
 - Megabatches of 50 batches whatever the data size. transformers makes at least 4 megabatches, so a small
-  set is grouped in small pools: 12.6 % of the computed tokens were padding on 64 Chinese records with batches
-  of 4, against 3.5 % here (5.9 % -> 1.2 % on 200 records; from ~800 records on both are the same, 1.4 %).
+  set is grouped in small pools: 11-14 % of the computed tokens were padding on 64 Chinese records with batches
+  of 4 (5 seeds), against 3.5 % here (5.9 % -> 1.2 % on 200 records; from ~800 records on both are the same, 1.4 %).
 - The batches of a megabatch come in random order instead of longest to shortest, so one pool is not a
   sawtooth of lengths and, on a set small enough to be one megabatch, epochs do not repeat one order.
 
