@@ -10,8 +10,8 @@ cost on the small data sets people start with, so this is the same scheme with t
 - The batches of a megabatch come in random order instead of longest to shortest, so one pool is not a
   sawtooth of lengths and, on a set small enough to be one megabatch, epochs do not repeat one order.
 
-Kept from transformers: the permutation comes from torch's global generator (seeded by the Trainer, restored
-on resume), the batch holding the longest example is first (an out-of-memory error shows at step 1, not hours
+Kept from transformers: the permutation comes from torch's global generator (seeded by the Trainer, so a
+resumed run draws the same order again), the batch holding the longest example is first (an out-of-memory error shows at step 1, not hours
 in), and an incomplete batch stays last (the DataLoader cuts the index list into consecutive batches).
 Tested in tests/test_data.py.
 """
