@@ -116,3 +116,16 @@ def test_fused_head_gradient_scales_with_the_loss_and_refuses_a_second_backward(
     assert torch.allclose(head.weight.grad, ref_w, atol=1e-6) and torch.allclose(head.bias.grad, ref_b, atol=1e-6)
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.backward()
+
+
+def test_fused_head_with_no_learned_position_gives_zero_gradients():
+    from llm_tuning.fastloss import linear_cross_entropy_sum
+
+    head = torch.nn.Linear(16, 50, bias=True)
+    hidden = torch.randn(0, 16, requires_grad=True)
+    garbage = torch.full((50, 16), float("nan"))  # freed memory an uninitialised gradient would likely reuse
+    del garbage
+    out = linear_cross_entropy_sum(hidden, head, torch.zeros(0, dtype=torch.long))
+    out.backward()
+    assert out.item() == 0.0 and hidden.grad.shape == (0, 16)
+    assert torch.count_nonzero(head.weight.grad) == 0 and torch.count_nonzero(head.bias.grad) == 0

@@ -54,7 +54,8 @@ def _make_function():
             chunk = max(1, -(-n // pieces))
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
-            grad_w = torch.empty_like(weight, dtype=torch.float32) if weight.requires_grad else None
+            # full fine-tuning's output-layer gradient: written by the first chunk below (zeros if there is none)
+            grad_w = (torch.empty_like if n else torch.zeros_like)(weight, dtype=torch.float32) if weight.requires_grad else None
             grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
             fp32 = hidden.dtype == torch.float32 and weight.dtype == torch.float32
             # One [chunk x vocabulary] buffer for every chunk and every step (a fresh one costs page faults: glibc
