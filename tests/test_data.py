@@ -195,7 +195,6 @@ def test_trainer_batches_come_from_the_length_grouping(tiny_models, tmp_path):
     grouped = loaders["group_by_length"]
     assert sorted(n for b in grouped for n in b) == sorted(lengths)
     assert max(lengths) in grouped[0]
-    by_length = sorted(lengths)
-    least = sum(max(by_length[j:j + 4]) * 4 for j in range(0, 64, 4))
+    least = _padded_tokens(lengths, sorted(range(64), key=lambda i: lengths[i]), 4)
     assert sum(max(b) * len(b) for b in grouped) == least
     assert sum(max(b) * len(b) for b in loaders["random"]) > least * 1.2  # --group-by-length false: random order

@@ -41,26 +41,29 @@ def test_fp16_full_finetune_is_safe_by_default(tiny_models, tmp_path):
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses) and max(losses) < losses[0] + 0.5
 
 
-def test_non_finite_training_stops_with_intact_checkpoint(tiny_models, tmp_path):
-    out = tmp_path / "o"
-    r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--method", "full", "--precision", "fp16",
-                "--lr", "1000", "--max-steps", "20", "--save-steps", "1", "--max-length", "96", "--output-dir", str(out))
+def _diverging_full_run(model, out, max_steps, save_steps):
+    """fp16 full fine-tuning at lr 1000: stops on non-finite loss or weights with the one-line error; the step."""
+    r = run_cli("train", "--model", model, "--data", SAMPLE, "--method", "full", "--precision", "fp16", "--lr", "1000",
+                "--max-steps", str(max_steps), "--save-steps", str(save_steps), "--max-length", "96",
+                "--output-dir", str(out))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "training stopped at step" in r.stderr and "try a lower --lr" in r.stderr
-    step = int(r.stderr.split("training stopped at step ")[1].split(":")[0])
-    assert not (out / "llm_tuning.json").exists() and not (out / f"checkpoint-{step}").exists()
+    assert not (out / "llm_tuning.json").exists()
+    return int(r.stderr.split("training stopped at step ")[1].split(":")[0]), r.stderr
+
+
+def test_non_finite_training_stops_with_intact_checkpoint(tiny_models, tmp_path):
+    out = tmp_path / "o"
+    step, stderr = _diverging_full_run(tiny_models["llama"], out, max_steps=20, save_steps=1)
+    assert not (out / f"checkpoint-{step}").exists()
     if step > 1:
         assert (out / f"checkpoint-{step - 1}" / "COMPLETE").exists()
-        assert f"checkpoint-{step - 1}" in r.stderr
+        assert f"checkpoint-{step - 1}" in stderr
 
 
 def test_non_finite_training_without_checkpoints_writes_nothing(tiny_models, tmp_path):
     # the weights are checked before saves and after the last step, not after every step: with no save in the
     # run the bad state must still not reach the output folder
     out = tmp_path / "o"
-    r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--method", "full", "--precision", "fp16",
-                "--lr", "1000", "--max-steps", "6", "--save-steps", "1000", "--max-length", "96", "--output-dir", str(out))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "training stopped at step" in r.stderr and "try a lower --lr" in r.stderr
-    assert not (out / "llm_tuning.json").exists()
+    _diverging_full_run(tiny_models["llama"], out, max_steps=6, save_steps=1000)
     assert not list(out.glob("checkpoint-*")) and not list(out.glob("*.safetensors"))
