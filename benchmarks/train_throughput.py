@@ -181,6 +181,42 @@ def run(kind, model_dir, data, tmp, method="lora", extra=None, heldout=None):
         return json.load(f)
 
 
+def build_setup(tmp, records=64):
+    """The throughput model and data, written under tmp: a random Bloom (hidden 512, 6 layers, Chinese-LLaMA-2
+    tokenizer, ~47M parameters) and the first `records` Chinese records; model FLOPs per real token counted."""
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from llm_tuning.models import load_tokenizer
+
+    os.environ["LLM_TUNING_CACHE"] = os.path.join(tmp, "cache")
+    tok = load_tokenizer(ZH_TOK)
+    torch.manual_seed(0)
+    layers, hidden = 6, 512
+    model = BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=hidden, n_layer=layers, n_head=8,
+                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    n_params = sum(p.numel() for p in model.parameters())
+    bloom = os.path.join(tmp, "bloom")
+    model.save_pretrained(bloom)
+    tok.save_pretrained(bloom)
+    del model
+    with open(ZH) as f:
+        recs = json.load(f)[:records]
+    data = os.path.join(tmp, "zh.json")
+    with open(data, "w") as f:
+        json.dump(recs, f, ensure_ascii=False)
+    lengths = []
+    for r in recs:  # the recipe's tokenisation, for the attention term of the FLOPs
+        p = tok("\n".join(["Human: " + r["instruction"], r["input"]]).strip() + "\n\nAssistant: ")["input_ids"]
+        lengths.append(min(256, len(p) + len(tok(r["output"], add_special_tokens=False)["input_ids"]) + 1))
+    # attention per real token: mean context length = sum(T^2/2)/sum(T)
+    ctx = sum(t * t / 2 for t in lengths) / sum(lengths)
+    flops_token = {"frozen": 4 * n_params + 8 * layers * hidden * ctx, "full": 6 * n_params + 12 * layers * hidden * ctx}
+    return {"model_dir": bloom, "data": data, "records": recs, "tokenizer": tok, "n_params": n_params,
+            "lengths": lengths, "flops_token": flops_token}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
@@ -195,36 +231,11 @@ def main():
     if args.worker:
         return worker(args)
 
-    sys.path.insert(0, os.path.join(ROOT, "src"))
-    import torch
-    from transformers import BloomConfig, BloomForCausalLM
-
-    from llm_tuning.models import load_tokenizer
-
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["LLM_TUNING_CACHE"] = os.path.join(tmp, "cache")
-        tok = load_tokenizer(ZH_TOK)
-        torch.manual_seed(0)
-        model = BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=512, n_layer=6, n_head=8,
-                                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-        n_params = sum(p.numel() for p in model.parameters())
-        layers, hidden = 6, 512
-        bloom = os.path.join(tmp, "bloom")
-        model.save_pretrained(bloom)
-        tok.save_pretrained(bloom)
-        del model
-        with open(ZH) as f:
-            recs = json.load(f)[: args.records]
-        data = os.path.join(tmp, "zh.json")
-        with open(data, "w") as f:
-            json.dump(recs, f, ensure_ascii=False)
-        lengths = []
-        for r in recs:  # the recipe's tokenisation, for the attention term of the FLOPs
-            p = tok("\n".join(["Human: " + r["instruction"], r["input"]]).strip() + "\n\nAssistant: ")["input_ids"]
-            lengths.append(min(256, len(p) + len(tok(r["output"], add_special_tokens=False)["input_ids"]) + 1))
-        # attention per real token: mean context length = sum(T^2/2)/sum(T)
-        ctx = sum(t * t / 2 for t in lengths) / sum(lengths)
-        flops_token = {"frozen": 4 * n_params + 8 * layers * hidden * ctx, "full": 6 * n_params + 12 * layers * hidden * ctx}
+        setup = build_setup(tmp, args.records)
+        bloom, data, recs, tok = setup["model_dir"], setup["data"], setup["records"], setup["tokenizer"]
+        n_params, flops_token, layers, hidden = setup["n_params"], setup["flops_token"], 6, 512
+        lengths = setup["lengths"]
         rate = matmul_flops_per_s()
         print(f"model: random Bloom, {n_params / 1e6:.1f}M parameters (hidden {hidden}, {layers} layers, vocab {len(tok):,}); "
               f"{len(recs)} Chinese records ({sum(lengths):,} real tokens); fp32 matmul rate now {rate / 1e9:.1f} GFLOP/s "

@@ -178,9 +178,12 @@ def _make_callbacks(output_dir: str):
         # evaluated and after the last one (then nothing is written). Not after every step: weights gone bad make
         # the next logged loss NaN, which stops training anyway, and the check cost full fine-tuning of a 47M
         # model 0.13 s a step (an isfinite pass over every weight).
+        checked = None  # the step whose weights were last checked
+
         def _check_weights(self, control, step, model):
             import torch
 
+            self.checked = step
             if model is not None and not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
                 self._stop(control, step, "the trainable weights are no longer finite")
 
@@ -189,7 +192,8 @@ def _make_callbacks(output_dir: str):
                 self._check_weights(control, state.global_step, model)
 
         def on_train_end(self, args, state, control, model=None, **kw):
-            if self.bad is None:
+            # the last step was checked already when it was saved (the Trainer saves at the end): not twice
+            if self.bad is None and self.checked != state.global_step:
                 self._check_weights(control, state.global_step, model)
 
         def on_log(self, args, state, control, logs=None, **kw):
@@ -289,7 +293,9 @@ def _trainable_to_fp32(model, cfg):
             p.data = p.data.float()
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
+    """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
+    benchmarks/step_breakdown.py profiles the training steps with one)."""
     from .data.formats import load_records, split_records
     from .methods import get_method
 
@@ -393,6 +399,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     from .fastloss import FAST_METHODS, make_trainer_class
 
+    extra_callbacks = callbacks or []
     callbacks = _make_callbacks(cfg.output_dir)
     trainer_cls = _with_length_grouping(make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer)
     trainer = trainer_cls(
@@ -401,7 +408,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
-        callbacks=list(callbacks.values()),
+        callbacks=list(callbacks.values()) + list(extra_callbacks),
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

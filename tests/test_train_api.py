@@ -1,0 +1,31 @@
+"""The Python API's train(): extra Trainer callbacks take part in the run."""
+
+
+def test_extra_callbacks_see_every_step_and_can_stop_the_run(tiny_models, tmp_path):
+    import json
+
+    from transformers import TrainerCallback
+
+    from conftest import SAMPLE
+    from llm_tuning.config import TrainConfig
+    from llm_tuning.train import train
+
+    class StopAtTwo(TrainerCallback):
+        def __init__(self):
+            self.steps, self.ended = [], 0
+
+        def on_step_end(self, args, state, control, **kw):
+            self.steps.append(state.global_step)
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kw):
+            self.ended += 1
+
+    cb = StopAtTwo()
+    out = tmp_path / "out"
+    result = train(TrainConfig(model=tiny_models["llama"], data=SAMPLE, method="lora", output_dir=str(out), max_steps=5,
+                               batch_size=2, max_length=64, save_steps=100), callbacks=[cb])
+    assert cb.steps == [1, 2] and cb.ended == 1
+    assert result.steps == 2
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
