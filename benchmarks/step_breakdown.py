@@ -79,7 +79,6 @@ def main():
     ap.add_argument("--records", type=int, default=64)
     args = ap.parse_args()
 
-    import torch
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 

@@ -126,11 +126,17 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_models, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
-    # Resuming the finished run trains nothing more (transformers alone would train a 31st step).
+    # Resuming the finished run trains nothing more (transformers alone would train a 31st step), and keeps the
+    # training figures of the process that trained (not 0 s and this process's memory).
+    trained = json.loads((killed / "metrics.json").read_text())
     r = run_cli(*_train_args(model, killed, ["--resume"]))
     assert r.returncode == 0, r.stderr
     assert "nothing left to train" in r.stdout
-    assert json.loads((killed / "metrics.json").read_text())["steps"] == 30
+    again = json.loads((killed / "metrics.json").read_text())
+    assert again["steps"] == 30 and again["figures_from_earlier_process"] is True
+    assert trained["train_seconds"] > 0
+    for k in ("train_seconds", "train_tokens", "peak_rss_mib", "rss_before_model_mib", "train_loss"):
+        assert again[k] == trained[k], k
     c = load_file(str(killed / "adapter_model.safetensors"))
     for k in a:
         assert torch.equal(a[k], c[k]), k

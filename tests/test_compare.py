@@ -77,12 +77,18 @@ def test_plots_are_valid_pngs_and_html_is_self_contained(compare_run):
 
 def test_rerun_resumes_only_what_is_not_done(compare_run):
     out, path, _ = compare_run
+    first = json.load(open(out / "bitfit" / "result.json"))
     os.remove(out / "bitfit" / "result.json")
     r = run_cli("compare", "--config", str(path))
     assert r.returncode == 0, r.stderr
     assert "lora-r4: done already" in r.stdout and "prefix-proj: done already" in r.stdout
     assert "[4/4] bitfit (bitfit): training" in r.stdout
-    assert json.load(open(out / "bitfit" / "result.json"))["status"] == "ok"
+    again = json.load(open(out / "bitfit" / "result.json"))
+    assert again["status"] == "ok"
+    # its training had finished: nothing is trained again, and the row keeps that training's speed and memory
+    assert "nothing left to train" in (out / "bitfit" / "train.log").read_text()
+    for k in ("tokens_per_s", "peak_rss_mib", "train_tokens", "heldout_loss"):
+        assert again[k] == first[k] and again[k], k
 
 
 def test_force_reruns_from_scratch(compare_run, tmp_path):

@@ -123,6 +123,20 @@ class _NothingLeftToTrain(Exception):
     pass
 
 
+_TRAINING_FIGURES = ("train_loss", "train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib",
+                     "startup_seconds")
+
+
+def _earlier_metrics(output_dir: str, steps: int) -> dict | None:
+    """metrics.json of the process that trained this finished run, if it wrote one for these steps."""
+    try:
+        with open(os.path.join(output_dir, "metrics.json")) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("steps") == steps and m.get("train_seconds") else None
+
+
 def _make_callbacks(output_dir: str):
     from transformers import TrainerCallback
 
@@ -416,6 +430,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     trainer.remove_callback(PrinterCallback)
     if resume_from:
         _log(f"resuming from {resume_from}")
+    earlier = None
     try:
         out = trainer.train(resume_from_checkpoint=resume_from)
         train_loss, train_seconds = out.training_loss, out.metrics.get("train_runtime", 0.0)
@@ -425,6 +440,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         _log(f"{resume_from} is the last step ({trainer.state.global_step}): nothing left to train")
         logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         train_loss, train_seconds = (logged[-1] if logged else None), 0.0  # no training in this process
+        earlier = _earlier_metrics(cfg.output_dir, trainer.state.global_step)
     finally:
         from .fastloss import release_buffers
 
@@ -456,6 +472,10 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         "startup_seconds": callbacks["clock"].seconds,
         "log_history": trainer.state.log_history,
     }
+    if earlier:
+        # nothing trained in this process: the training figures are those of the process that did (a comparison
+        # interrupted after training reruns its training with --resume and reads tokens/s and memory from here)
+        metrics.update({k: earlier[k] for k in _TRAINING_FIGURES if k in earlier}, figures_from_earlier_process=True)
     _write_final(cfg, method, model, tokenizer, metrics)
     _log(f"saved the {method.name} {'model' if method.name == 'full' else 'adapter'}, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
     return TrainResult(cfg.output_dir, method.name, trainable, total, train_loss, eval_loss,
