@@ -441,6 +441,8 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         train_loss, train_seconds = (logged[-1] if logged else None), 0.0  # no training in this process
         earlier = _earlier_metrics(cfg.output_dir, trainer.state.global_step)
+        if earlier and earlier.get("train_loss") is not None:
+            train_loss = earlier["train_loss"]  # the run's mean training loss, as the training process reported it
     finally:
         from .fastloss import release_buffers
 
