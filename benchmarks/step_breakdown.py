@@ -28,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from train_throughput import ROOT, build_setup, matmul_flops_per_s  # noqa: E402
+from train_throughput import ROOT, build_setup, matmul_flops_per_s, ours_settings  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
@@ -111,10 +111,9 @@ def main():
 
         def run(prof=None):
             out = os.path.join(tmp, f"run-{time.time_ns()}")
+            extra = {"prefix_projection": True} if args.method == "prefix" else {}  # as train_throughput.py runs it
             cfg = TrainConfig(model=setup["model_dir"], data=setup["data"], method=args.method, output_dir=out,
-                              epochs=1, max_length=256, save_steps=10**6, overwrite=True, cache=False,
-                              lora_r=8, lora_alpha=8, lora_dropout=0.0, prompt_text="Answer the instruction.",
-                              prefix_projection=args.method == "prefix")
+                              overwrite=True, **ours_settings(extra))
             window = Window(prof)
             rate = matmul_flops_per_s(1.5)
             train(cfg, callbacks=[window])

@@ -89,17 +89,23 @@ def recipe_worker(model_dir, data_path, out_json):
             "tokenizer": tokenizer}
 
 
+def ours_settings(extra: dict) -> dict:
+    """`llm-tuning train`'s settings in these runs, as TrainConfig fields (the command gets them as flags):
+    one epoch, the recipe's MAX_LENGTH, no checkpoint before the end, no tokenisation cache; for throughput the
+    recipe's LoRA config (r=8, alpha=8, dropout 0), for learning ({"defaults": True}) the project's own."""
+    extra = dict(extra)
+    lora = {} if extra.pop("defaults", False) else dict(lora_r=8, lora_alpha=8, lora_dropout=0.0)
+    return dict(epochs=1, max_length=256, save_steps=10**6, cache=False, prompt_text="Answer the instruction.",
+                **lora, **extra)
+
+
 def ours_worker(model_dir, data_path, out_json, method, extra, evaluate=False):
     """`llm-tuning train` as a user runs it: the command, in its own process."""
-    # Throughput: the recipe's LoRA config (r=8, alpha=8, dropout 0). Learning: the project's own defaults.
-    kw = {} if extra.pop("defaults", False) else dict(lora_r=8, lora_alpha=8, lora_dropout=0.0)
-    kw.update(prompt_text="Answer the instruction.", **extra)
     out_dir = os.path.join(os.path.dirname(out_json), f"ours-{method}")
     cmd = [sys.executable, "-m", "llm_tuning", "train", "--model", model_dir, "--data", data_path, "--method", method,
-           "--output-dir", out_dir, "--epochs", "1", "--max-length", "256", "--save-steps", str(10**6), "--overwrite",
-           "--cache", "false"]
-    for k, v in kw.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
+           "--output-dir", out_dir, "--overwrite"]
+    for k, v in ours_settings(extra).items():
+        cmd += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"llm-tuning train failed:\n{p.stderr[-3000:]}")

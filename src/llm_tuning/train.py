@@ -123,8 +123,8 @@ class _NothingLeftToTrain(Exception):
     pass
 
 
-_TRAINING_FIGURES = ("train_loss", "train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib",
-                     "startup_seconds")
+# the training process's figures a resumed finished run keeps (its mean training loss goes through train_loss)
+_TRAINING_FIGURES = ("train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib", "startup_seconds")
 
 
 def _earlier_metrics(output_dir: str, steps: int) -> dict | None:
@@ -413,7 +413,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     )
     from .fastloss import FAST_METHODS, make_trainer_class
 
-    extra_callbacks = callbacks or []
+    extra_callbacks = list(callbacks or [])
     callbacks = _make_callbacks(cfg.output_dir)
     trainer_cls = _with_length_grouping(make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer)
     trainer = trainer_cls(
@@ -422,7 +422,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
-        callbacks=list(callbacks.values()) + list(extra_callbacks),
+        callbacks=list(callbacks.values()) + extra_callbacks,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
