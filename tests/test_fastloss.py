@@ -17,10 +17,11 @@ from test_methods import VARIANTS, make_cfg
                                     "prefix-proj"])
 def test_same_loss_and_gradients_as_the_stock_forward(method, arch, chunked, tiny_models, sample_records, monkeypatch):
     assert VARIANTS[method].get("method", method) in FAST_METHODS
-    if chunked:  # 7 positions per chunk: many chunks, and a ragged last one
+    if chunked:  # 7 positions per chunk: many chunks, and a ragged last one; vocabulary blocks of 256 of 600
         import llm_tuning.fastloss as fl
 
         monkeypatch.setattr(fl, "CHUNK_ELEMENTS", 7 * len(load_tokenizer(tiny_models[arch])))
+        monkeypatch.setattr(fl, "VOCAB_BLOCK", 256)
     path = tiny_models[arch]
     tok = prepare_tokenizer(load_tokenizer(path), log=lambda m: None)
     from llm_tuning.data.collate import make_collator
@@ -93,6 +94,35 @@ def test_fused_head_matches_cross_entropy_even_for_hopeless_targets(bias):
     assert abs(out.item() - ref.item()) <= 1e-4 * ref.item()
     assert torch.allclose(hidden.grad, ref_h.grad, atol=1e-6)
     assert torch.allclose(head.weight.grad, ref_w, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_vocabulary_blocks_redo_rows_whose_exponentials_overflow(bias, monkeypatch):
+    """A frozen output layer goes through vocabulary blocks shifted by the row's target logit or its largest logit
+    in the first block. Rows where a later block has a logit ~120 above both would overflow: they must come out
+    as torch's cross-entropy all the same (redone by row chunks), and the other rows unchanged."""
+    import llm_tuning.fastloss as fl
+
+    monkeypatch.setattr(fl, "VOCAB_BLOCK", 16)  # blocks 0-15, 16-31, 32-47, 48-49
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias).requires_grad_(False)
+    hidden = torch.randn(9, 16, requires_grad=True)
+    target = torch.randint(0, 16, (9,))  # targets in the first block
+    with torch.no_grad():
+        hidden[:4, 0] = 40.0
+        head.weight[:16, 0] = 0.0
+        head.weight[40, 0] = 3.0  # logit ~120 for vocabulary entry 40 in rows 0-3, beyond fp32's exp range
+    calls = []
+    chunks = fl._by_row_chunks
+    monkeypatch.setattr(fl, "_by_row_chunks", lambda h, *a: calls.append(len(h)) or chunks(h, *a))
+    ref_h = hidden.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(head(ref_h), target, reduction="sum")
+    ref.backward()
+    out = fl.linear_cross_entropy_sum(hidden, head, target)
+    out.backward()
+    assert calls == [4]  # the four overflowing rows, and only those, took the row-chunk path
+    assert ref.item() > 400 and abs(out.item() - ref.item()) <= 1e-5 * ref.item()
+    assert torch.allclose(hidden.grad, ref_h.grad, atol=1e-6)
 
 
 def test_fused_head_gradient_scales_with_the_loss_and_refuses_a_second_backward():
