@@ -177,3 +177,48 @@ def test_generation_follows_the_adapter(variant, arch, tiny_models, batches, sam
                     break
                 ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
         assert answer == tok.decode(expected, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lora_layers_add_the_update_in_place_and_match_peft(arch, dropout, tiny_models, batches, monkeypatch):
+    """LoRA trains through FusedLoraLinear (the update added into the base output in place): same logits, loss
+    and gradients as PEFT's own LoRA layer with the same weights, with a non-zero B and scaling 2. With dropout
+    it is PEFT's forward that runs (same random stream, so equal too)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.tuners.lora.layer import Linear
+
+    from llm_tuning.methods.lora import fused_lora_linear
+
+    path = tiny_models[arch]
+    _, batch = batches[arch]
+    cfg = make_cfg(path, "lora")
+    cfg.lora_dropout = dropout
+    peft_calls = []
+    peft_forward = Linear.forward
+    monkeypatch.setattr(Linear, "forward", lambda self, *a, **k: peft_calls.append(1) or peft_forward(self, *a, **k))
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = load_model(path)
+        config = get_method("lora").peft_config(model, cfg) if fused else LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=dropout)
+        model = get_peft_model(model, config)
+        layers = [m for m in model.modules() if isinstance(m, Linear)]
+        assert layers and all((type(m) is fused_lora_linear()) == fused for m in layers)
+        assert layers[0].scaling["default"] == 2.0
+        for m in layers:  # B starts at zero; a random one makes the update count
+            torch.nn.init.normal_(m.lora_B["default"].weight, std=0.5)
+        model.train()
+        torch.manual_seed(1)
+        peft_calls.clear()
+        out = model(**batch)
+        out.loss.backward()
+        assert len(peft_calls) == (0 if fused and dropout == 0 else len(layers))  # which forward ran
+        results.append((out.logits.detach(), out.loss.item(),
+                        {k: p.grad for k, p in model.named_parameters() if p.requires_grad}))
+    (l1, loss1, g1), (l0, loss0, g0) = results
+    assert (l1 - l0).abs().max().item() <= 1e-5 and abs(loss1 - loss0) <= 1e-6
+    assert g1.keys() == g0.keys() and len(g1) == 2 * L * (1 if arch == "bloom" else 2)
+    for k in g1:
+        assert (g1[k] - g0[k]).abs().max().item() <= 1e-5, k
