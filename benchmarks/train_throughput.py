@@ -265,7 +265,10 @@ def main():
             return statistics.median(f(x) for x in res[kind])
 
         # ratio: median over the alternating pairs, so a slow spell of the machine hits both sides of a pair
-        ratio = statistics.median(tps(o) / tps(r) for r, o in zip(res["recipe"], res["ours"]))
+        pairs = [tps(o) / tps(r) for r, o in zip(res["recipe"], res["ours"])]
+        ratio = statistics.median(pairs)
+        print("\nper pair: ratios " + ", ".join(f"{x:.2f}" for x in pairs) + "; our MFU "
+              + ", ".join(f"{mfu(o):.3f}" for o in res["ours"]) + f" (median {med('ours', mfu):.3f})")
         print("\n| LoRA, same config and records (medians) | real tokens/s | MFU | peak RSS MiB | start-up to first step s | ratio to recipe |")
         print("|---|---|---|---|---|---|")
         for kind, label in (("recipe", "seed recipe (Trainer, batch 1 x accum 8)"), ("ours", "llm-tuning train (defaults)")):
