@@ -7,7 +7,7 @@ half base (`_trainable_to_fp32`); `prepare_model_for_kbit_training` over a quant
 non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for Bloom (train.py
 replaces it with SDPA by default, speedups.py, which keeps less: one shared bias instead of each layer's
 [B, heads, L, L] probabilities, so for Bloom the estimate is an upper bound; modelling the SDPA path is still
-to do); the fused, chunked output layer + loss of fastloss.py for every method (unless fast_loss is off;
+to do); the fused output layer + loss of fastloss.py (vocabulary blocks or row chunks) for every method (unless fast_loss is off;
 that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
@@ -30,7 +30,7 @@ import os
 
 from .config import TrainConfig, parse_bool
 from .errors import UserError
-from .fastloss import CHUNK_ELEMENTS, FAST_METHODS
+from .fastloss import CHUNK_ELEMENTS, FAST_METHODS, VOCAB_BLOCK
 
 
 class EstimateError(UserError, ValueError):
@@ -589,19 +589,25 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
     if fast:
         ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
         # fastloss.py (train.py's default for every method): the output layer and the cross-entropy run fused,
-        # chunk by chunk, on the learned positions only (here every position but the last: an upper bound), and
+        # piece by piece, on the learned positions only (here every position but the last: an upper bound), and
         # their gradients are formed in the forward. Kept for the backward: the hidden-state gradient (and, when
         # the output layer trains, its fp32 weight gradient) and the int64 row and column indices of the learned
         # positions. The logits never exist whole.
         learned = batch_size * (seq - 1)
         out_kept = (act * h + 2 * INT64) * learned + (FP32 * v * h if head_trains else 0)
-        pieces = max(1, -(-learned * v // CHUNK_ELEMENTS))
-        chunk_logits = -(-learned // pieces) * v  # equal chunks of at most CHUNK_ELEMENTS logits
-        # In the chunk loop: the learned hidden states gathered for the head; one chunk's fp32 logits, turned in
-        # place into the softmax-gradient (in half precision: the matmul's output before the fp32 copy, and the
-        # gradient's cast back); the fp32 weight-gradient product when it trains.
-        out_forward = act * h * learned + chunk_logits * (FP32 + (2 * act if act != FP32 else 0)) + (
-            FP32 * v * h if head_trains else 0)
+        if not head_trains and act == FP32:
+            # Vocabulary blocks (a frozen fp32 output layer): the learned hidden states gathered for the head, the
+            # output layer's rows of their targets, one [rows x VOCAB_BLOCK] block of logits.
+            rows = min(learned, max(1, CHUNK_ELEMENTS // VOCAB_BLOCK))
+            out_forward = act * h * learned + FP32 * h * learned + FP32 * rows * min(VOCAB_BLOCK, v)
+        else:
+            pieces = max(1, -(-learned * v // CHUNK_ELEMENTS))
+            chunk_logits = -(-learned // pieces) * v  # equal chunks of at most CHUNK_ELEMENTS logits
+            # Row chunks: the learned hidden states gathered for the head; one chunk's fp32 logits, turned in place
+            # into the softmax-gradient (in half precision: the matmul's output before the fp32 copy, and the
+            # gradient's cast back); the fp32 weight-gradient product when it trains.
+            out_forward = act * h * learned + chunk_logits * (FP32 + (2 * act if act != FP32 else 0)) + (
+                FP32 * v * h if head_trains else 0)
         # Its backward: the gradients scaled by the loss's gradient (and cast), the zero-filled gradient of the
         # whole last hidden state the gathered rows scatter into.
         out_backward = act * h * learned + act * h * t + (
@@ -636,7 +642,7 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
         phases += [
             # the backbone returns: its cache is still alive
             (backbone, 0, ac["cache"]),
-            # the fused output layer + loss, one chunk at a time
+            # the fused output layer + loss, one block or chunk at a time
             (backbone, 0, out_kept + out_forward),
             # its backward
             (kept, 0, out_backward),

@@ -7,12 +7,13 @@ positions whose next token is learned go through the output layer and the cross-
 same token-weighted mean the Trainer computes (sum over learned tokens / number of learned tokens in the
 whole accumulated batch); a test checks loss and gradients against the stock forward.
 
-The projection and the cross-entropy are fused and chunked (_LinearCrossEntropy): the gradient of each
-chunk's logits is formed right after its loss and folded into the hidden-state (and, when it trains, the
-output-layer) gradient at once, so the [tokens x vocabulary] logits never exist whole; with a 55k vocabulary
-and most tokens learned they would otherwise be the largest tensor of the step, held three times over
-(logits, log-softmax, gradient). No pip-installable library does this for CPU training (Liger's fused kernel
-is Triton, GPU-only), hence this small autograd function.
+The projection and the cross-entropy are fused (_LinearCrossEntropy): the gradient is formed in the forward,
+piece by piece, and folded into the hidden-state (and, when it trains, the output-layer) gradient at once, so
+the [tokens x vocabulary] logits never exist whole; with a 55k vocabulary and most tokens learned they would
+otherwise be the largest tensor of the step, held three times over (logits, log-softmax, gradient). The pieces
+are vocabulary blocks over all rows when the output layer does not train (_by_vocabulary_blocks), row chunks
+over the whole vocabulary when it does or in half precision (_by_row_chunks). No pip-installable library does
+this for CPU training (Liger's fused kernel is Triton, GPU-only), hence this small autograd function.
 
 Used for every method. Full, BitFit, LoRA and IA3 live inside the backbone's modules: the backbone runs alone.
 Prompt, P-tuning and prefix tuning feed extra inputs through PEFT's own forward: that forward runs with the
@@ -137,8 +138,8 @@ def _by_vocabulary_blocks(hidden, weight, bias, target, grad_h):
     Each block's logits are shifted by a per-row constant c and exponentiated in place; their row sums add up
     to s = sum_v exp(logit_v - c) and the block, unnormalised, is multiplied into grad_h at once. At the end
     grad_h = grad_h / s - W[target] (the softmax's 1/s is a per-row factor, so it can come last) and the loss
-    is log s + c - logit_target. That is the loss and gradient of the row-chunk path, exactly, for any c that
-    keeps the exponentials finite; c = the larger of the row's target logit and its largest logit in the
+    is log s + c - logit_target: the loss and gradient of the row-chunk path (to rounding) for any c that keeps
+    the exponentials finite; c = the larger of the row's target logit and its largest logit in the
     first block. That needs no pass over the row to find its maximum (what made a vocabulary split with
     per-part log-sum-exp merges slower: README), and s >= 1 since c is one of the row's logits. A row whose
     largest logit is ~80 above c would overflow: its s is not finite, and such rows are redone by row chunks.
