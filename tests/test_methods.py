@@ -222,3 +222,25 @@ def test_lora_layers_add_the_update_in_place_and_match_peft(arch, dropout, tiny_
     assert g1.keys() == g0.keys() and len(g1) == 2 * L * (1 if arch == "bloom" else 2)
     for k in g1:
         assert (g1[k] - g0[k]).abs().max().item() <= 1e-5, k
+
+
+def test_lora_keeps_peft_layers_over_linear_subclasses(tiny_models):
+    """bitsandbytes' quantised layers subclass nn.Linear (and a pre-quantised checkpoint has them without
+    --quantization): a model with any nn.Linear subclass gets PEFT's own LoRA layers, not the in-place one."""
+    from peft import get_peft_model
+    from peft.tuners.lora.layer import LoraLayer
+
+    from llm_tuning.methods.lora import fused_lora_linear
+
+    class OtherLinear(torch.nn.Linear):
+        pass
+
+    cfg = make_cfg(tiny_models["llama"], "lora")
+    for swap in (False, True):
+        model = load_model(tiny_models["llama"])
+        if swap:
+            model.model.layers[0].mlp.down_proj.__class__ = OtherLinear  # not a LoRA target: the model alone decides
+        model = get_peft_model(model, get_method("lora").peft_config(model, cfg))
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        assert len(layers) == 2 * L
+        assert all((type(m) is fused_lora_linear()) != swap for m in layers)

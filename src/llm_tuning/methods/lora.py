@@ -17,7 +17,11 @@ class LoRA(PeftMethod):
 
         config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                             lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules)
-        if cfg.quantization is None:  # bitsandbytes' 8-bit and 4-bit layers are nn.Linear too: PEFT's own for them
+        # PEFT matches custom modules by isinstance, and bitsandbytes' 8-bit and 4-bit layers (quantised here, or
+        # in a pre-quantised checkpoint) are nn.Linear subclasses that need PEFT's own LoRA layers: only a model
+        # whose linear layers are all plain nn.Linear gets the in-place update.
+        if cfg.quantization is None and all(type(m) is torch.nn.Linear for m in model.modules()
+                                            if isinstance(m, torch.nn.Linear)):
             config._register_custom_module({torch.nn.Linear: fused_lora_linear()})
         return config
 
