@@ -5,8 +5,8 @@ matmul rate (1024^3, measured here too). This script explains that figure. It tr
 records with the same settings, through the Python API that `llm-tuning train` calls, twice in one process:
 once plain (tokens/s, MFU) and once under torch's profiler, started at the first training step and stopped after
 the last. Operators are grouped (the output layer's products, the layers' products, the low-rank products,
-attention, the loss's exponentials and sums, GeLU, LayerNorm, the optimizer, other operators) with their share of the step time, and
-for the products the FLOPs they did and the rate they ran at. The time not inside any operator is Python,
+attention, the loss's exponentials and sums, GeLU, LayerNorm, the optimizer, other operators) with their share
+of the step time, and for the products the FLOPs they did and the rate they ran at. The time not inside any operator is Python,
 autograd and the Trainer between operators. Two bounds close the table: the MFU if every product ran at the
 1024^3 rate, and the MFU if everything but the products took no time.
 
