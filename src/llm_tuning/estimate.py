@@ -30,7 +30,7 @@ import os
 
 from .config import TrainConfig, parse_bool
 from .errors import UserError
-from .fastloss import CHUNK_ELEMENTS, FAST_METHODS, VOCAB_BLOCK
+from .fastloss import FAST_METHODS, VOCAB_BLOCK, block_rows, chunk_rows
 
 
 class EstimateError(UserError, ValueError):
@@ -598,11 +598,9 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
         if not head_trains and act == FP32:
             # Vocabulary blocks (a frozen fp32 output layer): the learned hidden states gathered for the head, the
             # output layer's rows of their targets, one [rows x VOCAB_BLOCK] block of logits.
-            rows = min(learned, max(1, CHUNK_ELEMENTS // VOCAB_BLOCK))
-            out_forward = act * h * learned + FP32 * h * learned + FP32 * rows * min(VOCAB_BLOCK, v)
+            out_forward = act * h * learned + FP32 * h * learned + FP32 * block_rows(learned) * min(VOCAB_BLOCK, v)
         else:
-            pieces = max(1, -(-learned * v // CHUNK_ELEMENTS))
-            chunk_logits = -(-learned // pieces) * v  # equal chunks of at most CHUNK_ELEMENTS logits
+            chunk_logits = chunk_rows(learned, v) * v  # equal chunks of at most CHUNK_ELEMENTS logits
             # Row chunks: the learned hidden states gathered for the head; one chunk's fp32 logits, turned in place
             # into the softmax-gradient (in half precision: the matmul's output before the fp32 copy, and the
             # gradient's cast back); the fp32 weight-gradient product when it trains.

@@ -30,6 +30,18 @@ VOCAB_BLOCK = 2048  # output-layer rows per block when that layer does not train
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in fp32; 303 rows of a 55k vocabulary: a wide enough matmul)
 
 
+def chunk_rows(n, vocab):
+    """Rows per row chunk (and of its logits buffer): equal chunks of at most CHUNK_ELEMENTS logits (400 rows ->
+    2 x 200, not 303 + 97: a thin matmul is slow); 0 for no rows. estimate.py sizes the buffer with it too."""
+    return -(-n // max(1, -(-n * vocab // CHUNK_ELEMENTS)))
+
+
+def block_rows(n):
+    """Rows per pass of the vocabulary blocks: all of them, up to a [rows x VOCAB_BLOCK] block of CHUNK_ELEMENTS
+    logits; 0 for no rows. estimate.py sizes the block with it too."""
+    return min(n, max(1, CHUNK_ELEMENTS // VOCAB_BLOCK))
+
+
 def backbone_and_head(model):
     """(backbone, output layer) of a causal LM, looking through a PEFT wrapper; None if unknown."""
     import torch
@@ -92,9 +104,7 @@ def _by_row_chunks(hidden, weight, bias, target, grad_h, grad_w, grad_b):
     import torch
 
     n, vocab = hidden.shape[0], weight.shape[0]
-    # Equal chunks of at most CHUNK_ELEMENTS logits (400 rows -> 2 x 200, not 303 + 97: a thin matmul is slow)
-    pieces = max(1, -(-n * vocab // CHUNK_ELEMENTS))
-    chunk = max(1, -(-n // pieces))
+    rows = chunk_rows(n, vocab)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     fp32 = hidden.dtype == torch.float32 and weight.dtype == torch.float32
     # One [chunk x vocabulary] buffer for every chunk and every step (a fresh one costs page faults: glibc
@@ -102,7 +112,8 @@ def _by_row_chunks(hidden, weight, bias, target, grad_h, grad_w, grad_b):
     # after the matmul: softmax (one row-wise kernel whose rows stay in cache), minus one-hot.
     # The loss is -log of the target's probability: no second exp pass over the chunk, as log-softmax
     # followed by exp would need (measured: 0.40 -> 0.26 s in profiles of a 13-14 s epoch).
-    buf = _logits_buffer(min(chunk, n), vocab, hidden.device) if fp32 else None
+    buf = _logits_buffer(rows, vocab, hidden.device) if fp32 else None
+    chunk = max(1, rows)
     for s in range(0, n, chunk):
         h, t = hidden[s:s + chunk], target[s:s + chunk]
         logits = torch.mm(h, weight.t(), out=buf[:len(h)]) if fp32 else (h @ weight.t()).float()
@@ -150,7 +161,7 @@ def _by_vocabulary_blocks(hidden, weight, bias, target, grad_h):
     import torch
 
     n, vocab = hidden.shape[0], weight.shape[0]
-    rows = max(1, min(n, CHUNK_ELEMENTS // VOCAB_BLOCK))  # rows per pass: a block at most CHUNK_ELEMENTS too
+    rows = block_rows(n)  # n >= 1 here
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     w_t = weight[target]
     logit_t = (hidden * w_t).sum(1)
