@@ -26,11 +26,11 @@ CONFIGS = [(p, q) for p, q in (("fp32", None), ("bf16", None), ("fp16", None), (
 def worker(args):
     import torch
 
-    from llm_tuning.checkpointing import enable_after_method, enable_before_method
+    from llm_tuning.train.checkpointing import enable_after_method, enable_before_method
     from llm_tuning.config import TrainConfig
     from llm_tuning.methods import get_method
     from llm_tuning.models import load_model
-    from llm_tuning.train import _trainable_to_fp32
+    from llm_tuning.train.loop import _trainable_to_fp32
 
     cuda = torch.cuda.is_available()
     model = load_model(args.model_dir, args.precision, quantization=args.quantization or None)

@@ -101,7 +101,7 @@ def main():
 
     import torch
 
-    from llm_tuning import fastloss
+    from llm_tuning.train import fastloss
 
     fused = fastloss.linear_cross_entropy_sum
 

@@ -49,7 +49,7 @@ def recipe_worker(model_dir, data_path, out_json):
                               TrainerCallback, TrainingArguments)
 
     sys.path.insert(0, os.path.join(ROOT, "src"))
-    from llm_tuning.train import seconds_since_process_start
+    from llm_tuning.train.memory import seconds_since_process_start
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
@@ -127,7 +127,7 @@ def _peak_rss_mib():
     high-water mark over into a child's ru_maxrss (seen: 671 MiB reported by a child whose VmHWM was 9 MiB,
     spawned by this script's driver after it had built the model)."""
     sys.path.insert(0, os.path.join(ROOT, "src"))
-    from llm_tuning.train import _peak_rss_mib as peak
+    from llm_tuning.train.memory import peak_rss_mib as peak
 
     return peak()
 
@@ -151,7 +151,7 @@ def worker(args):
               "rate": (rate_before + matmul_flops_per_s(1.5)) / 2}
     if args.heldout:
         sys.path.insert(0, os.path.join(ROOT, "src"))
-        from llm_tuning.evaluate import response_loss
+        from llm_tuning.train.heldout import response_loss
 
         with open(args.heldout) as f:
             val = json.load(f)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import SAMPLE, run_cli
-from llm_tuning.checkpointing import _decoder_layers, enable_after_method, enable_before_method
+from llm_tuning.train.checkpointing import _decoder_layers, enable_after_method, enable_before_method
 from llm_tuning.data.tokenize import prepare_tokenizer
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer

@@ -180,7 +180,7 @@ def test_trainer_batches_come_from_the_length_grouping(tiny_models, tmp_path):
     import datasets
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from llm_tuning.train import _with_length_grouping
+    from llm_tuning.train.loop import _with_length_grouping
 
     lengths = _spread_lengths(64)
     ds = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "labels": [[5] * n for n in lengths]})

@@ -1,7 +1,6 @@
 """`llm-tuning estimate`: parameter counts exact, activations equal to what autograd keeps, and the total within
 15 % of the peak memory of real training steps measured on this machine."""
 
-import argparse
 import copy
 import json
 import os
@@ -12,7 +11,8 @@ import pytest
 import torch
 
 from llm_tuning.errors import UserError
-from llm_tuning.estimate import PRESETS, count_params, estimate, main, trainable_params
+from llm_tuning.config import EstimateConfig
+from llm_tuning.lab.estimate import PRESETS, count_params, estimate, print_estimate, trainable_params
 
 GiB, MiB = 2**30, 2**20
 
@@ -106,7 +106,7 @@ def test_parameter_counts_equal_the_real_models(config):
 def _saved_bytes(config, method, precision, opts):
     """Bytes of the distinct tensors autograd keeps for the backward (parameters excluded), with the loss path
     train.py takes: fastloss.py's fused output layer + loss for full/BitFit/LoRA/IA3 unless fast_loss is off."""
-    from llm_tuning.fastloss import FAST_METHODS, response_loss_sum
+    from llm_tuning.train.fastloss import FAST_METHODS, response_loss_sum
 
     torch.manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
@@ -158,11 +158,11 @@ import gc, json, resource, sys
 import torch
 import peft
 from transformers import AutoConfig, AutoModelForCausalLM
-from llm_tuning.checkpointing import enable_after_method, enable_before_method
+from llm_tuning.train.checkpointing import enable_after_method, enable_before_method
 from llm_tuning.config import TrainConfig
 from llm_tuning.methods import get_method
-from llm_tuning.fastloss import FAST_METHODS, response_loss_sum
-from llm_tuning.train import _trainable_to_fp32
+from llm_tuning.train.fastloss import FAST_METHODS, response_loss_sum
+from llm_tuning.train.loop import _trainable_to_fp32
 
 spec = json.loads(sys.argv[1])
 method, ckpt = spec["method"], spec["gradient_checkpointing"]
@@ -274,14 +274,13 @@ def test_estimate_within_15_percent_of_measured_peak(method, checkpointing, opts
 
 def _args(**kw):
     base = dict(model="llama-2-7b", method="lora", precision="fp16", quantization=None, batch_size=1,
-                max_length=512, gradient_checkpointing=False, lora_r=None, lora_dropout=None, target_modules=None,
-                num_virtual_tokens=None, fast_loss=None, json=True)
+                max_length=512, gradient_checkpointing=False, json=True)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return EstimateConfig(**base)
 
 
 def _total(capsys, **kw):
-    main(_args(**kw))
+    print_estimate(_args(**kw))
     return json.loads(capsys.readouterr().out)["total"]
 
 
@@ -291,7 +290,7 @@ def test_cli_llama_2_7b_lora(capsys):
     int8, nf4 = _total(capsys, quantization="8bit"), _total(capsys, quantization="4bit")
     assert nf4 < int8 < fp16, (nf4 / GiB, int8 / GiB, fp16 / GiB)
     assert _total(capsys, gradient_checkpointing=True) < fp16
-    main(_args(json=False))
+    print_estimate(_args(json=False))
     table = capsys.readouterr().out
     assert "base weights" in table and "GiB" in table and "total" in table
     est = estimate("llama-2-7b", "lora", "fp16", quantization="4bit")
@@ -316,7 +315,7 @@ def test_bad_input_is_a_one_line_user_error(tmp_path):
     with pytest.raises(ValueError, match="gpt2"):  # a ValueError for Python callers too
         trainable_params({"model_type": "gpt2", "vocab_size": 10}, "lora")
     with pytest.raises(UserError, match="no such model folder"):
-        main(_args(model=str(tmp_path / "missing")))
+        print_estimate(_args(model=str(tmp_path / "missing")))
     with pytest.raises(UserError, match="quantization"):
         estimate("llama-2-7b", "full", "fp16", quantization="4bit")
     with pytest.raises(UserError, match="precision"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_tuning.data.tokenize import prepare_tokenizer
-from llm_tuning.fastloss import FAST_METHODS, response_loss_sum
+from llm_tuning.train.fastloss import FAST_METHODS, response_loss_sum
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
 from test_methods import VARIANTS, make_cfg
@@ -18,7 +18,7 @@ from test_methods import VARIANTS, make_cfg
 def test_same_loss_and_gradients_as_the_stock_forward(method, arch, chunked, tiny_models, sample_records, monkeypatch):
     assert VARIANTS[method].get("method", method) in FAST_METHODS
     if chunked:  # 7 positions per chunk: many chunks, and a ragged last one; vocabulary blocks of 256 of 600
-        import llm_tuning.fastloss as fl
+        import llm_tuning.train.fastloss as fl
 
         monkeypatch.setattr(fl, "CHUNK_ELEMENTS", 7 * len(load_tokenizer(tiny_models[arch])))
         monkeypatch.setattr(fl, "VOCAB_BLOCK", 256)
@@ -72,7 +72,7 @@ def test_trainer_uses_it_and_trains_the_same(tiny_models, tmp_path):
 def test_fused_head_matches_cross_entropy_even_for_hopeless_targets(bias):
     """The fused output layer + cross-entropy against torch's, with some targets whose probability underflows
     fp32 (a loss of ~150 nats): those rows take the exact log-softmax path, so no loss is inf or off."""
-    from llm_tuning.fastloss import linear_cross_entropy_sum
+    from llm_tuning.train.fastloss import linear_cross_entropy_sum
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=bias)
@@ -101,7 +101,7 @@ def test_vocabulary_blocks_redo_rows_whose_exponentials_overflow(bias, monkeypat
     """A frozen output layer goes through vocabulary blocks shifted by the row's target logit or its largest logit
     in the first block. Rows where a later block has a logit ~120 above both would overflow: they must come out
     as torch's cross-entropy all the same (redone by row chunks), and the other rows unchanged."""
-    import llm_tuning.fastloss as fl
+    import llm_tuning.train.fastloss as fl
 
     monkeypatch.setattr(fl, "VOCAB_BLOCK", 16)  # blocks 0-15, 16-31, 32-47, 48-49
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_fused_head_gradient_scales_with_the_loss_and_refuses_a_second_backward(
     """The gradients are formed in the forward and scaled in place in the backward: a scaled loss gives scaled
     gradients (the Trainer divides by the learned tokens), and a second backward through the same graph is an
     error rather than gradients scaled twice."""
-    from llm_tuning.fastloss import linear_cross_entropy_sum
+    from llm_tuning.train.fastloss import linear_cross_entropy_sum
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=True)
@@ -149,7 +149,7 @@ def test_fused_head_gradient_scales_with_the_loss_and_refuses_a_second_backward(
 
 
 def test_fused_head_with_no_learned_position_gives_zero_gradients():
-    from llm_tuning.fastloss import linear_cross_entropy_sum
+    from llm_tuning.train.fastloss import linear_cross_entropy_sum
 
     head = torch.nn.Linear(16, 50, bias=True)
     hidden = torch.randn(0, 16, requires_grad=True)

@@ -7,7 +7,7 @@ from llm_tuning.config import TrainConfig
 from llm_tuning.data.collate import make_collator
 from llm_tuning.data.tokenize import Encoded, encode_records, prepare_tokenizer
 from llm_tuning.errors import UserError
-from llm_tuning.guard import preflight
+from llm_tuning.train.guard import preflight
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
 

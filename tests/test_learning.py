@@ -11,7 +11,7 @@ from llm_tuning.config import TrainConfig
 from llm_tuning.data.formats import load_records, split_records
 from llm_tuning.data.templates import format_prompt
 from llm_tuning.data.tokenize import encode_prompt
-from llm_tuning.evaluate import response_loss
+from llm_tuning.train.heldout import response_loss
 from llm_tuning.infer import generate, load_for_inference
 from llm_tuning.train import train
 

@@ -28,7 +28,7 @@ def test_it_swaps_every_bloom_layer_and_leaves_llama_alone(tiny_models):
     assert not any(isinstance(m, BloomGelu) for m in fast.modules())
     assert sum("forward" in vars(m) for m in fast.modules()) == layers  # one attention per layer
     assert set(fast.state_dict()) == set(load_model(tiny_models["bloom"], speedups=False).state_dict())
-    from llm_tuning.speedups import speed_up
+    from llm_tuning.models.speedups import speed_up
 
     assert speed_up(load_model(tiny_models["llama"], speedups=False)) == 0
 

@@ -11,7 +11,7 @@ import os
 import shutil
 
 from .config import TrainConfig
-from .models import SAMPLE_DATA
+from .data import SAMPLE_DATA
 
 
 def _say(msg):
@@ -21,7 +21,7 @@ def _say(msg):
 def run_demo(output_dir: str = "runs/demo", steps: int = 200):
     from .data.formats import load_records
     from .infer import generate, load_for_inference, merge
-    from .models import init_model
+    from .models.tiny import init_model
     from .train import train
 
     if os.path.exists(output_dir):

@@ -24,8 +24,8 @@ class LoadedData:
     source: str
 
 
-def _read_json(path: str) -> list:
-    with open(path, encoding="utf-8") as f:
+def _read_json(path: str, encoding: str | None = None) -> list:
+    with open(path, encoding=encoding or "utf-8-sig") as f:
         text = f.read()
     if not text.strip():
         raise UserError(f"{path}: the file is empty; expected a JSON list of alpaca records")
@@ -43,9 +43,9 @@ def _read_json(path: str) -> list:
     return data
 
 
-def _read_jsonl(path: str) -> list:
+def _read_jsonl(path: str, encoding: str | None = None) -> list:
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding or "utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -85,14 +85,14 @@ def _read_hub(name: str) -> list:
     return ds.to_list()
 
 
-def read_raw(source: str) -> list:
+def read_raw(source: str, encoding: str | None = None) -> list:
     """Return the raw records of `source` without validation."""
     if os.path.isdir(source):
         return _read_saved_dataset(source)
     if os.path.isfile(source):
         if source.endswith(".jsonl"):
-            return _read_jsonl(source)
-        return _read_json(source)
+            return _read_jsonl(source, encoding)
+        return _read_json(source, encoding)
     if looks_like_local_path(source):
         raise UserError(f"{source}: no such file or directory")
     return _read_hub(source)
@@ -118,13 +118,13 @@ def validate_record(rec, index: int, source: str) -> dict:
     return {"instruction": rec["instruction"], "input": inp, "output": rec["output"]}
 
 
-def load_records(source: str, skip_bad_records: bool = False) -> LoadedData:
+def load_records(source: str, skip_bad_records: bool = False, encoding: str | None = None) -> LoadedData:
     """Load and validate alpaca records.
 
     A bad record raises UserError naming the source and index, unless
     `skip_bad_records` is set, in which case it is dropped and counted.
     """
-    raw = read_raw(source)
+    raw = read_raw(source, encoding)
     records, skipped = [], 0
     for i, rec in enumerate(raw):
         try:

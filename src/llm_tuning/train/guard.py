@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from .data.tokenize import IGNORE
-from .errors import UserError
+from ..data.tokenize import IGNORE
+from ..errors import UserError
 
 FP16_TINY = 6e-8  # the smallest positive fp16 number; a smaller epsilon rounds to 0
 

@@ -230,7 +230,7 @@ def linear_cross_entropy_sum(hidden, head, target):
 
 
 def _last_hidden_states(model, body, input_ids, attention_mask):
-    from .models import is_prompt_learning
+    from ..models.params import is_prompt_learning
 
     # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and values
     # until it returns (prefix tuning's prefix is passed in as a cache of its own and is used all the same)

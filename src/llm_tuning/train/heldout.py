@@ -19,7 +19,7 @@ def response_loss(model, tokenizer, records, template="default", max_length=512,
     import torch
     import torch.nn.functional as F
 
-    from .data.tokenize import IGNORE, encode_records
+    from ..data.tokenize import IGNORE, encode_records
 
     enc = encode_records(tokenizer, records, template, max_length)
     device = next(model.parameters()).device
@@ -46,26 +46,3 @@ def response_loss(model, tokenizer, records, template="default", max_length=512,
     mean = total / count if count else float("nan")
     return {"loss": mean, "perplexity": math.exp(min(mean, 700)) if count else float("nan"),
             "records": len(enc.input_ids), "tokens": count}
-
-
-def generation_metrics(model, tokenizer, records, template="default", max_new_tokens=128, batch_size=8,
-                       predictions_path=None) -> dict:
-    """Greedy, batched answers to `records`, scored against their `output` with ROUGE-1/2/L and BLEU-4.
-
-    With `predictions_path`, writes one JSON line per record: prompt, reference, prediction."""
-    import json
-
-    from .data.templates import format_prompt
-    from .infer import generate
-    from .metrics import score
-
-    predictions = generate(model, tokenizer, records, template, max_new_tokens, batch_size=batch_size)
-    references = [r["output"] for r in records]
-    if predictions_path:
-        with open(predictions_path, "w", encoding="utf-8") as f:
-            for r, pred in zip(records, predictions):
-                f.write(json.dumps({"prompt": format_prompt(r, template), "reference": r["output"],
-                                    "prediction": pred}, ensure_ascii=False) + "\n")
-    result = score(predictions, references)
-    result["predictions"] = predictions
-    return result

@@ -18,15 +18,15 @@ import time
 
 import yaml
 
-from .config import FIELDS
-from .errors import UserError
+from ..config import FIELDS, TrainConfig
+from ..errors import UserError
 
 COMPARE_KEYS = {"model", "data", "output_dir", "runs", "budget_tokens", "max_steps", "eval_records",
                 "max_new_tokens", "samples", "title", "common"}
 
 
 def load_compare_config(path: str) -> dict:
-    from .config import load_yaml
+    from ..config import load_yaml
 
     cfg = load_yaml(path)
     unknown = set(cfg) - COMPARE_KEYS - set(FIELDS)
@@ -60,9 +60,9 @@ def _steps_for_budget(cfg: dict, shared: dict, train_records: list[dict]) -> int
         return int(cfg["max_steps"])
     if not cfg.get("budget_tokens"):
         raise UserError("compare: set either budget_tokens or max_steps")
-    from .data.cache import tokenized_dataset
-    from .data.tokenize import prepare_tokenizer
-    from .models import load_tokenizer
+    from ..data.cache import tokenized_dataset
+    from ..data.tokenize import prepare_tokenizer
+    from ..models.load import load_tokenizer
 
     tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cfg["model"]), log=lambda m: None)
     # Through the cache: the runs tokenise exactly these records the same way, and then find them there.
@@ -94,7 +94,6 @@ def _run_training(run_cfg: dict, run_dir: str, log_path: str):
 
 def _estimate(run_cfg: dict):
     """The estimator's training-memory figure for this run, MiB (None where it cannot say)."""
-    from .config import TrainConfig
     from .estimate import estimate, load_config
 
     try:
@@ -112,8 +111,9 @@ def _dir_size(path: str, names) -> int:
 
 def _evaluate(run_dir: str, model: str, val: list[dict], eval_records: int, max_new_tokens: int,
               template: str, max_length: int) -> dict:
-    from .evaluate import generation_metrics, response_loss
-    from .infer import load_for_inference
+    from ..infer import load_for_inference
+    from ..train.heldout import response_loss
+    from .scoring import generation_metrics
 
     m, tok, _ = load_for_inference(model, run_dir)
     loss = response_loss(m, tok, val, template, max_length)
@@ -124,8 +124,8 @@ def _evaluate(run_dir: str, model: str, val: list[dict], eval_records: int, max_
 
 
 def run_compare(config_path: str, force: bool = False, log=print) -> dict:
-    from .data.formats import load_records, split_records
-    from .methods import get_method
+    from ..data.formats import load_records, split_records
+    from ..methods import get_method
 
     cfg = load_compare_config(config_path)
     out = cfg["output_dir"]

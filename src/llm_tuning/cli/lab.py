@@ -1,0 +1,15 @@
+"""estimate, compare: the laboratory's commands."""
+
+from __future__ import annotations
+
+
+def estimate(cfg):
+    from ..lab.estimate import print_estimate
+
+    print_estimate(cfg)
+
+
+def compare(cfg):
+    from ..lab.compare import run_compare
+
+    run_compare(cfg.config, cfg.force)

@@ -1,0 +1,2 @@
+"""The laboratory: methods compared on one budget (compare, report), memory estimated (estimate), generation
+scored (metrics, scoring)."""

@@ -1,0 +1,61 @@
+"""Peak training memory from a model config alone: `llm-tuning estimate`.
+
+arch.py reads the shapes, params.py counts what each method trains, activations.py walks one decoder layer for
+what autograd keeps, peak.py finds the largest moment of a training step.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .arch import PRESETS, Arch, EstimateError, arch_of, load_config
+from .params import count_params, trainable_params
+from .peak import LABELS, SUMMED, estimate
+
+__all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_params", "trainable_params",
+           "estimate", "estimate_config", "print_estimate"]
+
+
+def estimate_config(cfg) -> dict:
+    """The estimate for an EstimateConfig (config.py): every option of `train` that changes memory."""
+    run = cfg.train_config()
+    return estimate(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
+                    run.gradient_checkpointing, run)
+
+
+def _fmt(n: float) -> str:
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    if n >= 2**30:
+        return f"{sign}{n / 2**30:.2f} GiB"
+    return f"{sign}{n / 2**20:.1f} MiB"
+
+
+def _settings(cfg) -> str:
+    s = f"precision {cfg.precision}" + (f", {cfg.quantization} base" if cfg.quantization else "")
+    s += f", batch {cfg.batch_size} x {cfg.max_length} tokens"
+    if cfg.gradient_checkpointing:
+        s += ", gradient checkpointing"
+    if cfg.method == "prefix" and cfg.prefix_projection:
+        s += ", prefix projection"
+    if cfg.method == "ptuning":
+        s += f", {cfg.encoder} encoder"
+    return s
+
+
+def print_estimate(cfg) -> None:
+    est = estimate_config(cfg)
+    if cfg.json:
+        print(json.dumps(est, indent=2))
+        return
+    pct = 100.0 * est["trainable_params"] / est["total_params"]
+    print(f"{cfg.model}: {est['total_params']:,} parameters; method {cfg.method} trains "
+          f"{est['trainable_params']:,} ({pct:.4f}%)")
+    print(_settings(cfg))
+    width = max(len(v) for v in LABELS.values())
+    for key in SUMMED:
+        if est[key] or key in ("weights", "activations"):
+            print(f"  {LABELS[key]:<{width}}  {_fmt(est[key]):>12}")
+    print(f"  {'-' * width}  {'-' * 12}")
+    print(f"  {LABELS['total']:<{width}}  {_fmt(est['total']):>12}")
+    if est["quantisation_savings"]:
+        print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")

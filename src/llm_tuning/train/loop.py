@@ -1,0 +1,291 @@
+"""Training, top to bottom: config -> data -> tokenizer -> model -> method -> Trainer -> adapter.
+
+The loop itself is the transformers Trainer. What we add around it: input validation before anything heavy is
+imported or anything is written; resumable checkpoints and atomic final artefacts (rundir.py); the per-step loss
+in log.jsonl as it happens, a non-finite guard and one progress bar (callbacks.py); the fused output layer + loss
+(fastloss.py); length-grouped batches (data/sampling.py); the pre-flight guard (guard.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..models.load import quiet_libraries
+from .memory import peak_rss_mib, reset_peak_rss_mib
+from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir, write_final
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    method: str
+    trainable_params: int
+    total_params: int
+    train_loss: float | None
+    eval_loss: float | None
+    steps: int
+    seconds: float
+    log_history: list
+
+
+def _choose_epsilon(model, cfg) -> float:
+    """AdamW's default eps 1e-8 is 0 in fp16: with fp16 trainable weights the update divides by zero."""
+    import torch
+
+    if cfg.adam_epsilon is not None:
+        return cfg.adam_epsilon
+    if any(p.requires_grad and p.dtype == torch.float16 for p in model.parameters()):
+        log("fp16 weights are trained: AdamW epsilon 1e-8 rounds to 0 in fp16, using 1e-4 (set --adam-epsilon to override)")
+        return 1e-4
+    return 1e-8
+
+
+def _trainable_to_fp32(model, cfg):
+    """Adapter weights train in fp32 over a half-precision base (PEFT methods only: their weights are separate
+    modules; full and BitFit train the base's own tensors, which stay in the chosen precision)."""
+    import torch
+
+    if cfg.precision == "fp32" or cfg.method in ("full", "bitfit"):
+        return
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def _check_inputs(cfg: TrainConfig):
+    """Everything that can be checked before heavy imports: method, data, model path, output folder.
+    Returns (method, training records, held-out records, checkpoint to resume from)."""
+    from ..data.formats import load_records, split_records
+    from ..methods import get_method
+    from ..models.load import check_source
+
+    method = get_method(cfg.method)
+    if cfg.quantization and not method.trains_on_quantized:
+        raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base: its weights "
+                        "are frozen integers; use lora (QLoRA), ia3, prompt, ptuning or prefix, or drop --quantization")
+    data = load_records(cfg.data, skip_bad_records=cfg.skip_bad_records, encoding=cfg.encoding)
+    if data.skipped:
+        log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
+    train_recs, val_recs = split_records(data.records, cfg.val_size, cfg.seed)
+    check_source(cfg.model, "model")
+    if cfg.tokenizer:
+        check_source(cfg.tokenizer, "tokenizer")
+    return method, train_recs, val_recs, prepare_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
+
+
+def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
+    from ..data.cache import tokenized_dataset
+
+    train_ds, dropped = tokenized_dataset(tokenizer, train_recs, cfg.template, cfg.max_length, cfg.cache, log=log)
+    if dropped:
+        log(f"dropped {dropped} records whose prompt alone fills --max-length {cfg.max_length}")
+    if len(train_ds) == 0:
+        raise UserError(f"{cfg.data}: no training example has response tokens within --max-length {cfg.max_length}")
+    eval_ds = tokenized_dataset(tokenizer, val_recs, cfg.template, cfg.max_length, False)[0] if val_recs else None
+    log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
+    return train_ds, eval_ds
+
+
+def _model_with_method(cfg: TrainConfig, method, tokenizer):
+    """The base loaded (precision, quantisation), the method applied (with checkpointing where asked)."""
+    from ..models.load import load_model
+
+    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
+                       speedups=cfg.speedups)
+    if cfg.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts the non-quantised weights (norms, embeddings) to fp32 and lets gradients reach the inputs.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        log(f"base loaded {cfg.quantization} through bitsandbytes"
+            + (f" (LLM.int8, outlier threshold {cfg.int8_threshold})" if cfg.quantization == "8bit" else " (NF4, double quantisation)"))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        from .checkpointing import enable_after_method, enable_before_method
+
+        model = enable_after_method(method.apply(enable_before_method(model, cfg.method), cfg), cfg.method)
+        log("gradient checkpointing on" + (" (per-layer, keeping the prefix cache)" if cfg.method == "prefix" else ""))
+    else:
+        model = method.apply(model, cfg)
+    _trainable_to_fp32(model, cfg)
+    return model
+
+
+def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=max(2, cfg.save_total_limit),  # >= 2 so a complete checkpoint survives a kill mid-save
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps or cfg.save_steps,
+        seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        adam_epsilon=eps,
+        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the log
+    )
+
+
+def _with_length_grouping(trainer_cls):
+    """The Trainer class with data/sampling.py's length grouping in place of transformers' (less padding on small
+    data sets, batches in random order); --group-by-length false keeps the plain random order."""
+
+    class LengthGroupedTrainer(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in getattr(ds, "column_names", ()):
+                return super()._get_train_sampler(train_dataset)
+            from ..data.sampling import make_sampler
+
+            lengths = [len(x) for x in ds["input_ids"]]
+            return make_sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+
+    return LengthGroupedTrainer
+
+
+def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbacks):
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .fastloss import FAST_METHODS, make_trainer_class
+
+    trainer_cls = _with_length_grouping(make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=collator, callbacks=callbacks)
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _run(trainer, resume_from, callbacks, output_dir):
+    """trainer.train(); returns (mean training loss, training seconds, figures of the process that trained when
+    this one had nothing left to train)."""
+    from .callbacks import NothingLeftToTrain
+    from .fastloss import release_buffers
+
+    if resume_from:
+        log(f"resuming from {resume_from}")
+    try:
+        out = trainer.train(resume_from_checkpoint=resume_from)
+        return out.training_loss, out.metrics.get("train_runtime", 0.0), None
+    except NothingLeftToTrain:
+        callbacks["progress"].close()
+        log(f"{resume_from} is the last step ({trainer.state.global_step}): nothing left to train")
+        logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        train_loss = logged[-1] if logged else None
+        earlier = earlier_metrics(output_dir, trainer.state.global_step)
+        if earlier and earlier.get("train_loss") is not None:
+            train_loss = earlier["train_loss"]  # the run's mean training loss, as the training process reported it
+        return train_loss, 0.0, earlier  # no training in this process
+    finally:
+        release_buffers()
+
+
+def _raise_if_stopped(stop, output_dir):
+    if stop.bad:
+        good = complete_checkpoints(output_dir)
+        raise UserError(
+            f"training stopped at step {stop.bad[0]}: {stop.bad[1]}; "
+            + (f"the last good checkpoint is {good[-1]} (--resume continues from it); " if good else "")
+            + "try a lower --lr, or --precision bf16/fp32"
+        )
+
+
+def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, startup, earlier) -> dict:
+    from ..models.params import count_parameters
+
+    trainable, total = count_parameters(model)
+    train_loss, eval_loss, train_seconds = losses
+    metrics = {
+        "method": method.name, "trainable_params": trainable, "total_params": total,
+        "steps": trainer.state.global_step, "train_loss": train_loss, "eval_loss": eval_loss,
+        "seconds": round(seconds, 2), "learning_rate": lr,
+        "train_tokens": int(trainer.state.num_input_tokens_seen or 0),  # real (non-padding) tokens trained on
+        "train_seconds": round(train_seconds, 3),
+        "rss_before_model_mib": round(rss_before_model, 1),  # RSS (MiB) just before the model load
+        "peak_rss_mib": round(peak_rss_mib(), 1),  # peak RSS (MiB) from then on
+        "startup_seconds": startup,
+        "log_history": trainer.state.log_history,
+    }
+    if earlier:
+        # nothing trained in this process: the training figures are those of the process that did (a comparison
+        # interrupted after training reruns its training with --resume and reads tokens/s and memory from here)
+        metrics.update({k: earlier[k] for k in TRAINING_FIGURES if k in earlier}, figures_from_earlier_process=True)
+    return metrics
+
+
+def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
+    """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
+    benchmarks/step_breakdown.py profiles the training steps with one)."""
+    t0 = time.time()
+    method, train_recs, val_recs, resume_from = _check_inputs(cfg)
+
+    # Heavy imports only now that the input is known to be good.
+    quiet_libraries()
+    import transformers
+
+    from ..data.collate import make_collator
+    from ..data.tokenize import prepare_tokenizer
+    from ..models.load import load_tokenizer
+    from ..models.params import describe_parameters
+    from .callbacks import make_callbacks
+    from .guard import preflight
+    from .heldout import response_loss
+
+    transformers.logging.set_verbosity_error()
+    transformers.set_seed(cfg.seed)
+    tokenizer = prepare_tokenizer(load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code), log=log)
+    train_ds, eval_ds = _datasets(cfg, tokenizer, train_recs, val_recs)
+
+    rss_before_model = reset_peak_rss_mib()
+    model = _model_with_method(cfg, method, tokenizer)
+    log(f"method {method.name}: {describe_parameters(model)}")
+    lr = cfg.lr if cfg.lr is not None else method.default_lr
+    eps = _choose_epsilon(model, cfg)
+    collator = make_collator(tokenizer)
+    preflight(tokenizer, train_ds, train_ds, model, cfg, eps, collator, log=log)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+
+    run_callbacks = make_callbacks(cfg.output_dir)
+    trainer = _make_trainer(cfg, method, model, _training_arguments(cfg, lr, eps, eval_ds is not None), train_ds,
+                            eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []))
+    train_loss, train_seconds, earlier = _run(trainer, resume_from, run_callbacks, cfg.output_dir)
+    _raise_if_stopped(run_callbacks["stop"], cfg.output_dir)
+    train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
+
+    eval_loss = None
+    if val_recs:
+        eval_loss = response_loss(model, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
+        log(f"held-out loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f}) on {len(val_recs)} records")
+
+    seconds = time.time() - t0
+    metrics = _metrics(method, model, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
+                       run_callbacks["clock"].seconds, earlier)
+    write_final(cfg, method, model, tokenizer, metrics)
+    log(f"saved the {method.name} {'model' if method.name == 'full' else 'adapter'}, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
+    return TrainResult(cfg.output_dir, method.name, metrics["trainable_params"], metrics["total_params"], train_loss,
+                       eval_loss, trainer.state.global_step, seconds, trainer.state.log_history)
