@@ -256,8 +256,9 @@ def measure_peak(method, gradient_checkpointing=False, opts=None, config=LLAMA, 
 
 @pytest.mark.parametrize("method,checkpointing,opts", [
     ("lora", False, {}), ("full", False, {}), ("prefix", False, {}), ("lora", True, {}),
-    ("full", False, {"fast_loss": False}),
-], ids=["lora", "full", "prefix", "lora-checkpointing", "full-stock-loss"])
+    ("full", False, {"fast_loss": False}), ("prefix", False, {"prefix_projection": True}),
+    ("ptuning", False, {"encoder": "lstm"}),
+], ids=["lora", "full", "prefix", "lora-checkpointing", "full-stock-loss", "prefix-projection", "ptuning-lstm"])
 def test_estimate_within_15_percent_of_measured_peak(method, checkpointing, opts):
     """lora and full take train.py's fused output layer + loss (fastloss.py), prefix the stock causal-LM loss."""
     measured = measure_peak(method, checkpointing, opts)
@@ -325,3 +326,26 @@ def test_bad_input_is_a_one_line_user_error(tmp_path):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text(json.dumps(dict(TINY_BLOOM)))
     assert estimate(str(tmp_path / "cfg"), "lora")["total_params"] == count_params(TINY_BLOOM)
+
+
+@pytest.mark.parametrize("method,option,plain", [("prefix", "--prefix-projection", []),
+                                                  ("ptuning", "--encoder", ["mlp"])])
+def test_cli_models_the_encoder_options(method, option, plain):
+    """--prefix-projection and --encoder lstm change the estimate by the encoder's weights, gradients and AdamW
+    states (all fp32 for a PEFT method), nothing else of the static terms."""
+    from conftest import run_cli
+
+    value = [] if method == "prefix" else ["lstm"]
+
+    def est(*extra):
+        r = run_cli("estimate", "--model", "bloom-1b4", "--method", method, "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    base, changed = est(*([option, *plain] if plain else [])), est(option, *value)
+    extra_params = changed["trainable_params"] - base["trainable_params"]
+    opts = {"prefix_projection": True} if method == "prefix" else {"encoder": "lstm"}
+    assert extra_params == trainable_params("bloom-1b4", method, opts) - trainable_params("bloom-1b4", method) > 0
+    for key, per_param in (("trainable_weights", 4), ("gradients", 4), ("optimizer", 8)):
+        assert changed[key] - base[key] == per_param * extra_params, key
+    assert changed["weights"] == base["weights"]
