@@ -156,6 +156,8 @@ def coerce(f: dataclasses.Field, value, source: str):
     try:
         if typ is list and isinstance(value, str):
             value = [m.strip() for m in value.split(",") if m.strip()]
+        elif typ is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = [m.strip() for v in value for m in v.split(",") if m.strip()]  # a repeated flag's pieces
         elif typ is bool and not isinstance(value, bool):
             value = parse_bool(value)
         elif typ is int and not isinstance(value, bool):
@@ -358,3 +360,70 @@ class CompareConfig:
     samples: int = option(3, "sample answers shown in the report", group=E)
     title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=E)
     common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=T)
+
+
+Q = "quantisation lab"
+
+
+@dataclass
+class QuantlabConfig:
+    """`llm-tuning quantlab`: weight, product and end-to-end quantisation errors (int8, LLM.int8, NF4, FP4)."""
+
+    model: str = same_as(TrainConfig, "model")
+    adapter: str | None = same_as(LoadConfig, "adapter")
+    trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
+    data: str = same_as(TrainConfig, "data")
+    encoding: str | None = same_as(TrainConfig, "encoding")
+    template: str | None = same_as(LoadConfig, "template")
+    max_length: int = same_as(TrainConfig, "max_length")
+    skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
+    records: int = option(32, "records run through the model for the activations and the held-out losses", group=Q)
+    thresholds: list[str] = option(["0", "3", "6", "8"], "LLM.int8 outlier thresholds to measure, comma-separated "
+                                                         "(0 = no decomposition)", group=Q)
+    max_rows: int = option(4096, "token rows of each linear layer's input kept for the product errors", group=Q)
+    demo_outliers: int = option(0, "DEMONSTRATION: also measure with K feature dimensions of every linear "
+                                   "layer's input scaled by --demo-scale, as large models' emergent outliers are",
+                                group=Q)
+    demo_scale: float = option(20.0, "the factor --demo-outliers multiplies its dimensions by", group=Q)
+    output_dir: str = option("", "folder for report.md, report.html, the PNGs and quantlab.json", group=C,
+                             required=True)
+    json: bool = same_as(EvalConfig, "json")
+
+
+S_ = "server"
+
+
+@dataclass
+class ChatConfig(LoadConfig):
+    """`llm-tuning chat`: a streaming multi-turn conversation in the terminal (/reset, /exit; Ctrl-C stops an
+    answer)."""
+
+    system: str = option("", "system prompt that leads the conversation", group=G)
+    max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
+    sample: bool = same_as(GenerateConfig, "sample")
+    temperature: float = same_as(GenerateConfig, "temperature")
+    top_p: float = same_as(GenerateConfig, "top_p")
+    seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=G)
+
+
+@dataclass
+class ServeConfig:
+    """`llm-tuning serve`: an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) over one
+    base model and many adapters, with a web playground at /."""
+
+    model: str = same_as(TrainConfig, "model")
+    adapter: list[str] | None = option(None, "NAME=DIR: serve the adapter in DIR as model NAME; repeat the flag "
+                                             "(or comma-separate) for more; `base` is the model without adapter",
+                                       group=M)
+    precision: str = same_as(TrainConfig, "precision")
+    quantization: str | None = same_as(TrainConfig, "quantization")
+    template: str | None = same_as(LoadConfig, "template")
+    trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface; set --api-key then)",
+                       group=S_)
+    port: int = option(8000, "TCP port to listen on", group=S_)
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on the API (default: "
+                                       "$LLM_TUNING_API_KEY; unset: no key)", group=S_)
+    reports: str | None = option(None, "folder of `compare` reports the playground may open (nothing outside it "
+                                       "is served)", group=S_)
+    max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .. import config as C
 from ..errors import UserError
-from . import lab, run, starter
+from . import lab, quantlab, run, serve, starter
 from .flags import add_options, config_from_args
 
 
@@ -39,6 +39,11 @@ COMMANDS = [
             lab.estimate),
     Command("compare", "run several methods on one budget and write a report (table + plots)", C.CompareCommand,
             lab.compare),
+    Command("quantlab", "measure int8 / LLM.int8 / NF4 / FP4 errors on a model and its data (report + plots)",
+            C.QuantlabConfig, quantlab.run),
+    Command("chat", "talk to a model (and adapter) in the terminal, answers streamed", C.ChatConfig, serve.chat),
+    Command("serve", "OpenAI-compatible API over a base and many adapters, web playground at /", C.ServeConfig,
+            serve.serve),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
