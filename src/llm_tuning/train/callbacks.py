@@ -1,5 +1,9 @@
 """The Trainer callbacks a run adds: its log file, the startup clock, checkpoint markers, the non-finite guard,
-one progress bar, and the stop for a resumed run with nothing left to train."""
+one progress bar, and the stop for a resumed run with nothing left to train.
+
+Under N processes every process runs them; only rank 0 (`state.is_world_process_zero`) writes the log and the
+markers and shows the bar. The guard runs on all: the loss it reads is the mean over processes, and the
+weights are the same on each, so every process stops at the same step."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import os
 from transformers import TrainerCallback
 
 from .memory import seconds_since_process_start
-from .rundir import mark_complete
+from .rundir import barrier, mark_complete
 
 
 class NothingLeftToTrain(Exception):
@@ -24,7 +28,7 @@ class RunLog(TrainerCallback):
         self.path = os.path.join(output_dir, "log.jsonl")
 
     def on_log(self, args, state, control, logs=None, **kw):
-        if logs:
+        if logs and state.is_world_process_zero:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
@@ -52,9 +56,13 @@ class MarkComplete(TrainerCallback):
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
-    # on_save runs after the Trainer has written model, optimiser, scheduler, RNG and state.
+    # on_save runs after the Trainer has written model, optimiser, scheduler, RNG and state (rank 0 writes all
+    # but the other processes' RNG states, rng_state_<rank>.pth, which each writes itself): the barrier waits
+    # for every process's share before the checkpoint is marked complete.
     def on_save(self, args, state, control, **kw):
-        mark_complete(self.output_dir, state.global_step)
+        barrier()
+        if state.is_world_process_zero:
+            mark_complete(self.output_dir, state.global_step)
 
 
 class StopOnNonFinite(TrainerCallback):
@@ -105,11 +113,14 @@ class Progress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         from tqdm.auto import tqdm
 
+        if not state.is_world_process_zero:
+            return
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
                         dynamic_ncols=True)
 
     def on_step_end(self, args, state, control, **kw):
-        self.bar.update(state.global_step - self.bar.n)
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if self.bar is not None and logs:

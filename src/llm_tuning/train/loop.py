@@ -17,7 +17,8 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..models.load import quiet_libraries
 from .memory import peak_rss_mib, reset_peak_rss_mib
-from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir, write_final
+from .rundir import (TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
+                     warn_if_fewer_processes, write_final)
 
 
 @dataclass
@@ -75,7 +76,8 @@ def _check_inputs(cfg: TrainConfig):
     check_source(cfg.model, "model")
     if cfg.tokenizer:
         check_source(cfg.tokenizer, "tokenizer")
-    return method, train_recs, val_recs, prepare_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
+    # under N processes the process group starts here, once the input is known to be good (rundir.py)
+    return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
 
 
 def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
@@ -152,7 +154,11 @@ def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool)
 
 def _with_length_grouping(trainer_cls):
     """The Trainer class with data/sampling.py's length grouping in place of transformers' (less padding on small
-    data sets, batches in random order); --group-by-length false keeps the plain random order."""
+    data sets, batches in random order); --group-by-length false keeps the plain random order.
+
+    Under N processes every process draws the same order (same seed) and accelerate deals its batches out in
+    turn (rank r gets batches r, r + N, ...): grouping by N x the per-process batch makes each step's N batches
+    one group, the examples one process with an N times larger batch would take in that step."""
 
     class LengthGroupedTrainer(trainer_cls):
         def _get_train_sampler(self, train_dataset=None):
@@ -162,9 +168,50 @@ def _with_length_grouping(trainer_cls):
             from ..data.sampling import make_sampler
 
             lengths = [len(x) for x in ds["input_ids"]]
-            return make_sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+            return make_sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps
+                                * self.args.world_size)
 
     return LengthGroupedTrainer
+
+
+def _fused_loss_through_ddp(trainer_cls):
+    """The fused-loss Trainer for N processes. The Trainer hands compute_loss the DDP-wrapped model, and DDP
+    all-reduces the gradients of a backward only from the output of its own forward (that forward arms its
+    reducer): the fused loss, which calls the backbone itself, runs inside DDP's forward, the wrapped model's
+    forward standing in for one call. Its loss is divided by the learned tokens of the global batch (the Trainer
+    sums them over processes), so it is multiplied by N as the Trainer's own loss is: DDP's mean of the
+    gradients is then the gradient of the global batch's token mean, as in one process."""
+    from .fastloss import backbone_and_head
+
+    class DDPFusedLossTrainer(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inner = self.accelerator.unwrap_model(model)
+            if return_outputs or inner is model or backbone_and_head(inner) is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            fused = super().compute_loss
+            before = inner.__dict__.get("forward")  # accelerate may have wrapped forward on the instance
+
+            def forward(*_, **__):
+                _restore_forward(inner, before)  # prompt methods call the real forward inside
+                return fused(inner, inputs, False, num_items_in_batch)
+
+            inner.forward = forward
+            try:
+                loss = model()
+            finally:
+                _restore_forward(inner, before)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+    return DDPFusedLossTrainer
+
+
+def _restore_forward(module, before):
+    if before is None:
+        module.__dict__.pop("forward", None)
+    else:
+        module.__dict__["forward"] = before
 
 
 def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbacks):
@@ -173,7 +220,11 @@ def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbac
 
     from .fastloss import FAST_METHODS, make_trainer_class
 
-    trainer_cls = _with_length_grouping(make_trainer_class() if cfg.fast_loss and method.name in FAST_METHODS else Trainer)
+    fused = cfg.fast_loss and method.name in FAST_METHODS
+    if fused and args.world_size > 1:
+        trainer_cls = _with_length_grouping(_fused_loss_through_ddp(make_trainer_class()))
+    else:
+        trainer_cls = _with_length_grouping(make_trainer_class() if fused else Trainer)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, callbacks=callbacks)
     trainer.remove_callback(ProgressCallback)
@@ -242,6 +293,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
     t0 = time.time()
+    warn_if_fewer_processes()
     method, train_recs, val_recs, resume_from = _check_inputs(cfg)
 
     # Heavy imports only now that the input is known to be good.

@@ -3,6 +3,10 @@
 A checkpoint is only resumable once a COMPLETE marker is written after the Trainer finished saving it, so a kill
 during a save never leaves a half-written checkpoint that --resume would load. The final artefacts are written to
 a temporary folder and moved into place, the run-info file last (its presence means "finished").
+
+Under N processes (torchrun, `accelerate launch`: DDP), one process owns the folder: rank 0 prepares it (and
+may empty it with --overwrite) before any other looks at it, writes the markers, the log and the final
+artefacts, and prints the log lines; the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -21,8 +25,65 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_FIGURES = ("train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib", "startup_seconds")
 
 
+def world_size() -> int:
+    """Processes of this run, as torchrun / `accelerate launch` export it (1 when started alone)."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK") or 0) == 0
+
+
 def log(msg: str):
-    print(f"[llm-tuning] {msg}", flush=True)
+    if is_main_process():
+        print(f"[llm-tuning] {msg}", flush=True)
+
+
+def start_process_group():
+    """Join the process group now (it is up before the Trainer makes its own, which then reuses it): the output
+    folder is prepared before anything heavy. Gloo on CPU, NCCL on GPU, as the Trainer's TrainingArguments pick."""
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())
+
+
+def barrier():
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+
+
+def _asked_processes() -> str | None:
+    """How many processes `accelerate launch` was asked for, read from its command line (our parent); None if
+    this process was not started by a multi-process `accelerate launch`."""
+    if "ACCELERATE_USE_CPU" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None  # accelerate's single-process launcher sets MASTER_PORT only when asked for more than one
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "more than one"
+    for i, a in enumerate(argv):
+        if a.startswith(("--num_processes=", "--num-processes=")):
+            return a.split("=", 1)[1]
+        if a in ("--num_processes", "--num-processes") and i + 1 < len(argv):
+            return argv[i + 1]
+    return "more than one"
+
+
+def warn_if_fewer_processes():
+    """`accelerate launch --cpu --num_processes 2` (accelerate 1.15) starts ONE plain process without saying so."""
+    if world_size() > 1 or any(os.environ.get(v) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        return
+    asked = _asked_processes()
+    if asked and asked != "1":
+        log(f"warning: accelerate launch was asked for {asked} processes but started only this one (its --cpu "
+            "launcher runs N processes only through mpirun); this run trains on 1 process. For N processes run "
+            "`accelerate launch --multi_gpu --num_processes N $(which llm-tuning) train ...` (on a machine without "
+            "GPUs it starts N CPU processes over gloo) or `torchrun --nproc_per_node N $(which llm-tuning) train ...`")
 
 
 def complete_checkpoints(output_dir: str) -> list[str]:
@@ -73,6 +134,27 @@ def prepare_output_dir(out: str, resume: bool, overwrite: bool) -> str | None:
     return None
 
 
+def prepare_output_dir_once(out: str, resume: bool, overwrite: bool) -> str | None:
+    """prepare_output_dir on rank 0 only; the other processes wait for it and get its answer (the checkpoint to
+    resume from, or its error, which every process then raises)."""
+    if world_size() == 1:
+        return prepare_output_dir(out, resume, overwrite)
+    import torch.distributed as dist
+
+    start_process_group()
+    answer = [None]
+    if is_main_process():
+        try:
+            answer[0] = ("resume", prepare_output_dir(out, resume, overwrite))
+        except UserError as e:
+            answer[0] = ("error", str(e))
+    dist.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
 def earlier_metrics(output_dir: str, steps: int) -> dict | None:
     """metrics.json of the process that trained this finished run, if it wrote one for these steps."""
     try:
@@ -84,6 +166,13 @@ def earlier_metrics(output_dir: str, steps: int) -> dict | None:
 
 
 def write_final(cfg, method, model, tokenizer, metrics: dict):
+    """On rank 0 only; every process returns once the folder is finished."""
+    if is_main_process():
+        _write_final(cfg, method, model, tokenizer, metrics)
+    barrier()
+
+
+def _write_final(cfg, method, model, tokenizer, metrics: dict):
     out = cfg.output_dir
     tmp = os.path.join(out, ".final-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
