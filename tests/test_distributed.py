@@ -1,0 +1,110 @@
+"""`llm-tuning train` on 2 processes (torchrun, DDP over gloo on CPU) equals one process with the same global
+batch: per-step loss and final adapter within 1e-5, with the default fused loss and length grouping. Only rank 0
+writes the run folder, and --resume continues a run cut off after a checkpoint under DDP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import ROOT, SAMPLE, run_cli
+
+STEPS = 4
+TIMEOUT = 600
+
+
+def _args(model, out, batch_size):
+    # dropout 0: each process draws its own dropout masks, so with dropout the runs differ (both are right)
+    return ["train", "--model", model, "--data", SAMPLE, "--max-steps", str(STEPS), "--save-steps", "2",
+            "--max-length", "64", "--lora-dropout", "0", "--batch-size", str(batch_size), "--output-dir", str(out)]
+
+
+def _torchrun(*args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "llm_tuning", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT, env=env)
+
+
+def _log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _losses(out):
+    return [(e["step"], e["loss"]) for e in _log(out) if "loss" in e]
+
+
+def _assert_same_run(single, ddp):
+    a, b = _losses(single), _losses(ddp)
+    assert [s for s, _ in b] == list(range(1, STEPS + 1))  # one line per step: rank 1 wrote none
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (step, x), (_, y) in zip(a, b):
+        assert abs(x - y) <= 1e-5, (step, x, y)
+    wa = load_file(os.path.join(single, "adapter_model.safetensors"))
+    wb = load_file(os.path.join(ddp, "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() <= 1e-5, k
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    model = tiny_models["llama"]
+    single, ddp = tmp / "single", tmp / "ddp"
+    r = run_cli(*_args(model, single, 4))
+    assert r.returncode == 0, r.stderr
+    r = _torchrun(*_args(model, ddp, 2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return model, single, ddp, r
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(runs):
+    _, single, ddp, r = runs
+    _assert_same_run(single, ddp)
+    # only rank 0 wrote and logged: one save line, finished checkpoints marked, no leftover temporary folder
+    assert r.stdout.count("saved the lora adapter") == 1
+    assert r.stdout.count("data: ") == 1
+    assert os.path.exists(os.path.join(ddp, "llm_tuning.json")) and not os.path.exists(os.path.join(ddp, ".final-tmp"))
+    for step in (2, 4):
+        ckpt = os.path.join(ddp, f"checkpoint-{step}")
+        assert sorted(f for f in os.listdir(ckpt) if f.startswith("rng_state")) == ["rng_state_0.pth", "rng_state_1.pth"]
+        assert os.path.exists(os.path.join(ckpt, "COMPLETE"))
+    with open(os.path.join(ddp, "metrics.json")) as f:
+        assert json.load(f)["steps"] == STEPS
+
+
+def test_resume_under_two_processes(runs, tmp_path):
+    model, single, ddp, _ = runs
+    # the folder a kill during the save of step 4 leaves: checkpoint-4 without its marker, no final artefacts,
+    # the log up to step 2 (or further: a resumed run appends from its checkpoint on)
+    cut = tmp_path / "cut"
+    shutil.copytree(ddp, cut)
+    os.remove(cut / "checkpoint-4" / "COMPLETE")
+    for name in ("adapter_model.safetensors", "adapter_config.json", "llm_tuning.json", "metrics.json"):
+        os.remove(cut / name)
+    kept = [e for e in _log(cut) if e["step"] <= 2]
+    with open(cut / "log.jsonl", "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in kept)
+    r = _torchrun(*_args(model, cut, 2), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(f"removing {cut / 'checkpoint-4'}: its save never finished") == 1
+    assert f"resuming from {cut / 'checkpoint-2'}" in r.stdout
+    _assert_same_run(single, cut)
+
+
+def test_accelerate_cpu_launch_of_one_process_says_so(tmp_path):
+    """accelerate 1.15's `launch --cpu --num_processes 2` starts one plain process: the run says so."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "llm_tuning", "train", "--model", str(tmp_path / "absent"), "--data", SAMPLE,
+           "--output-dir", str(tmp_path / "out")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert r.returncode != 0  # the model folder does not exist: the run stops right after the warning
+    warning = [line for line in r.stdout.splitlines() if "accelerate launch was asked for 2 processes" in line]
+    assert len(warning) == 1 and "torchrun --nproc_per_node N" in warning[0]
