@@ -76,7 +76,10 @@ def main(argv=None) -> int:
     try:
         command.run(_config(command, args))
     except UserError as e:
-        print(f"llm-tuning {args.command}: error: {e}", file=sys.stderr)
+        import os
+
+        if int(os.environ.get("RANK") or 0) == 0:  # under N processes each meets the same bad input: one line
+            print(f"llm-tuning {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"llm-tuning {args.command}: interrupted", file=sys.stderr)
