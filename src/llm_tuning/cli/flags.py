@@ -48,6 +48,8 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
         elif typ in (int, float):
             kwargs["type"] = typ
+        elif typ is list:
+            kwargs["action"] = "append"  # --x a,b or --x a --x b (config.coerce joins the pieces)
         if choices:
             kwargs["metavar"] = "{" + ",".join(choices) + "}"
         target.add_argument(flag_name(f.name), **kwargs)

@@ -1,0 +1,139 @@
+"""Conversations: a list of messages as one prompt, and the `llm-tuning chat` terminal REPL.
+
+`prompt_from_messages` is the ONE place where a `messages` list (OpenAI's role/content form) becomes the text
+the model continues: the REPL and the server's /v1/chat/completions both call it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from ..errors import UserError
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: list[dict]) -> None:
+    """Roles known, contents strings, and the conversation ends with the user's turn."""
+    if not messages:
+        raise UserError("messages: empty; send at least one {'role': 'user', 'content': ...}")
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES:
+            raise UserError(f"messages[{i}].role {m.get('role')!r}: expected one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise UserError(f"messages[{i}].content: expected a string")
+    if messages[-1]["role"] != "user":
+        raise UserError("messages: the last message must be the user's (role 'user')")
+
+
+def prompt_from_messages(messages: list[dict], template: str = "default", tokenizer=None) -> str:
+    """The prompt for a conversation, ending where the assistant's next answer starts.
+
+    For now through the single-turn alpaca templates: the last user turn is the instruction, each earlier
+    (user, assistant) pair is written as a finished exchange before it, and a system message leads. `tokenizer`
+    is there for templates that come from the tokenizer (its chat template)."""
+    from ..data.templates import format_prompt
+
+    check_messages(messages)
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    parts, pending = [system + "\n"] if system else [], None
+    for m in turns[:-1]:
+        if m["role"] == "user":
+            if pending is not None:  # two user turns in a row: the first had no answer
+                parts.append(format_prompt({"instruction": pending}, template) + "\n")
+            pending = m["content"]
+        else:
+            parts.append(format_prompt({"instruction": pending or ""}, template) + m["content"] + "\n")
+            pending = None
+    if pending is not None:
+        parts.append(format_prompt({"instruction": pending}, template) + "\n")
+    return "".join(parts) + format_prompt({"instruction": turns[-1]["content"]}, template)
+
+
+def fit_history(messages: list[dict], template: str, tokenizer, room: int | None) -> tuple[list[dict], int]:
+    """Drop the oldest exchanges until the prompt fits in `room` tokens. (messages kept, exchanges dropped)."""
+    from ..data.tokenize import encode_prompt
+
+    dropped = 0
+    while room is not None and len(encode_prompt(tokenizer, prompt_from_messages(messages, template))) > room:
+        first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
+        if first is None or first == len(messages) - 1:
+            break  # only the question itself is left: the caller reports it as too long
+        end = first + 1
+        while end < len(messages) - 1 and messages[end]["role"] == "assistant":
+            end += 1
+        messages = messages[:first] + messages[end:]
+        dropped += 1
+    return messages, dropped
+
+
+def printable(text: str) -> str:
+    """Model output safe for a terminal: control characters (escape sequences included) shown as U+FFFD."""
+    return "".join(c if c in "\n\t" or c.isprintable() else "\ufffd" for c in text)
+
+
+HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an answer"
+
+
+def run_chat(model, tokenizer, template: str, sampling, system: str = "", out=None) -> None:
+    """The REPL: read a line, stream the answer, keep the history. Returns on /exit or end of input."""
+    from ..data.tokenize import encode_prompt
+    from .engine import ContextTooLong, context_limit, stream_generate
+
+    out = out or sys.stdout
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    limit = context_limit(model, tokenizer)
+    out.write(f"chat ({HELP})\n")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            out.write("\n")
+            return
+        except KeyboardInterrupt:
+            out.write("\n(type /exit to quit)\n")
+            continue
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd in ("/exit", "/quit"):
+            return
+        if cmd == "/reset":
+            messages = list(start)
+            out.write("(conversation cleared)\n")
+            continue
+        if cmd.startswith("/"):
+            out.write(f"unknown command {cmd.split()[0]}; {HELP}\n")
+            continue
+        room = None if limit is None else max(limit - min(sampling.max_new_tokens, limit // 2), 1)
+        messages, dropped = fit_history(messages + [{"role": "user", "content": line}], template, tokenizer, room)
+        if dropped:
+            out.write(f"(the {dropped} oldest exchange(s) dropped to fit the model's context)\n")
+        answer = _answer(model, tokenizer, encode_prompt(tokenizer, prompt_from_messages(messages, template)),
+                         sampling, out, stream_generate, ContextTooLong)
+        if answer is None:
+            messages.pop()
+        else:
+            messages.append({"role": "assistant", "content": answer})
+
+
+def _answer(model, tokenizer, ids, sampling, out, stream_generate, ContextTooLong):
+    """Stream one answer to `out`; Ctrl-C (SIGINT) stops it after the current token. None if it could not start."""
+    stop = threading.Event()
+    old = signal.signal(signal.SIGINT, lambda *a: stop.set())
+    try:
+        result = stream_generate(model, tokenizer, ids, sampling,
+                                 on_text=lambda piece: (out.write(printable(piece)), out.flush()),
+                                 cancelled=stop.is_set, lstrip=True)
+    except ContextTooLong as e:
+        out.write(f"(too long: {e}; /reset to start over)\n")
+        return None
+    finally:
+        signal.signal(signal.SIGINT, old)
+    out.write(" [stopped]\n" if result.finish_reason == "cancelled" else "\n")
+    out.flush()
+    return result.text

@@ -1,0 +1,245 @@
+"""Streaming generation for the chat REPL and the server: one answer, its text handed out piece by piece.
+
+`stream_generate` decodes one prompt and calls `on_text` with each piece of text that is safe to show (no
+half-decoded character, nothing that could still turn out to be the start of a stop string). `cancelled` is
+asked after every token, so Ctrl-C in the REPL or a client that hangs up stops the answer at the next token.
+
+`Worker` runs such generations one at a time on a single thread (an adapter switch is global state of the
+shared base model, so two generations must never overlap) and hands their events to asyncio consumers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Sampling:
+    """How to decode. temperature 0 is greedy; stop strings end the answer (they are not part of it)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (eos or a stop string), "length" (max_new_tokens), "cancelled"
+
+
+class ContextTooLong(ValueError):
+    """The prompt leaves no room for an answer in the model's context window."""
+
+
+def context_limit(model, tokenizer) -> int | None:
+    """Tokens the model can attend to (virtual tokens of prompt learning subtracted); None: no known limit."""
+    cfg = getattr(model, "config", None)
+    limit = None
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        if isinstance(getattr(cfg, name, None), int):
+            limit = getattr(cfg, name)
+            break
+    if limit is None and 0 < getattr(tokenizer, "model_max_length", 0) < 10**7:
+        limit = tokenizer.model_max_length
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if limit is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        limit -= getattr(peft_cfg, "num_virtual_tokens", 0) or 0
+    return limit
+
+
+def check_context(model, tokenizer, prompt_ids) -> int | None:
+    """Room left for the answer in the model's context window (None: no known limit); ContextTooLong if none."""
+    limit = context_limit(model, tokenizer)
+    if limit is not None and len(prompt_ids) >= limit:
+        raise ContextTooLong(f"the prompt is {len(prompt_ids)} tokens; this model attends to at most {limit} "
+                             "(prompt and answer together)")
+    return None if limit is None else limit - len(prompt_ids)
+
+
+class _Text:
+    """The growing answer as text: what may be shown so far, and where a stop string ended it."""
+
+    def __init__(self, tokenizer, stop, lstrip: bool):
+        self.tok, self.stop, self.lstrip = tokenizer, [s for s in stop if s], lstrip
+        self.ids: list[int] = []
+        self.text, self.sent, self.stopped = "", 0, False
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        text = text.lstrip() if self.lstrip else text
+        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text, self.stopped = text[: min(cuts)], True
+            return self._take(len(self.text))
+        self.text = text
+        safe = len(text.rstrip("\ufffd"))  # a multi-byte character still incomplete
+        hold = max((k for s in self.stop for k in range(1, min(len(s), safe + 1))
+                    if text[:safe].endswith(s[:k])), default=0)
+        return self._take(safe - hold)
+
+    def _take(self, upto: int) -> str:
+        piece = self.text[self.sent:upto] if upto > self.sent else ""
+        self.sent = max(self.sent, upto)
+        return piece
+
+    def flush(self) -> str:
+        return self._take(len(self.text))
+
+
+def stream_generate(model, tokenizer, prompt_ids: list[int], sampling: Sampling,
+                    on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] = lambda: False,
+                    lstrip: bool = False) -> Completion:
+    """Decode one prompt (token ids, as `encode_prompt` makes them); stops at eos, a stop string, max_new_tokens
+    or when `cancelled()` turns true. ContextTooLong if the prompt leaves no room for a single new token."""
+    import torch
+
+    from ..models.params import is_prompt_learning
+
+    room = check_context(model, tokenizer, prompt_ids)
+    budget = sampling.max_new_tokens if room is None else min(sampling.max_new_tokens, room)
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    text = _Text(tokenizer, sampling.stop, lstrip)
+    eos = tokenizer.eos_token_id
+    state = {"n": 0, "eos": False}
+
+    def take(token_id: int) -> bool:
+        """Record one new token; True when decoding should stop."""
+        if token_id == eos:
+            state["eos"] = True
+            return True
+        state["n"] += 1
+        piece = text.add(token_id)
+        if piece and on_text:
+            on_text(piece)
+        return text.stopped or cancelled()
+
+    run = _decode_without_cache if is_prompt_learning(model) else _decode_with_generate
+    run(model, tokenizer, prompt_ids, sampling, budget, take)
+    rest = text.flush()
+    if rest and on_text:
+        on_text(rest)
+    reason = ("stop" if state["eos"] or text.stopped else "cancelled" if cancelled()
+              else "length")
+    return Completion(text.text, len(prompt_ids), state["n"], reason)
+
+
+def _decode_with_generate(model, tokenizer, prompt_ids, sampling, budget, take):
+    """transformers' generate (KV cache), each new token handed to `take` as it is chosen."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    done = {"stop": False}
+
+    class Streamer(BaseStreamer):
+        first = True
+
+        def put(self, value):
+            if self.first:  # generate hands the prompt over first
+                self.first = False
+                return
+            if not done["stop"]:
+                done["stop"] = take(int(value.reshape(-1)[0]))
+
+        def end(self):
+            pass
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), done["stop"], dtype=torch.bool, device=input_ids.device)
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
+    kwargs = dict(max_new_tokens=budget, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  do_sample=not sampling.greedy, streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Stop()]))
+    if not sampling.greedy:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+
+
+def _decode_without_cache(model, tokenizer, prompt_ids, sampling, budget, take):
+    """Prompt tuning, P-tuning, prefix tuning: a full forward per token, as infer.generate decodes them (PEFT's
+    generate ignores or breaks their virtual tokens; see infer/generate.py)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
+    with torch.no_grad():
+        for _ in range(budget):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
+            if sampling.greedy:
+                nxt = logits.argmax().view(1)
+            else:
+                probs = torch.softmax(logits / sampling.temperature, -1)
+                sorted_p, order = probs.sort(descending=True)
+                keep = sorted_p.cumsum(0) - sorted_p < sampling.top_p
+                nxt = order[keep][torch.multinomial(sorted_p[keep] / sorted_p[keep].sum(), 1)]
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+            if take(int(nxt)):
+                break
+
+
+# ---------------------------------------------------------------- one generation at a time
+
+
+@dataclass
+class Job:
+    """One request's work, run by the Worker; its events reach the asyncio side through `events`."""
+
+    fn: Callable  # fn(job) -> result; it may job.emit("text"/"start", ...) and should stop when job.cancelled
+    loop: object  # the asyncio loop of the request
+    events: object  # asyncio.Queue of (kind, value): ("text", str), ("done", result), ("error", exception)
+    cancelled: bool = False
+    id: int = field(default_factory=itertools.count().__next__)
+
+    def emit(self, kind, value):
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+
+class Worker:
+    """A single thread that runs jobs in the order they arrive, one at a time (FIFO)."""
+
+    def __init__(self):
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="llm-tuning-generation", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn) -> Job:
+        import asyncio
+
+        job = Job(fn, asyncio.get_running_loop(), asyncio.Queue())
+        self.jobs.put(job)
+        return job
+
+    def _run(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if job.cancelled:
+                continue
+            try:
+                result = job.fn(job)
+            except Exception as e:  # noqa: BLE001 - handed to the request, which answers with an error
+                job.emit("error", e)
+            else:
+                job.emit("done", result)
+
+    def close(self):
+        self.jobs.put(None)
