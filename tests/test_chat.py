@@ -1,0 +1,90 @@
+"""`llm-tuning chat` driven as a person would, in a pseudo-terminal (pexpect): type, read the streamed answer,
+/reset, Ctrl-C during a long answer, another question, /exit."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT
+from serving import QUESTION, alone, trained_adapters
+
+pexpect = pytest.importorskip("pexpect")
+PROMPT = ">>> "
+
+
+@pytest.fixture(scope="module")
+def lora(tiny_models, tmp_path_factory):
+    return trained_adapters(tiny_models, tmp_path_factory, ("lora",))["lora"]
+
+
+def spawn(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    child = pexpect.spawn(sys.executable, ["-m", "llm_tuning", "chat", *args], cwd=ROOT, env=env,
+                          encoding="utf-8", timeout=240, dimensions=(40, 200))
+    child.expect_exact(PROMPT)
+    return child
+
+
+def say(child, line) -> str:
+    """Type a line; the text printed before the next prompt (the echo of the line taken off)."""
+    child.sendline(line)
+    child.expect_exact(PROMPT)
+    out = child.before.replace("\r\n", "\n")
+    assert out.startswith(line + "\n"), out
+    return out[len(line) + 1:].rstrip("\n")
+
+
+def test_conversation_keeps_history_and_reset_clears_it(tiny_models, lora):
+    from llm_tuning.data.tokenize import encode_prompt
+    from llm_tuning.infer import load_for_inference
+    from llm_tuning.infer.chat import printable, prompt_from_messages
+    from llm_tuning.infer.engine import Sampling, stream_generate
+
+    child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "12")
+    first = say(child, QUESTION)
+    assert first == printable(alone(tiny_models["llama"], lora, QUESTION, 12)) and "[stopped]" not in first
+    second = say(child, "再说一种。")
+    # The second answer continues the conversation: the prompt holds the first exchange.
+    model, tok, _ = load_for_inference(tiny_models["llama"], lora)
+    earlier = stream_generate(model, tok, encode_prompt(tok, prompt_from_messages(
+        [{"role": "user", "content": QUESTION}], "default")), Sampling(12), lstrip=True).text
+    messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": earlier},
+                {"role": "user", "content": "再说一种。"}]
+    want = stream_generate(model, tok, encode_prompt(tok, prompt_from_messages(messages, "default")), Sampling(12),
+                           lstrip=True).text
+    assert second == printable(want)
+    assert say(child, "/reset") == "(conversation cleared)"
+    assert say(child, QUESTION) == first  # a fresh conversation again
+    assert "unknown command" in say(child, "/nonsense")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_stops_the_answer_not_the_session(tiny_models, lora):
+    child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "1500")
+    child.sendline(QUESTION)
+    child.expect_exact(QUESTION + "\r\n")
+    child.expect(r"\S{8}")  # the answer is streaming
+    child.sendintr()
+    child.expect_exact(" [stopped]")
+    child.expect_exact(PROMPT)
+    # The session goes on: Ctrl-C at the prompt only reminds how to quit, and the next question is answered.
+    child.sendintr()
+    child.expect_exact("(type /exit to quit)")
+    child.expect_exact(PROMPT)
+    child.sendline("/reset")
+    child.expect_exact(PROMPT)
+    child.sendline(QUESTION)
+    child.expect_exact(QUESTION + "\r\n")
+    child.expect(r"\S{8}")
+    child.sendintr()
+    child.expect_exact(" [stopped]")
+    child.expect_exact(PROMPT)
+    child.sendeof()  # Ctrl-D quits too
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
