@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -60,7 +61,7 @@ class Server:
 
     def __enter__(self):
         env = dict(os.environ, OMP_NUM_THREADS="1")  # a gentler neighbour on a shared CPU
-        self.log = open(os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), f"serve-{self.port}.log"), "w+")
+        self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -99,10 +100,10 @@ class Server:
             req.add_header("Authorization", f"Bearer {key}")
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, json.loads(r.read() or b"null")
+                status, text = r.status, r.read()
         except urllib.error.HTTPError as e:
-            text = e.read()
-            try:
-                return e.code, json.loads(text)
-            except json.JSONDecodeError:
-                return e.code, text.decode(errors="replace")
+            status, text = e.code, e.read()
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text.decode(errors="replace")
