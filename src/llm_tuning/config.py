@@ -395,8 +395,7 @@ S_ = "server"
 
 @dataclass
 class ChatConfig(LoadConfig):
-    """`llm-tuning chat`: a streaming multi-turn conversation in the terminal (/reset, /exit; Ctrl-C stops an
-    answer)."""
+    """`llm-tuning chat`: a streaming multi-turn conversation in the terminal (/reset, /exit; Ctrl-C stops one)."""
 
     system: str = option("", "system prompt that leads the conversation", group=G)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
@@ -408,8 +407,7 @@ class ChatConfig(LoadConfig):
 
 @dataclass
 class ServeConfig:
-    """`llm-tuning serve`: an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) over one
-    base model and many adapters, with a web playground at /."""
+    """`llm-tuning serve`: an OpenAI-compatible API over one base and many adapters, a web playground at /."""
 
     model: str = same_as(TrainConfig, "model")
     adapter: list[str] | None = option(None, "NAME=DIR: serve the adapter in DIR as model NAME; repeat the flag "
