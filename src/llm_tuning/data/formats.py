@@ -1,20 +1,45 @@
 """Load alpaca-format records (`instruction`, `input`, `output`) and validate them.
 
-Sources: a `.json` file holding a list, a `.jsonl` file, a folder written by
-`datasets.Dataset.save_to_disk`, or (when the name is not a local path) a hub
-dataset through `datasets.load_dataset`.
+Sources: a `.json` file holding a list (or JSON Lines under that name), a `.jsonl` file, a `.csv` / `.tsv` file
+with a header row, a `.parquet` file, a folder written by `datasets.Dataset.save_to_disk`, or (when the name is
+not a local path) a hub dataset through `datasets.load_dataset`. Text files are UTF-8 (a byte-order mark is
+accepted, UTF-16/32 with one too) unless `encoding` says otherwise.
+
+Every way a file can be unreadable ends in one UserError naming the file (and the line, byte or record) and what
+to do: the reading is done here, in one place per kind of source, and the errors of the readers (codecs, json,
+csv, pyarrow, datasets) are turned into such messages.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 from ..errors import UserError
 from ..paths import looks_like_local_path
 
 REQUIRED = ("instruction", "output")
+DATA_FILES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
+_SKIP = "fix it, or pass --skip-bad-records to drop bad records"
+
+# Files that are not text at all, told apart by their first bytes.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"%PDF", "a PDF"),
+    (b"PK\x03\x04", "a zip archive (unzip it and pass the data file inside)"),
+    (b"\x1f\x8b", "gzip-compressed (decompress it with gunzip first)"),
+    (b"BZh", "bzip2-compressed (decompress it with bunzip2 first)"),
+    (b"\xfd7zXZ\x00", "xz-compressed (decompress it with unxz first)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed (decompress it with unzstd first)"),
+    (b"PAR1", "a Parquet file (name it .parquet)"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\xff\xff\xff\xff", "an Arrow file (pass the folder written by save_to_disk, not a file inside it)"),
+    (b"ARROW1", "an Arrow file (pass the folder written by save_to_disk, not a file inside it)"),
+)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @dataclass
@@ -24,78 +49,303 @@ class LoadedData:
     source: str
 
 
-def _read_json(path: str, encoding: str | None = None) -> list:
-    with open(path, encoding=encoding or "utf-8-sig") as f:
-        text = f.read()
-    if not text.strip():
-        raise UserError(f"{path}: the file is empty; expected a JSON list of alpaca records")
+@dataclass
+class _Raw:
+    records: list
+    lines: list[int] | None = None  # the line of each record, for line-based formats
+    skipped: int = 0  # lines that could not be parsed (with skip_bad_records)
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys it held twice (json keeps the last silently)."""
+
+    duplicates: tuple = ()
+
+
+def _object(pairs):
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+    return obj
+
+
+def _loads(text: str):
+    return json.loads(text, object_pairs_hook=_object)
+
+
+def _json_problem(text: str, e: Exception, one_line: bool = False) -> str:
+    """What json could not read, where (the column only, for one line of JSON Lines), and a hint for the usual
+    culprits."""
+    if isinstance(e, RecursionError):
+        return "lists or objects nested too deeply"
+    if not isinstance(e, json.JSONDecodeError):
+        msg = str(e).split(";")[0].split(": value has")[0]
+        return f"{msg}; quote the number as a string" if "digits" in msg else msg  # Python's 4300-digit limit
+    where = ("" if one_line else f"line {e.lineno}, ") + f"column {e.colno}: {e.msg}"
+    before = text[:e.pos].rstrip()
+    at = text[e.pos:e.pos + 1]
+    if before.endswith(",") and at in ("]", "}"):
+        return f"{where}: a trailing comma before '{at}'; remove it"
+    if at == "'":
+        return f"{where}: JSON needs double quotes (this looks like a Python repr)"
+    return where
+
+
+def _check_encoding(encoding: str | None) -> str | None:
+    if not encoding:
+        return None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise UserError(f"--encoding {encoding!r} is not a known text encoding; "
+                        "use e.g. utf-8, gbk, gb18030, big5, utf-16 or cp1252") from None
+    return "utf-8-sig" if name == "utf-8" else encoding
+
+
+def _check_path(path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        raise UserError(f"{path}: permission denied; make it readable or pass a copy you can read") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be opened ({e.strerror or e})") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise UserError(f"{path}: {kind}, not a data file; write the data to a regular file and pass that")
+    return st
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except PermissionError:
+        raise UserError(f"{path}: permission denied; make it readable (chmod +r) or pass a copy you can read") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _decode_error(path: str, data: bytes, e: UnicodeDecodeError, explicit: str | None) -> str:
+    off = e.start
+    line = data.count(b"\n", 0, off) + 1
+    name = explicit or "UTF-8"
+    bad = data[off:off + 4].hex(" ")
+    if e.end >= len(data) and "end of data" in e.reason:
+        return (f"{path}: ends in the middle of a {name} character (byte {off} of {len(data)}, line {line}): "
+                "the file looks cut off; restore the complete file")
+    if explicit:
+        return f"{path}: not valid {name} at byte {off} (line {line}, bytes {bad}); check --encoding {explicit}"
+    try:
+        data.decode("gbk")
+        hint = "it reads as GBK: pass --encoding gbk"
+    except UnicodeDecodeError:
+        hint = "if it is in another encoding, pass it with --encoding (e.g. gbk, gb18030, big5, cp1252)"
+    return f"{path}: not valid UTF-8 at byte {off} (line {line}, bytes {bad}); {hint}"
+
+
+def _read_text(path: str, encoding: str | None) -> str:
+    """The file's text: binary files, bad bytes and NUL characters refused with the offset."""
+    data = _read_bytes(path)
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            raise UserError(f"{path}: {what}, not a text data file; pass a .json, .jsonl, .csv or .parquet file")
+    enc = encoding or next((e for bom, e in _BOMS if data.startswith(bom)), None) or "utf-8-sig"
+    nul = data.find(b"\x00") if enc == "utf-8-sig" else -1
+    if nul >= 0:
+        raise UserError(f"{path}: binary data (a NUL byte at offset {nul}), not a text file; pass a "
+                        ".json, .jsonl, .csv or .parquet file (UTF-16 without a byte-order mark: --encoding utf-16-le)")
+    try:
+        text = data.decode(enc)
+    except UnicodeDecodeError as e:
+        raise UserError(_decode_error(path, data, e, encoding)) from None
+    except LookupError as e:  # a codec that is not a text encoding, e.g. base64
+        raise UserError(f"--encoding {encoding!r} is not a text encoding ({e})") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        raise UserError(f"{path}: a NUL character on line {line} (read as {encoding or 'UTF-8'}): binary data or "
+                        "the wrong --encoding")
+    return text.lstrip("\ufeff")
+
+
+def _records_of_document(path: str, data) -> list:
+    """The list of records in a parsed .json document, or an error saying what it holds instead."""
+    if isinstance(data, list):
+        return data
     if isinstance(data, dict):
-        # Some exports wrap the list: {"data": [...]} / {"train": [...]}.
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            data = lists[0]
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
-    return data
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1:  # some exports wrap the list: {"data": [...]} / {"train": [...]}
+            return data[lists[0]]
+        if any(k in data for k in REQUIRED):
+            raise UserError(f"{path}: one record object, not a list of records; wrap it in [ ] "
+                            "(or write one record per line in a .jsonl file)")
+        if lists:
+            raise UserError(f"{path}: an object holding several lists ({', '.join(map(repr, lists[:5]))}); "
+                            "pass a file holding one list of records")
+        if data and all(isinstance(v, dict) for v in data.values()):
+            raise UserError(f"{path}: an object of objects, not a list of records; write it as [ {{...}}, ... ] "
+                            "(from pandas: df.to_json(path, orient='records', force_ascii=False))")
+        raise UserError(f"{path}: a JSON object without a list of records; expected [ {{...}}, ... ]")
+    raise UserError(f"{path}: expected a JSON list of records, found {'null' if data is None else type(data).__name__}; write "
+                    "[ {\"instruction\": ..., \"output\": ...}, ... ]")
 
 
-def _read_jsonl(path: str, encoding: str | None = None) -> list:
-    out = []
-    with open(path, encoding=encoding or "utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+def _parse_json(path: str, text: str, lines_named: bool, skip_bad: bool) -> _Raw:
+    """A .json document, or JSON Lines (also when a .json file holds one object per line)."""
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty" + (" (only whitespace)" if text else "")
+                        + "; expected alpaca records (a JSON list, or one JSON object per line)")
+    try:
+        data = _loads(text)
+    except (ValueError, RecursionError) as e:
+        extra = isinstance(e, json.JSONDecodeError) and e.msg == "Extra data"
+        if lines_named or (extra and text.lstrip().startswith("{")):
+            return _parse_json_lines(path, text, skip_bad)
+        raise UserError(f"{path}: not valid JSON ({_json_problem(text, e)}); a .json file holds a list of "
+                        "records, a .jsonl file one record per line") from None
+    if lines_named and isinstance(data, dict):
+        return _Raw([data], [text[:len(text) - len(text.lstrip())].count("\n") + 1])
+    return _Raw(_records_of_document(path, data))
+
+
+def _parse_json_lines(path: str, text: str, skip_bad: bool) -> _Raw:
+    raw = _Raw([], [])
+    rows = text.split("\n" if "\n" in text or "\r" not in text else "\r")  # never on U+2028, which JSON allows
+    last = max((i for i, r in enumerate(rows, 1) if r.strip()), default=0)
+    for lineno, row in enumerate(rows, 1):
+        row = row.strip().lstrip("\ufeff").strip()  # a byte-order mark per line: files joined with cat
+        if not row:
+            continue
+        try:
+            rec = _loads(row)
+        except (ValueError, RecursionError) as e:
+            if skip_bad:
+                raw.skipped += 1
                 continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {lineno} is not valid JSON ({e.msg}); each line must be one record") from None
-    if not out:
+            cut = ": the last line looks cut off" if lineno == last and not text.endswith(("\n", "\r")) else ""
+            raise UserError(f"{path}: line {lineno} is not valid JSON ({_json_problem(row, e, True)}){cut}; each line "
+                            f"must be one record ({_SKIP})") from None
+        raw.records.append(rec)
+        raw.lines.append(lineno)
+    if not raw.records and not raw.skipped:
         raise UserError(f"{path}: the file is empty; expected one JSON record per line")
-    return out
+    return raw
 
 
-def _read_saved_dataset(path: str) -> list:
-    if not (os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(os.path.join(path, "dataset_dict.json"))):
-        raise UserError(
-            f"{path}: a directory but not a dataset saved with `save_to_disk` "
-            "(no dataset_info.json or dataset_dict.json); pass a .json/.jsonl file or such a folder"
-        )
+def _parse_csv(path: str, text: str, delimiter: str, skip_bad: bool) -> _Raw:
+    """A CSV/TSV file with a header row; every cell is a string, as alpaca fields are."""
+    import csv
+    import io
+
+    old_limit = csv.field_size_limit(2**31 - 1)  # the default 128 KiB per cell is shorter than some answers
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    raw = _Raw([], [])
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        if not any(header):
+            raise UserError(f"{path}: the file is empty; expected a header row (instruction, input, output) and "
+                            "one record per row")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise UserError(f"{path}: the header names {', '.join(map(repr, twice))} twice; rename one")
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                if skip_bad:
+                    raw.skipped += 1
+                    continue
+                raise UserError(f"{path}: line {reader.line_num} has {len(row)} cells, the header has "
+                                f"{len(header)} (quote cells holding '{delimiter}' or line breaks; {_SKIP})")
+            raw.records.append(dict(zip(header, row)))
+            raw.lines.append(reader.line_num)
+    except csv.Error as e:
+        raise UserError(f"{path}: line {reader.line_num} is not valid CSV ({e})") from None
+    finally:
+        csv.field_size_limit(old_limit)
+    return raw
+
+
+def _parse_parquet(path: str) -> _Raw:
+    try:
+        import pyarrow.parquet as pq
+
+        return _Raw(pq.read_table(path).to_pylist())
+    except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError, ...) vary with the damage
+        raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)}); write it again, e.g. with "
+                        "df.to_parquet(path)") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _read_saved_dataset(path: str) -> _Raw:
+    if not (os.path.isfile(os.path.join(path, "dataset_info.json"))
+            or os.path.isfile(os.path.join(path, "dataset_dict.json"))):
+        try:
+            found = sorted(n for n in os.listdir(path) if n.lower().endswith(DATA_FILES))
+        except OSError as e:
+            raise UserError(f"{path}: the folder cannot be read ({e.strerror or e})") from None
+        holds = (f"it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}: pass one of those files"
+                 if found else "pass a .json/.jsonl/.csv/.parquet file or such a folder")
+        raise UserError(f"{path}: a folder but not a dataset saved with `save_to_disk` (no dataset_info.json or "
+                        f"dataset_dict.json); {holds}")
     import datasets
 
-    ds = datasets.load_from_disk(path)
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise UserError(f"{path}: dataset has splits {list(ds)} but no 'train' split")
-        ds = ds["train"]
-    return ds.to_list()
+    try:
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise UserError(f"{path}: dataset has splits {list(ds)} but no 'train' split")
+            ds = ds["train"]
+        return _Raw(ds.to_list())
+    except UserError:
+        raise
+    except Exception as e:  # missing or garbled arrow files, a broken dataset_info.json: errors of every kind
+        raise UserError(f"{path}: a saved dataset that cannot be read ({_first_line(e)}); save it again with "
+                        "save_to_disk") from None
 
 
-def _read_hub(name: str) -> list:
+def _read_hub(name: str) -> _Raw:
     import datasets
 
     try:
         ds = datasets.load_dataset(name, split="train")
     except Exception as e:  # network, missing repo, auth: all one message for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name}: not a local file, and loading it from the hub failed ({first})") from None
-    return ds.to_list()
+        raise UserError(f"{name}: not a local file, and loading it from the hub failed ({_first_line(e)})") from None
+    return _Raw(ds.to_list())
+
+
+def _read_file(path: str, encoding: str | None, skip_bad: bool) -> _Raw:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".parquet":
+        return _parse_parquet(path)
+    text = _read_text(path, encoding)
+    if ext in (".csv", ".tsv"):
+        return _parse_csv(path, text, "\t" if ext == ".tsv" else ",", skip_bad)
+    return _parse_json(path, text, ext in (".jsonl", ".ndjson"), skip_bad)
+
+
+def _read(source: str, encoding: str | None = None, skip_bad: bool = False) -> _Raw:
+    encoding = _check_encoding(encoding)
+    if os.path.lexists(source):
+        if not os.path.exists(source):
+            raise UserError(f"{source}: a symbolic link to {os.readlink(source)!r}, which does not exist")
+        if stat.S_ISDIR(_check_path(source).st_mode):
+            return _read_saved_dataset(source)
+        return _read_file(source, encoding, skip_bad)
+    if looks_like_local_path(source) or source.lower().endswith(DATA_FILES):
+        raise UserError(f"{source}: no such file or directory")
+    return _read_hub(source)
 
 
 def read_raw(source: str, encoding: str | None = None) -> list:
     """Return the raw records of `source` without validation."""
-    if os.path.isdir(source):
-        return _read_saved_dataset(source)
-    if os.path.isfile(source):
-        if source.endswith(".jsonl"):
-            return _read_jsonl(source, encoding)
-        return _read_json(source, encoding)
-    if looks_like_local_path(source):
-        raise UserError(f"{source}: no such file or directory")
-    return _read_hub(source)
+    return _read(source, encoding).records
 
 
 def validate_record(rec, index: int, source: str) -> dict:
@@ -118,23 +368,54 @@ def validate_record(rec, index: int, source: str) -> dict:
     return {"instruction": rec["instruction"], "input": inp, "output": rec["output"]}
 
 
+def _lone_surrogate(value, key=None):
+    """(field, character index) of the first unpaired UTF-16 surrogate (a JSON escape such as \\ud800 without
+    its pair) in the record's text: no tokenizer can encode one, and no UTF-8 file can hold one."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return key, e.start
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _lone_surrogate(v, k if key is None else f"{key}[{k!r}]")
+        if found:
+            return found
+    return None
+
+
+def _checked(rec, index: int, source: str) -> dict:
+    """validate_record, plus the checks on the text every record shape needs."""
+    if getattr(rec, "duplicates", ()):
+        raise UserError(f"{source}: record {index}: the key {rec.duplicates[0]!r} appears twice (JSON keeps only "
+                        "the last)")
+    out = validate_record(rec, index, source)
+    found = _lone_surrogate(out)
+    if found:
+        raise UserError(f"{source}: record {index}: {found[0]!r} holds an unpaired surrogate (a \\ud800-\\udfff "
+                        f"escape without its pair) at character {found[1]}")
+    return out
+
+
 def load_records(source: str, skip_bad_records: bool = False, encoding: str | None = None) -> LoadedData:
     """Load and validate alpaca records.
 
-    A bad record raises UserError naming the source and index, unless
-    `skip_bad_records` is set, in which case it is dropped and counted.
+    A bad record raises UserError naming the source and index (and line, for line-based files), unless
+    `skip_bad_records` is set, in which case it is dropped and counted (as are unparsable JSON Lines / CSV rows).
     """
-    raw = read_raw(source, encoding)
-    records, skipped = [], 0
-    for i, rec in enumerate(raw):
+    raw = _read(source, encoding, skip_bad_records)
+    records, skipped = [], raw.skipped
+    for i, rec in enumerate(raw.records):
         try:
-            records.append(validate_record(rec, i, source))
+            records.append(_checked(rec, i, source))
         except UserError as e:
             if not skip_bad_records:
-                raise UserError(f"{e} (fix it, or pass --skip-bad-records to drop bad records)") from None
+                line = f"line {raw.lines[i]}; " if raw.lines else ""
+                raise UserError(f"{e} ({line}{_SKIP})") from None
             skipped += 1
     if not records:
-        raise UserError(f"{source}: no usable records" + (f" ({skipped} bad records skipped)" if skipped else ""))
+        what = f" ({skipped} bad records skipped)" if skipped else " (the list of records is empty)"
+        raise UserError(f"{source}: no usable records{what}")
     return LoadedData(records=records, skipped=skipped, source=source)
 
 
