@@ -1,56 +1,176 @@
-"""Answers for alpaca records: batched greedy or sampled decoding."""
+"""Answers: batched, KV-cached greedy or sampled decoding for every method (prompt learning included).
+
+One decoding loop serves every model. The prompts of a batch are left-padded, so each ends where its answer
+starts; position ids follow the attention mask (a padded row's first real token is at the position it would
+have alone). Prompt tuning and P-tuning: the virtual-token embeddings (PEFT's `get_prompt`) are computed once
+and put before the input's embeddings, as PEFT's own forward does; prefix tuning: the prefix keys and values
+(`get_prompt` again, one cache entry per layer) start the KV cache, and the input's positions start after
+them. After that first forward every method decodes one token per step from the cache, through the base model.
+
+Why not `model.generate`: with transformers 5.24 and PEFT 0.21 it is wrong for the prompt-learning methods
+(see `_generate_without_cache`, kept as the reference the tests and benchmarks/generation_speed.py compare with).
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+
 
 def generate(model, tokenizer, records: list[dict], template: str = "default", max_new_tokens: int = 128,
-             batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+             batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int | None = None) -> list[str]:
     """Answers for alpaca records (the `output` field is ignored). Greedy by default; stops at eos."""
-    import torch
-
     from ..data.templates import format_prompt
     from ..data.tokenize import encode_prompt
-    from ..models.params import is_prompt_learning
 
+    prompts = [encode_prompt(tokenizer, format_prompt(r, template)) for r in records]
+    outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, batch_size,
+                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+    return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+
+
+def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,
+                 max_new_tokens: int = 128, batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[int]]:
+    """The new token ids of each prompt (its eos included when reached), in the prompts' order. Prompts of
+    similar length share a batch (less padding); greedy answers do not depend on the batching."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for step in stream_ids(model, [prompts[i] for i in rows], eos_token_id, pad_token_id, max_new_tokens,
+                               do_sample=do_sample, temperature=temperature, top_p=top_p,
+                               seed=None if seed is None else seed + start):
+            for i, tok in zip(rows, step):
+                if tok is not None:
+                    out[i].append(tok)
+    return out
+
+
+def stream_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,
+               max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+               seed: int | None = None) -> Iterator[list[int | None]]:
+    """Decode one batch, yielding at every step the new token of each prompt (None once a prompt has ended with
+    eos). Stops when every prompt has ended or after `max_new_tokens`; closing the iterator stops decoding (a
+    stop string, a client gone). `seed` makes sampling repeatable (a generator of its own, not torch's)."""
+    import torch
+
+    if not prompts or max_new_tokens <= 0:
+        return
+    pad = eos_token_id if pad_token_id is None else pad_token_id
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    if is_prompt_learning(model):
-        return [_generate_without_cache(model, tokenizer, r, template, max_new_tokens, do_sample, temperature, top_p)
-                for r in records]
-    answers = []
-    for i in range(0, len(records), batch_size):
-        prompts = [encode_prompt(tokenizer, format_prompt(r, template)) for r in records[i:i + batch_size]]
-        width = max(len(p) for p in prompts)
-        # Left padding for generation, so every prompt ends where its answer starts.
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        gen_kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=pad)
-        if do_sample:
-            gen_kwargs.update(temperature=temperature, top_p=top_p)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=attn, **gen_kwargs)
-        for row in out[:, width:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return answers
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    gen = None
+    if do_sample and seed is not None:
+        gen = torch.Generator(device=device).manual_seed(seed)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    with torch.no_grad():
+        step = _Decoder(model)
+        logits = step.start(ids, attn)
+        for _ in range(max_new_tokens):
+            nxt = _pick(logits, do_sample, temperature, top_p, gen)
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+            yield [None if f else t for t, f in zip(nxt.tolist(), finished.tolist())]
+            finished |= nxt == eos_token_id
+            if bool(finished.all()):
+                return
+            logits = step.next(nxt)
 
 
-def _generate_without_cache(model, tokenizer, record, template, max_new_tokens, do_sample, temperature, top_p):
-    """Decoding for prompt tuning, P-tuning and prefix tuning: one record at a time, a full forward per token.
+class _Decoder:
+    """The forward passes of decoding: `start` over the padded prompts, `next` for one new token per row."""
 
-    With transformers 5.24 and PEFT 0.21, `generate` on these models is wrong: it hands the model its own
+    def __init__(self, model):
+        from ..models.params import is_prompt_learning
+
+        self.peft = model if is_prompt_learning(model) else None
+        self.kind = None
+        if self.peft is not None:
+            cfg = model.active_peft_config
+            self.kind = "prefix" if str(cfg.peft_type).endswith("PREFIX_TUNING") else "prompt"
+            self.virtual = cfg.num_virtual_tokens
+            self.model = model.get_base_model()
+        else:
+            self.model = model
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(core.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.uses_positions = "position_ids" in params
+        self.keep_arg = "logits_to_keep" in params
+
+    def _forward(self, **kw):
+        if self.uses_positions is False:
+            kw.pop("position_ids")
+        if self.keep_arg:
+            kw["logits_to_keep"] = 1
+        cache = kw.pop("cache")
+        if cache is not None:
+            kw[self.cache_arg] = cache
+        out = self.model(use_cache=True, **kw)
+        self.cache = getattr(out, "cache", None) or out.past_key_values
+        return out.logits[:, -1].float()
+
+    def start(self, ids, attn):
+        import torch
+
+        batch = ids.shape[0]
+        cache, embeds = None, None
+        mask = attn
+        if self.kind is not None:
+            mask = torch.cat([torch.ones(batch, self.virtual, dtype=attn.dtype, device=attn.device), attn], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.kind == "prefix":
+            cache = self.peft.get_prompt(batch, max_cache_len=ids.shape[1] + self.virtual)
+            positions = positions[:, self.virtual:]
+        elif self.kind == "prompt":
+            words = self.peft.word_embeddings(ids)
+            embeds = torch.cat([self.peft.get_prompt(batch_size=batch).to(words.dtype), words], dim=1)
+        self.mask, self.last = mask, positions[:, -1]
+        if embeds is not None:
+            return self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=None)
+        return self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
+
+    def next(self, tokens):
+        import torch
+
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.last = self.last + 1
+        return self._forward(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
+                             cache=self.cache)
+
+
+def _pick(logits, do_sample: bool, temperature: float, top_p: float, gen):
+    """Next token per row: argmax, or a draw from the smallest set of tokens holding `top_p` of the probability."""
+    import torch
+
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / max(temperature, 1e-5), -1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p
+    keep[:, 0] = True
+    choice = torch.multinomial(sorted_p * keep, 1, generator=gen)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+def _generate_without_cache(model, prompt: list[int], eos_token_id: int, max_new_tokens: int = 128,
+                            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[int]:
+    """The reference decoding (tests and benchmarks only): one prompt, a full forward of the PEFT model per token;
+    returns the new token ids (eos included when reached).
+
+    With transformers 5.24 and PEFT 0.21, `generate` on prompt-learning models is wrong: it hands the model its own
     (empty) cache under the new `cache` name, so the prefix PEFT puts under `past_key_values` is silently
     ignored (a prefix adapter generated exactly what the base model generates, seen on stories260K); prompt
     tuning crashes on a mask shape; and with left padding PEFT drops position ids. The plain forward applies
-    the virtual tokens correctly, so we decode with it: slower (no KV cache), but the tokens are the model's.
-    tests/test_methods.py::test_generation_follows_the_adapter checks this for every method."""
+    the virtual tokens correctly, so this is what the cached decoding above must reproduce token for token
+    (tests/test_generation.py)."""
     import torch
 
-    from ..data.templates import format_prompt
-    from ..data.tokenize import encode_prompt
-
     device = next(model.parameters()).device
-    ids = torch.tensor([encode_prompt(tokenizer, format_prompt(record, template))], device=device)
+    ids = torch.tensor([list(prompt)], device=device)
     start = ids.shape[1]
     with torch.no_grad():
         for _ in range(max_new_tokens):
@@ -63,6 +183,6 @@ def _generate_without_cache(model, tokenizer, record, template, max_new_tokens, 
             else:
                 nxt = logits.argmax().view(1)
             ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-            if int(nxt) == tokenizer.eos_token_id:
+            if int(nxt) == eos_token_id:
                 break
-    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
+    return ids[0, start:].tolist()
