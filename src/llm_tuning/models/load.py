@@ -2,6 +2,9 @@
 
 Loading never runs pickled code: weights are read from safetensors only, and
 `trust_remote_code` stays off unless the user asks for it.
+
+A model or tokenizer is a local folder, a Hugging Face hub id, or `modelscope:ORG/NAME`: a ModelScope model read
+from ModelScope's local cache (resolve_source; train, eval, generate, merge and serve all load through here).
 """
 
 from __future__ import annotations
@@ -53,8 +56,40 @@ def torch_dtype(precision: str):
         raise UserError(f"--precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}") from None
 
 
+MODELSCOPE = "modelscope:"
+
+
+def resolve_source(name: str, what: str = "model") -> str:
+    """`modelscope:ORG/NAME` -> its folder in ModelScope's local cache ($MODELSCOPE_CACHE, default
+    ~/.cache/modelscope: models/ORG/NAME, or models/ORG--NAME/snapshots/REVISION as modelscope >= 1.38 writes it),
+    found by the modelscope package's own snapshot_download with local_files_only: a run never downloads (the
+    same rule as for data); a model missing from the cache is one line saying how to fetch it ahead of time.
+    Any other name is returned as it is."""
+    if not name.startswith(MODELSCOPE):
+        return name
+    model_id = name[len(MODELSCOPE):]
+    if model_id.count("/") != 1 or not all(model_id.split("/")):
+        raise UserError(f"--{what} {name}: a ModelScope id is modelscope:ORG/NAME, e.g. modelscope:modelscope/Llama-2-7b-ms")
+    try:
+        import logging
+
+        from modelscope.hub.snapshot_download import snapshot_download
+    except ImportError:
+        raise UserError(f"--{what} {name}: needs the modelscope package: pip install 'llm-tuning[modelscope]'") from None
+    logging.getLogger("modelscope_hub").setLevel(logging.WARNING)  # "Found legacy cache at ..., reusing."
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # modelscope_hub's CacheNotFound (or any failure to read the cache)
+        cache = os.environ.get("MODELSCOPE_CACHE") or "~/.cache/modelscope"
+        raise UserError(f"--{what} {name}: ModelScope model {model_id} is not in the local ModelScope cache ({cache}; "
+                        f"runs never download): fetch it ahead of time with `modelscope download {model_id}` or "
+                        f"python -c \"from modelscope import snapshot_download; snapshot_download('{model_id}')\" "
+                        "(same MODELSCOPE_CACHE)") from None
+
+
 def check_source(name: str, what: str = "model"):
-    """Fail early, before heavy imports, on a local path that is not there."""
+    """Fail early, before heavy imports, on a local path that is not there (or a ModelScope id not in its cache)."""
+    name = resolve_source(name, what)
     if looks_like_local_path(name) and not os.path.exists(name):
         raise UserError(f"{name}: no such {what} folder")
     if os.path.isfile(name):
@@ -71,7 +106,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(resolve_source(name, "tokenizer"), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _hub_error(name, "tokenizer", e) from None
 
@@ -105,7 +140,7 @@ def load_model(name: str, precision: str = "fp32", trust_remote_code: bool = Fal
         kwargs["quantization_config"] = quantization_config(quantization, precision, int8_threshold)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+            resolve_source(name), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
         )
     except (OSError, ValueError) as e:
         raise _hub_error(name, "model", e) from None
