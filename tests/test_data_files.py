@@ -99,6 +99,8 @@ BROKEN = {
     "jsonl-line-is-scalar": ("a.jsonl", f"{REC}\n\n42\n".encode(), ["record 1: expected an object", "(line 3;"], []),
     "jsonl-bad-line": ("a.jsonl", f"{REC}\n{{oops}}\n{REC}\n".encode(), ["line 2 is not valid JSON",
                                                                         "--skip-bad-records"], []),
+    "jsonl-pretty-printed": ("a.jsonl", "".join(json.dumps(r, indent=2) + "\n" for r in RECS).encode(),
+                             ["line 1 is not valid JSON", "spread over several lines"], []),
     "jsonl-cut-off": ("a.jsonl", (JSONL + REC[:-9]).encode(), ["line 4 is not valid JSON", "cut off"], []),
     "lone-surrogate": ("a.json", b'[{"instruction": "a", "output": "x\\ud800y"}]',
                        ["record 0: 'output' holds an unpaired surrogate", "character 1"], []),
@@ -226,13 +228,16 @@ def test_awkward_but_valid_files_load(tmp_path, name):
 
 def test_valid_edge_texts_load(tmp_path):
     """U+2028 (legal unescaped in JSON) is not a line break; a paired surrogate escape is one character; a very
-    long line; NaN in a field the records do not use; an explicit --encoding utf-8 with a BOM."""
+    long line; NaN in a field the records do not use; an explicit --encoding utf-8 with a BOM; raw control
+    characters inside a string."""
     long = "长" * 2_000_000
     recs = [{"instruction": "a\u2028b", "output": "\U0001F600"}, {"instruction": "c", "output": long}]
     text = '{"instruction": "a\u2028b", "output": "\\ud83d\\ude00", "score": NaN}\n' + json.dumps(recs[1]) + "\n"
     got = load_records(_write(tmp_path / "a.jsonl", text.encode())).records
     assert got == [{**r, "input": ""} for r in recs]
     assert load_records(_write(tmp_path / "b.json", codecs.BOM_UTF8 + JSON.encode()), encoding="utf-8").records == RECS
+    raw = JSON.replace("苹果", "苹\t\n果")  # a raw tab and line break inside a string, as some exporters write
+    assert load_records(_write(tmp_path / "c.json", raw.encode())).records[1]["output"] == "苹\t\n果"
 
 
 def test_skip_bad_records_drops_unparsable_lines_and_rows(tmp_path):

@@ -71,7 +71,8 @@ def _object(pairs):
 
 
 def _loads(text: str):
-    return json.loads(text, object_pairs_hook=_object)
+    # strict=False: a raw tab or line break inside a string (some exporters write them) is read as itself
+    return json.loads(text, object_pairs_hook=_object, strict=False)
 
 
 def _json_problem(text: str, e: Exception, one_line: bool = False) -> str:
@@ -157,7 +158,8 @@ def _read_text(path: str, encoding: str | None) -> str:
         raise UserError(f"{path}: binary data (a NUL byte at offset {nul}), not a text file; pass a "
                         ".json, .jsonl, .csv or .parquet file (UTF-16 without a byte-order mark: --encoding utf-16-le)")
     try:
-        text = data.decode(enc)
+        text = data[3:].decode() if enc == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else data.decode(
+            "utf-8" if enc == "utf-8-sig" else enc)
     except UnicodeDecodeError as e:
         raise UserError(_decode_error(path, data, e, encoding)) from None
     except LookupError as e:  # a codec that is not a text encoding, e.g. base64
@@ -224,7 +226,9 @@ def _parse_json_lines(path: str, text: str, skip_bad: bool) -> _Raw:
             if skip_bad:
                 raw.skipped += 1
                 continue
-            cut = ": the last line looks cut off" if lineno == last and not text.endswith(("\n", "\r")) else ""
+            cut = (": the last line looks cut off" if lineno == last and not text.endswith(("\n", "\r"))
+                   else ": a record spread over several lines; write each on one line (json.dumps without indent)"
+                   if row in ("{", "[") else "")
             raise UserError(f"{path}: line {lineno} is not valid JSON ({_json_problem(row, e, True)}){cut}; each line "
                             f"must be one record ({_SKIP})") from None
         raw.records.append(rec)
@@ -334,7 +338,11 @@ def _read(source: str, encoding: str | None = None, skip_bad: bool = False) -> _
     encoding = _check_encoding(encoding)
     if os.path.lexists(source):
         if not os.path.exists(source):
-            raise UserError(f"{source}: a symbolic link to {os.readlink(source)!r}, which does not exist")
+            try:
+                target = repr(os.readlink(source))
+            except OSError:
+                target = "a path"
+            raise UserError(f"{source}: a symbolic link to {target}, which does not exist")
         if stat.S_ISDIR(_check_path(source).st_mode):
             return _read_saved_dataset(source)
         return _read_file(source, encoding, skip_bad)
@@ -390,6 +398,12 @@ def _checked(rec, index: int, source: str) -> dict:
         raise UserError(f"{source}: record {index}: the key {rec.duplicates[0]!r} appears twice (JSON keeps only "
                         "the last)")
     out = validate_record(rec, index, source)
+    if all(isinstance(v, str) for v in out.values()):
+        try:
+            "".join(out.values()).encode("utf-8")  # the common flat record: one C-speed pass
+            return out
+        except UnicodeEncodeError:
+            pass
     found = _lone_surrogate(out)
     if found:
         raise UserError(f"{source}: record {index}: {found[0]!r} holds an unpaired surrogate (a \\ud800-\\udfff "
