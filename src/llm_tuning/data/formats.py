@@ -6,13 +6,12 @@ not a local path) a hub dataset through `datasets.load_dataset`. Text files are 
 accepted, UTF-16/32 with one too) unless `encoding` says otherwise.
 
 Every way a file can be unreadable ends in one UserError naming the file (and the line, byte or record) and what
-to do: the reading is done here, in one place per kind of source, and the errors of the readers (codecs, json,
-csv, pyarrow, datasets) are turned into such messages.
+to do: the reading is done here (bytes to text in textfile.py), in one place per kind of source, and the errors
+of the readers (codecs, json, csv, pyarrow, datasets) are turned into such messages.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import stat
@@ -20,26 +19,11 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..paths import looks_like_local_path
+from .textfile import check_encoding, check_path, os_error, read_text
 
 REQUIRED = ("instruction", "output")
 DATA_FILES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
 _SKIP = "fix it, or pass --skip-bad-records to drop bad records"
-
-# Files that are not text at all, told apart by their first bytes.
-_MAGIC = (
-    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"%PDF", "a PDF"),
-    (b"PK\x03\x04", "a zip archive (unzip it and pass the data file inside)"),
-    (b"\x1f\x8b", "gzip-compressed (decompress it with gunzip first)"),
-    (b"BZh", "bzip2-compressed (decompress it with bunzip2 first)"),
-    (b"\xfd7zXZ\x00", "xz-compressed (decompress it with unxz first)"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed (decompress it with unzstd first)"),
-    (b"PAR1", "a Parquet file (name it .parquet)"),
-    (b"SQLite format 3\x00", "an SQLite database"),
-    (b"\xff\xff\xff\xff", "an Arrow file (pass the folder written by save_to_disk, not a file inside it)"),
-    (b"ARROW1", "an Arrow file (pass the folder written by save_to_disk, not a file inside it)"),
-)
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
-         (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @dataclass
@@ -93,85 +77,6 @@ def _json_problem(text: str, e: Exception, one_line: bool = False) -> str:
     return where
 
 
-def _check_encoding(encoding: str | None) -> str | None:
-    if not encoding:
-        return None
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        raise UserError(f"--encoding {encoding!r} is not a known text encoding; "
-                        "use e.g. utf-8, gbk, gb18030, big5, utf-16 or cp1252") from None
-    return "utf-8-sig" if name == "utf-8" else encoding
-
-
-def _check_path(path: str) -> os.stat_result:
-    try:
-        st = os.stat(path)
-    except PermissionError:
-        raise UserError(f"{path}: permission denied; make it readable or pass a copy you can read") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot be opened ({e.strerror or e})") from None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
-                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise UserError(f"{path}: {kind}, not a data file; write the data to a regular file and pass that")
-    return st
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except PermissionError:
-        raise UserError(f"{path}: permission denied; make it readable (chmod +r) or pass a copy you can read") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
-
-
-def _decode_error(path: str, data: bytes, e: UnicodeDecodeError, explicit: str | None) -> str:
-    off = e.start
-    line = data.count(b"\n", 0, off) + 1
-    name = explicit or "UTF-8"
-    bad = data[off:off + 4].hex(" ")
-    if e.end >= len(data) and "end of data" in e.reason:
-        return (f"{path}: ends in the middle of a {name} character (byte {off} of {len(data)}, line {line}): "
-                "the file looks cut off; restore the complete file")
-    if explicit:
-        return f"{path}: not valid {name} at byte {off} (line {line}, bytes {bad}); check --encoding {explicit}"
-    try:
-        data.decode("gbk")
-        hint = "it reads as GBK: pass --encoding gbk"
-    except UnicodeDecodeError:
-        hint = "if it is in another encoding, pass it with --encoding (e.g. gbk, gb18030, big5, cp1252)"
-    return f"{path}: not valid UTF-8 at byte {off} (line {line}, bytes {bad}); {hint}"
-
-
-def _read_text(path: str, encoding: str | None) -> str:
-    """The file's text: binary files, bad bytes and NUL characters refused with the offset."""
-    data = _read_bytes(path)
-    for magic, what in _MAGIC:
-        if data.startswith(magic):
-            raise UserError(f"{path}: {what}, not a text data file; pass a .json, .jsonl, .csv or .parquet file")
-    enc = encoding or next((e for bom, e in _BOMS if data.startswith(bom)), None) or "utf-8-sig"
-    nul = data.find(b"\x00") if enc == "utf-8-sig" else -1
-    if nul >= 0:
-        raise UserError(f"{path}: binary data (a NUL byte at offset {nul}), not a text file; pass a "
-                        ".json, .jsonl, .csv or .parquet file (UTF-16 without a byte-order mark: --encoding utf-16-le)")
-    try:
-        text = data[3:].decode() if enc == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else data.decode(
-            "utf-8" if enc == "utf-8-sig" else enc)
-    except UnicodeDecodeError as e:
-        raise UserError(_decode_error(path, data, e, encoding)) from None
-    except LookupError as e:  # a codec that is not a text encoding, e.g. base64
-        raise UserError(f"--encoding {encoding!r} is not a text encoding ({e})") from None
-    nul = text.find("\x00")
-    if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        raise UserError(f"{path}: a NUL character on line {line} (read as {encoding or 'UTF-8'}): binary data or "
-                        "the wrong --encoding")
-    return text.lstrip("\ufeff")
-
-
 def _records_of_document(path: str, data) -> list:
     """The list of records in a parsed .json document, or an error saying what it holds instead."""
     if isinstance(data, list):
@@ -190,7 +95,8 @@ def _records_of_document(path: str, data) -> list:
             raise UserError(f"{path}: an object of objects, not a list of records; write it as [ {{...}}, ... ] "
                             "(from pandas: df.to_json(path, orient='records', force_ascii=False))")
         raise UserError(f"{path}: a JSON object without a list of records; expected [ {{...}}, ... ]")
-    raise UserError(f"{path}: expected a JSON list of records, found {'null' if data is None else type(data).__name__}; write "
+    found = "null" if data is None else type(data).__name__
+    raise UserError(f"{path}: expected a JSON list of records, found {found}; write "
                     "[ {\"instruction\": ..., \"output\": ...}, ... ]")
 
 
@@ -273,11 +179,12 @@ def _parse_csv(path: str, text: str, delimiter: str, skip_bad: bool) -> _Raw:
 
 
 def _parse_parquet(path: str) -> _Raw:
-    try:
-        import pyarrow.parquet as pq
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    try:
         return _Raw(pq.read_table(path).to_pylist())
-    except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError, ...) vary with the damage
+    except (OSError, ValueError, TypeError, pa.ArrowException) as e:  # ArrowInvalid is a ValueError
         raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)}); write it again, e.g. with "
                         "df.to_parquet(path)") from None
 
@@ -293,7 +200,7 @@ def _read_saved_dataset(path: str) -> _Raw:
         try:
             found = sorted(n for n in os.listdir(path) if n.lower().endswith(DATA_FILES))
         except OSError as e:
-            raise UserError(f"{path}: the folder cannot be read ({e.strerror or e})") from None
+            raise os_error(path, e) from None
         holds = (f"it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}: pass one of those files"
                  if found else "pass a .json/.jsonl/.csv/.parquet file or such a folder")
         raise UserError(f"{path}: a folder but not a dataset saved with `save_to_disk` (no dataset_info.json or "
@@ -309,7 +216,7 @@ def _read_saved_dataset(path: str) -> _Raw:
         return _Raw(ds.to_list())
     except UserError:
         raise
-    except Exception as e:  # missing or garbled arrow files, a broken dataset_info.json: errors of every kind
+    except Exception as e:  # noqa: BLE001  missing or garbled arrow files, a broken dataset_info.json: any kind
         raise UserError(f"{path}: a saved dataset that cannot be read ({_first_line(e)}); save it again with "
                         "save_to_disk") from None
 
@@ -319,7 +226,7 @@ def _read_hub(name: str) -> _Raw:
 
     try:
         ds = datasets.load_dataset(name, split="train")
-    except Exception as e:  # network, missing repo, auth: all one message for the user
+    except Exception as e:  # noqa: BLE001  network, missing repo, auth: all one message for the user
         raise UserError(f"{name}: not a local file, and loading it from the hub failed ({_first_line(e)})") from None
     return _Raw(ds.to_list())
 
@@ -328,14 +235,14 @@ def _read_file(path: str, encoding: str | None, skip_bad: bool) -> _Raw:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".parquet":
         return _parse_parquet(path)
-    text = _read_text(path, encoding)
+    text = read_text(path, encoding)
     if ext in (".csv", ".tsv"):
         return _parse_csv(path, text, "\t" if ext == ".tsv" else ",", skip_bad)
     return _parse_json(path, text, ext in (".jsonl", ".ndjson"), skip_bad)
 
 
 def _read(source: str, encoding: str | None = None, skip_bad: bool = False) -> _Raw:
-    encoding = _check_encoding(encoding)
+    encoding = check_encoding(encoding)
     if os.path.lexists(source):
         if not os.path.exists(source):
             try:
@@ -343,7 +250,7 @@ def _read(source: str, encoding: str | None = None, skip_bad: bool = False) -> _
             except OSError:
                 target = "a path"
             raise UserError(f"{source}: a symbolic link to {target}, which does not exist")
-        if stat.S_ISDIR(_check_path(source).st_mode):
+        if stat.S_ISDIR(check_path(source).st_mode):
             return _read_saved_dataset(source)
         return _read_file(source, encoding, skip_bad)
     if looks_like_local_path(source) or source.lower().endswith(DATA_FILES):
