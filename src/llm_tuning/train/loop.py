@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..models.load import quiet_libraries
 from .memory import peak_rss_mib, reset_peak_rss_mib
 from .rundir import (TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
-                     warn_if_fewer_processes, write_final)
+                     warn_about_launch, write_final)
 
 
 @dataclass
@@ -181,10 +181,14 @@ def _fused_loss_through_ddp(trainer_cls):
     forward standing in for one call. Its loss is divided by the learned tokens of the global batch (the Trainer
     sums them over processes), so it is multiplied by N as the Trainer's own loss is: DDP's mean of the
     gradients is then the gradient of the global batch's token mean, as in one process."""
+    from transformers import Trainer
+
     from .fastloss import backbone_and_head
 
     class DDPFusedLossTrainer(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # sharded weights: the stock loss (_make_trainer)
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             inner = self.accelerator.unwrap_model(model)
             if return_outputs or inner is model or backbone_and_head(inner) is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -227,6 +231,11 @@ def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbac
         trainer_cls = _with_length_grouping(make_trainer_class() if fused else Trainer)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, callbacks=callbacks)
+    if fused and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        # the fused loss reads the output layer's weight outside that layer's forward, where FSDP / ZeRO-3 hold
+        # only a shard of it: not proven there, so the stock forward and loss (and the Trainer's own GA scaling)
+        trainer.loss_is_scaled_for_ga = None
+        log("FSDP / DeepSpeed: the fused loss steps aside (stock forward and loss)")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -293,7 +302,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
     t0 = time.time()
-    warn_if_fewer_processes()
+    warn_about_launch()
     method, train_recs, val_recs, resume_from = _check_inputs(cfg)
 
     # Heavy imports only now that the input is known to be good.

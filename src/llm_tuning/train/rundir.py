@@ -74,8 +74,15 @@ def _asked_processes() -> str | None:
     return "more than one"
 
 
-def warn_if_fewer_processes():
-    """`accelerate launch --cpu --num_processes 2` (accelerate 1.15) starts ONE plain process without saying so."""
+def warn_about_launch():
+    """What accelerate 1.15 changes silently: `accelerate launch --cpu --num_processes 2` starts ONE plain process,
+    and an FSDP config on processes without GPUs runs plain DDP (it enables FSDP for accelerator devices only)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        import torch
+
+        if not torch.cuda.is_available():
+            log("warning: the accelerate config asks for FSDP, but accelerate enables FSDP on GPUs (and other "
+                "accelerators) only: these CPU processes train as plain DDP (every process holds the whole model)")
     if world_size() > 1 or any(os.environ.get(v) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
         return
     asked = _asked_processes()
