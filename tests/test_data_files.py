@@ -283,3 +283,17 @@ def test_csv_with_bom_crlf_and_quoted_newlines_trains(tiny_models, tmp_path):
     path = _write(tmp_path / "a.csv", codecs.BOM_UTF8 + buf.getvalue().encode())
     assert load_records(path).records == recs
     _train_ok(tiny_models, tmp_path, path)
+
+
+def test_source_names(tmp_path, monkeypatch):
+    """'~' is expanded (a YAML config is read by no shell); an empty --data and a bare file name that does not
+    exist are refused at once instead of being looked up on the hub."""
+    from llm_tuning.errors import UserError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write(tmp_path / "h.json", JSON.encode())
+    assert load_records("~/h.json").records == RECS
+    monkeypatch.chdir(tmp_path)
+    for source, message in (("", "--data is empty"), ("nope.txt", "nope.txt: no such file or directory")):
+        with pytest.raises(UserError, match=message):
+            load_records(source)

@@ -243,6 +243,10 @@ def _read_file(path: str, encoding: str | None, skip_bad: bool) -> _Raw:
 
 def _read(source: str, encoding: str | None = None, skip_bad: bool = False) -> _Raw:
     encoding = check_encoding(encoding)
+    if not source.strip():
+        raise UserError("--data is empty; pass a data file (.json, .jsonl, .csv, .parquet), a saved dataset folder "
+                        "or a hub dataset name")
+    source = os.path.expanduser(source)  # "~/data.json" from a YAML config, which no shell expanded
     if os.path.lexists(source):
         if not os.path.exists(source):
             try:
@@ -253,7 +257,7 @@ def _read(source: str, encoding: str | None = None, skip_bad: bool = False) -> _
         if stat.S_ISDIR(check_path(source).st_mode):
             return _read_saved_dataset(source)
         return _read_file(source, encoding, skip_bad)
-    if looks_like_local_path(source) or source.lower().endswith(DATA_FILES):
+    if looks_like_local_path(source) or source.lower().endswith(DATA_FILES) or ("." in source and "/" not in source):
         raise UserError(f"{source}: no such file or directory")
     return _read_hub(source)
 
@@ -265,9 +269,13 @@ def read_raw(source: str, encoding: str | None = None) -> list:
 
 def validate_record(rec, index: int, source: str) -> dict:
     """Return the normalised record or raise UserError naming the record."""
+    from .conversations import alpaca_extras, from_sharegpt, is_sharegpt
+
     where = f"{source}: record {index}"
     if not isinstance(rec, dict):
         raise UserError(f"{where}: expected an object with 'instruction' and 'output', found {type(rec).__name__}")
+    if is_sharegpt(rec):
+        return from_sharegpt(rec, where)
     for key in REQUIRED:
         if key not in rec or rec[key] is None:
             raise UserError(f"{where}: missing '{key}'")
@@ -280,7 +288,7 @@ def validate_record(rec, index: int, source: str) -> dict:
         inp = ""
     if not isinstance(inp, str):
         raise UserError(f"{where}: 'input' must be a string, found {type(inp).__name__}")
-    return {"instruction": rec["instruction"], "input": inp, "output": rec["output"]}
+    return {"instruction": rec["instruction"], "input": inp, "output": rec["output"], **alpaca_extras(rec, where)}
 
 
 def _lone_surrogate(value, key=None):
