@@ -21,6 +21,7 @@ from .errors import UserError
 METHOD_NAMES = ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "ia3")  # methods/__init__.py registers each
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTIZATIONS = ("8bit", "4bit")
+TEMPLATE_NAMES = ("default", "llama2", "auto")  # data/templates.py renders each
 
 
 def option(default, help: str, *, choices=None, group: str = "general", required: bool = False, cli: bool = True):
@@ -67,7 +68,11 @@ class TrainConfig:
                        required=True)
     encoding: str | None = option(None, "text encoding of the data file, e.g. gbk (default: UTF-8, a byte-order "
                                         "mark accepted)", group=D)
-    template: str = option("default", "prompt template: default (Human:/Assistant:) or llama2", group=D)
+    template: str = option("default", "prompt template: default (Human:/Assistant:), llama2, or auto (the "
+                                      "tokenizer's own chat template when it has one, else default)",
+                           choices=TEMPLATE_NAMES, group=D)
+    train_on: str = option("all", "multi-turn records: learn every assistant turn, or the last only",
+                           choices=("all", "last"), group=D)
     max_length: int = option(512, "truncate examples to this many tokens", group=D)
     skip_bad_records: bool = option(False, "drop invalid records (counted) instead of failing", group=D)
     cache: bool = option(True, "reuse tokenised data across runs ($LLM_TUNING_CACHE)", group=D)
@@ -225,7 +230,8 @@ class LoadConfig:
                                  group=M)
     precision: str = same_as(TrainConfig, "precision")
     quantization: str | None = same_as(TrainConfig, "quantization")
-    template: str | None = option(None, "prompt template (default: the adapter's, else default)", group=D)
+    template: str | None = option(None, "prompt template (default: the adapter's, else default)",
+                                  choices=TEMPLATE_NAMES, group=D)
     trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
 
 

@@ -2,8 +2,9 @@
 
 Tokenising is the slow part of start-up on real data (50,000 records: ~16 s here), and every run of a
 comparison, every resume and every re-run tokenises the same records with the same tokenizer again. The key
-covers the records themselves, the template, --max-length, the tokenizer's full definition and the code
-version of the encoding, so a hit is always the same data. Location: $LLM_TUNING_CACHE, else
+covers the records themselves (their system prompt and history included), the template, --train-on,
+--max-length, the tokenizer's full definition (its chat template included, which --template auto renders with)
+and the code version of the encoding, so a hit is always the same data. Location: $LLM_TUNING_CACHE, else
 ~/.cache/llm-tuning/tokenized.
 """
 
@@ -14,7 +15,7 @@ import json
 import os
 import shutil
 
-ENCODING_VERSION = 1  # bump when encode_records changes what it produces
+ENCODING_VERSION = 2  # bump when encode_records changes what it produces
 
 
 def cache_root() -> str:
@@ -29,41 +30,44 @@ def tokenizer_fingerprint(tokenizer) -> str:
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(json.dumps([type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                         tokenizer.pad_token_id, tokenizer("a b")["input_ids"]]).encode())
+                         tokenizer.pad_token_id, tokenizer("a b")["input_ids"],
+                         getattr(tokenizer, "chat_template", None)]).encode())
     return h.hexdigest()
 
 
-def cache_key(tokenizer, records, template: str, max_length: int) -> str:
+def cache_key(tokenizer, records, template: str, max_length: int, train_on: str = "all") -> str:
     h = hashlib.sha256()
     h.update(json.dumps(records, ensure_ascii=False, sort_keys=True).encode())
-    h.update(json.dumps([template, max_length, ENCODING_VERSION, tokenizer_fingerprint(tokenizer)]).encode())
+    h.update(json.dumps([template, max_length, ENCODING_VERSION, tokenizer_fingerprint(tokenizer),
+                         train_on]).encode())
     return h.hexdigest()[:32]
 
 
-def tokenized_dataset(tokenizer, records, template: str, max_length: int, use_cache: bool = True, log=print):
+def tokenized_dataset(tokenizer, records, template: str, max_length: int, use_cache: bool = True, log=print,
+                      train_on: str = "all"):
     """(datasets.Dataset with input_ids and labels, number of records dropped), from the cache when possible."""
     import datasets
 
     from .tokenize import encode_records, to_dataset
 
     if not use_cache:
-        enc = encode_records(tokenizer, records, template, max_length)
+        enc = encode_records(tokenizer, records, template, max_length, train_on)
         return to_dataset(enc), enc.dropped
-    path = os.path.join(cache_root(), cache_key(tokenizer, records, template, max_length))
+    path = os.path.join(cache_root(), cache_key(tokenizer, records, template, max_length, train_on))
     meta = os.path.join(path, "llm_tuning_meta.json")
     if os.path.exists(meta):
         with open(meta) as f:
             dropped = json.load(f)["dropped"]
         log(f"tokenised data from the cache ({path})")
         return datasets.load_from_disk(path), dropped
-    enc = encode_records(tokenizer, records, template, max_length)
+    enc = encode_records(tokenizer, records, template, max_length, train_on)
     ds = to_dataset(enc)
     tmp = path + f".tmp-{os.getpid()}"
     try:
         ds.save_to_disk(tmp)
         with open(os.path.join(tmp, "llm_tuning_meta.json"), "w") as f:
             json.dump({"dropped": enc.dropped, "records": len(records), "template": template,
-                       "max_length": max_length}, f)
+                       "train_on": train_on, "max_length": max_length}, f)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(tmp, path)  # atomic: a concurrent or killed writer never leaves a half cache entry
     except OSError as e:

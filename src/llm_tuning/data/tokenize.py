@@ -1,7 +1,8 @@
 """Tokenise records for causal-LM supervised fine-tuning.
 
-Each example is prompt + response + eos. The prompt is masked out of the labels
-(-100), so the loss covers exactly the response tokens and the eos token. eos is
+Each example is prompt + response + eos, or for a multi-turn record every turn's prompt and answer (templates.py
+renders the pieces). Prompts are masked out of the labels (-100), so the loss covers exactly the answer tokens
+and their eos (every assistant turn, or the last only with train_on="last"). eos is
 appended *by id*: the Llama-2 tokenizer never appends it, and a literal "</s>"
 string inside text is not reliably tokenised as the eos token.
 """
@@ -9,8 +10,6 @@ string inside text is not reliably tokenised as the eos token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from .templates import format_prompt
 
 IGNORE = -100
 
@@ -44,23 +43,108 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return _strip_eos(tokenizer(prompt, add_special_tokens=True)["input_ids"], tokenizer.eos_token_id)
 
 
-def encode_records(tokenizer, records: list[dict], template: str = "default", max_length: int = 512) -> Encoded:
-    prompts = [format_prompt(r, template) for r in records]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer([r["output"] for r in records], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
+def _conversation_pieces(record: dict, template: str, tokenizer) -> list[tuple[str, str]]:
+    from .conversations import turns
+    from .templates import render
+
+    system, pairs = turns(record)
+    return render(system, pairs, template, tokenizer)
+
+
+def _assemble(pieces, ids_of, tokenizer, chat: bool, train_on: str) -> tuple[list[int], list[int]]:
+    """ids and labels of one conversation's pieces (their ids from `ids_of`, in order). Answers are learned
+    (all of them, or the last only); eos follows each answer by id (chat templates: the answer is cut after the
+    eos the template writes, the rest read as prompt)."""
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    last_answer = max((i for i, (kind, _) in enumerate(pieces) if kind == "answer"), default=-1)
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, (kind, _) in enumerate(pieces):
+        if kind == "bos":
+            piece, learned = ([bos] if bos is not None else []), []
+        elif kind == "prompt":
+            piece, learned = (ids_of(i) if chat or i else _strip_eos(ids_of(i), eos)), []
+        else:
+            answer = list(ids_of(i))
+            if chat and eos in answer:
+                cut = answer.index(eos) + 1
+                answer, rest = answer[:cut], ([] if i == last_answer else answer[cut:])
+            else:
+                answer, rest = answer + [eos], []
+            learn = train_on == "all" or i == last_answer
+            piece, learned = answer + rest, (answer if learn else [IGNORE] * len(answer)) + [IGNORE] * len(rest)
+        ids += piece
+        labels += learned if learned else [IGNORE] * len(piece)
+    return ids, labels
+
+
+def encode_conversation(tokenizer, record: dict, template: str = "default", train_on: str = "all"):
+    """(ids, labels) of one record, multi-turn or not, untruncated."""
+    return _encode_many(tokenizer, [record], template, train_on)[0]
+
+
+def _encode_many(tokenizer, records, template, train_on):
+    from .templates import resolve
+
+    chat = resolve(template, tokenizer) == "chat"
+    all_pieces = [_conversation_pieces(r, template, tokenizer) for r in records]
+    # Batched tokenizer calls (fast tokenizers run them in parallel): the first prompt of each record with the
+    # tokenizer's special tokens (its bos; chat templates write their own), every other piece without.
+    firsts, others, where = [], [], []
+    for r, pieces in enumerate(all_pieces):
+        for i, (kind, text) in enumerate(pieces):
+            if kind == "bos":
+                where.append(None)
+            elif i == 0 and not chat:
+                where.append((0, len(firsts)))
+                firsts.append(text)
+            else:
+                where.append((1, len(others)))
+                others.append(text)
+    tokenized = [tokenizer(firsts, add_special_tokens=True)["input_ids"] if firsts else [],
+                 tokenizer(others, add_special_tokens=False)["input_ids"] if others else []]
+    out, k = [], 0
+    for pieces in all_pieces:
+        slots = where[k:k + len(pieces)]
+        k += len(pieces)
+        out.append(_assemble(pieces, lambda i, s=slots: tokenized[s[i][0]][s[i][1]] if s[i] else [], tokenizer,
+                             chat, train_on))
+    return out
+
+
+def encode_records(tokenizer, records: list[dict], template: str = "default", max_length: int = 512,
+                   train_on: str = "all") -> Encoded:
+    """Records (multi-turn or not) as truncated ids and labels: -100 except on the learned answers and their eos."""
+    if train_on not in ("all", "last"):
+        from ..errors import UserError
+
+        raise UserError(f"--train-on {train_on!r} is unknown; choose all or last")
     out_ids, out_labels, dropped = [], [], 0
-    for p, r in zip(prompt_ids, response_ids):
-        p = _strip_eos(p, eos)
-        r = list(r) + [eos]
-        ids = (p + r)[:max_length]
-        labels = ([IGNORE] * len(p) + r)[:max_length]
+    for ids, labels in _encode_many(tokenizer, records, template, train_on):
+        ids, labels = ids[:max_length], labels[:max_length]
         if all(x == IGNORE for x in labels):
             dropped += 1  # prompt alone fills max_length: nothing to learn, and it would make a 0/0 loss
             continue
         out_ids.append(ids)
         out_labels.append(labels)
     return Encoded(out_ids, out_labels, dropped)
+
+
+def prompt_ids(tokenizer, record: dict, template: str = "default") -> list[int]:
+    """The ids the model continues to answer `record` (its `output` ignored): the earlier turns as training
+    sees them (answers with their eos), then the last prompt."""
+    ids, _ = encode_conversation(tokenizer, {**record, "output": None}, template)
+    return ids
+
+
+def conversation_prompt_ids(tokenizer, messages: list[dict], template: str = "default") -> list[int]:
+    """prompt_ids for OpenAI-style messages (role/content, the last one the user's)."""
+    from .conversations import from_messages
+
+    system, pairs = from_messages(messages)
+    record = {"instruction": pairs[-1][0], "input": "", "output": None, "system": system,
+              "history": [list(p) for p in pairs[:-1]]}
+    return prompt_ids(tokenizer, record, template)
 
 
 def to_dataset(enc: Encoded):

@@ -31,26 +31,17 @@ def check_messages(messages: list[dict]) -> None:
 def prompt_from_messages(messages: list[dict], template: str = "default", tokenizer=None) -> str:
     """The prompt for a conversation, ending where the assistant's next answer starts.
 
-    For now through the single-turn alpaca templates: the last user turn is the instruction, each earlier
-    (user, assistant) pair is written as a finished exchange before it, and a system message leads. `tokenizer`
-    is there for templates that come from the tokenizer (its chat template)."""
+    Rendered by data/templates.py as training renders a multi-turn record (system first, each earlier exchange
+    finished, the last user turn open): default, llama2, or with `auto` the tokenizer's own chat template.
+    Earlier answers end with the tokenizer's eos *text*; the exact ids training sees (eos by id, no re-merging
+    across turns) are data.tokenize.conversation_prompt_ids(tokenizer, messages, template)."""
+    from ..data.conversations import from_messages
     from ..data.templates import format_prompt
 
     check_messages(messages)
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] != "system"]
-    parts, pending = [system + "\n"] if system else [], None
-    for m in turns[:-1]:
-        if m["role"] == "user":
-            if pending is not None:  # two user turns in a row: the first had no answer
-                parts.append(format_prompt({"instruction": pending}, template) + "\n")
-            pending = m["content"]
-        else:
-            parts.append(format_prompt({"instruction": pending or ""}, template) + m["content"] + "\n")
-            pending = None
-    if pending is not None:
-        parts.append(format_prompt({"instruction": pending}, template) + "\n")
-    return "".join(parts) + format_prompt({"instruction": turns[-1]["content"]}, template)
+    system, pairs = from_messages(messages)
+    record = {"instruction": pairs[-1][0], "input": "", "system": system, "history": [list(p) for p in pairs[:-1]]}
+    return format_prompt(record, template, tokenizer)
 
 
 def fit_history(messages: list[dict], template: str, tokenizer, room: int | None) -> tuple[list[dict], int]:

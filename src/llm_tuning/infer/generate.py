@@ -20,11 +20,11 @@ from collections.abc import Iterator
 def generate(model, tokenizer, records: list[dict], template: str = "default", max_new_tokens: int = 128,
              batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              seed: int | None = None) -> list[str]:
-    """Answers for alpaca records (the `output` field is ignored). Greedy by default; stops at eos."""
-    from ..data.templates import format_prompt
-    from ..data.tokenize import encode_prompt
+    """Answers for records (the `output` field is ignored; `system` and `history` lead, as in training).
+    Greedy by default; stops at eos."""
+    from ..data.tokenize import prompt_ids
 
-    prompts = [encode_prompt(tokenizer, format_prompt(r, template)) for r in records]
+    prompts = [prompt_ids(tokenizer, r, template) for r in records]
     outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, batch_size,
                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]

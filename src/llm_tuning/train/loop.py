@@ -83,12 +83,14 @@ def _check_inputs(cfg: TrainConfig):
 def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
     from ..data.cache import tokenized_dataset
 
-    train_ds, dropped = tokenized_dataset(tokenizer, train_recs, cfg.template, cfg.max_length, cfg.cache, log=log)
+    train_ds, dropped = tokenized_dataset(tokenizer, train_recs, cfg.template, cfg.max_length, cfg.cache, log=log,
+                                          train_on=cfg.train_on)
     if dropped:
         log(f"dropped {dropped} records whose prompt alone fills --max-length {cfg.max_length}")
     if len(train_ds) == 0:
         raise UserError(f"{cfg.data}: no training example has response tokens within --max-length {cfg.max_length}")
-    eval_ds = tokenized_dataset(tokenizer, val_recs, cfg.template, cfg.max_length, False)[0] if val_recs else None
+    eval_ds = (tokenized_dataset(tokenizer, val_recs, cfg.template, cfg.max_length, False, train_on=cfg.train_on)[0]
+               if val_recs else None)
     log(f"data: {len(train_ds)} training examples, {len(val_recs)} held out, template {cfg.template!r}")
     return train_ds, eval_ds
 
