@@ -98,13 +98,48 @@ def test_resume_under_two_processes(runs, tmp_path):
     _assert_same_run(single, cut)
 
 
+def _accelerate_launch(tmp_path, *launch_args):
+    """`accelerate launch ... llm-tuning train` on a model folder that does not exist: the run stops right after
+    its launch warnings."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", *launch_args, "-m", "llm_tuning", "train", "--model", str(tmp_path / "absent"),
+           "--data", SAMPLE, "--output-dir", str(tmp_path / "out")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert r.returncode != 0 and "no such model folder" in r.stderr
+    return r
+
+
 def test_accelerate_cpu_launch_of_one_process_says_so(tmp_path):
     """accelerate 1.15's `launch --cpu --num_processes 2` starts one plain process: the run says so."""
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "llm_tuning", "train", "--model", str(tmp_path / "absent"), "--data", SAMPLE,
-           "--output-dir", str(tmp_path / "out")]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
-    assert r.returncode != 0  # the model folder does not exist: the run stops right after the warning
+    r = _accelerate_launch(tmp_path, "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                           "--dynamo_backend", "no")
     warning = [line for line in r.stdout.splitlines() if "accelerate launch was asked for 2 processes" in line]
     assert len(warning) == 1 and "torchrun --nproc_per_node N" in warning[0]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="FSDP runs on GPUs")
+def test_fsdp_config_on_cpu_says_it_runs_ddp(tmp_path):
+    r = _accelerate_launch(tmp_path, "--config_file", os.path.join(ROOT, "examples", "accelerate", "fsdp.yaml"))
+    # two processes (the config's num_processes), rank 0 alone prints: one warning line
+    assert r.stdout.count("accelerate enables FSDP on GPUs (and other accelerators) only") == 1
+
+
+def test_shipped_accelerate_configs_load():
+    """examples/accelerate/: each YAML loads as accelerate reads it; the DeepSpeed JSONs load into accelerate's
+    DeepSpeedPlugin at their ZeRO stage (DeepSpeed itself is not installed here: GPU only)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    folder = os.path.join(ROOT, "examples", "accelerate")
+    kinds = {"ddp_cpu": "MULTI_GPU", "ddp_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+             "deepspeed_zero3": "DEEPSPEED"}
+    for name, kind in kinds.items():
+        c = load_config_from_file(os.path.join(folder, f"{name}.yaml"))
+        assert str(c.distributed_type).endswith(kind) and c.num_processes == 2, name
+    assert load_config_from_file(os.path.join(folder, "fsdp.yaml")).fsdp_config["fsdp_version"] == 2
+    for stage in (2, 3):
+        c = load_config_from_file(os.path.join(folder, f"deepspeed_zero{stage}.yaml"))
+        path = c.deepspeed_config["deepspeed_config_file"]
+        assert path == f"examples/accelerate/ds_zero{stage}.json"  # relative to the project root
+        plugin = DeepSpeedPlugin(hf_ds_config=os.path.join(ROOT, path), zero3_init_flag=c.deepspeed_config["zero3_init_flag"])
+        assert plugin.zero_stage == stage and plugin.hf_ds_config.is_zero3() == (stage == 3)
