@@ -1,8 +1,11 @@
-"""`llm-tuning compare`: a 3-method run on stories260K gives the full table, valid PNG plots, a failed row
-for a broken method without stopping the others, and resumes only what is not done."""
+"""`llm-tuning compare` on stories260K: 2 methods x 2 seeds x a 2-point learning-rate sweep (and a broken run).
+The report has a base row, mean ± std over the seeds and the difference to the base; the rate is chosen on the
+validation records, which are apart from the held-out records the table reports; valid PNG plots; a failed row
+for the broken run without stopping the others; a re-run resumes only what is not done; --force starts afresh."""
 
 import json
 import os
+import statistics
 
 import pytest
 import yaml
@@ -10,18 +13,19 @@ import yaml
 from conftest import EN_DATA, STORIES, need_shared, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
+RUNS = ("lora-r4", "prefix-proj", "broken")
+SEEDS = [0, 1]
 
 
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "report"
     cfg = {"title": "test", "model": need_shared(STORIES), "data": need_shared(EN_DATA), "output_dir": str(out),
-           "budget_tokens": 6000, "batch_size": 4, "max_length": 128, "val_size": 12, "eval_records": 3,
-           "max_new_tokens": 12, "samples": 2,
-           "runs": [{"name": "lora-r4", "method": "lora", "lora_r": 4},
-                    {"name": "broken", "method": "lora", "target_modules": ["no_such_module"]},
-                    {"name": "prefix-proj", "method": "prefix", "prefix_projection": True},
-                    {"name": "bitfit", "method": "bitfit"}]}
+           "max_steps": 4, "batch_size": 4, "max_length": 96, "heldout_size": 10, "val_size": 8, "eval_records": 2,
+           "max_new_tokens": 8, "samples": 2, "seeds": SEEDS, "eval_every": 2, "lr_factors": [1, 3],
+           "runs": [{"name": "lora-r4", "method": "lora", "lora_r": 4, "lr": [1e-3, 1e-2]},
+                    {"name": "prefix-proj", "method": "prefix", "prefix_projection": True, "lr": "auto"},
+                    {"name": "broken", "method": "lora", "target_modules": ["no_such_module"], "lr": 1e-3}]}
     path = tmp_path_factory.mktemp("cfg") / "compare.yaml"
     path.write_text(yaml.safe_dump(cfg))
     r = run_cli("compare", "--config", str(path))
@@ -29,65 +33,153 @@ def compare_run(tmp_path_factory):
     return out, path, r
 
 
+def _rows(out):
+    return {n: json.load(open(out / n / "result.json")) for n in RUNS}
+
+
+def _table(md, first_column):
+    """The Markdown table whose header starts with `first_column`, as a list of cell lists (header first)."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_column} |"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            table.append([c.strip() for c in line.strip("|").split(" | ")])
+    return table
+
+
+def test_base_row_and_mean_std_over_seeds(compare_run):
+    out, _, _ = compare_run
+    base = json.load(open(out / "base" / "result.json"))
+    assert base["status"] == "ok" and all(base[k] is not None for k in ("heldout_loss", "rouge_l", "bleu_4", "val_loss"))
+    rows = _rows(out)
+    for name in ("lora-r4", "prefix-proj"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["seeds"] == SEEDS
+        for key in ("heldout_loss", "rouge_l", "bleu_4", "tokens_per_s"):
+            values = row[key + "_values"]
+            assert len(values) == 2 and row[key] == pytest.approx(statistics.mean(values))
+            assert row[key + "_std"] == pytest.approx(statistics.stdev(values))
+        # two seeds really are two trainings: different held-out losses
+        assert row["heldout_loss_values"][0] != row["heldout_loss_values"][1]
+        assert row["heldout_loss_vs_base"] == pytest.approx(row["heldout_loss"] - base["heldout_loss"])
+        assert row["heldout_loss_verdict_vs_base"] in ("better", "worse", "within noise")
+    md = (out / "report.md").read_text()
+    quality = _table(md, "run")
+    header, first = quality[0], quality[1]
+    assert first[0] == "base" and first[header.index("held-out loss")] == f"{base['heldout_loss']:.4f}"
+    lora = next(r for r in quality if r[0] == "lora-r4")
+    cell = lora[header.index("held-out loss")]
+    assert cell == f"{rows['lora-r4']['heldout_loss']:.4f} ± {rows['lora-r4']['heldout_loss_std']:.4f}"
+    assert lora[header.index("Δ loss vs base")] == f"{rows['lora-r4']['heldout_loss_vs_base']:+.4f}"
+    assert "Welch's two-sided t-test" in md and "within noise" in md
+    summary = json.load(open(out / "compare.json"))
+    assert summary["base"]["heldout_loss"] == base["heldout_loss"] and len(summary["runs"]) == 3
+
+
+def test_rate_is_chosen_on_validation_records_apart_from_the_heldout_ones(compare_run):
+    from llm_tuning.data.formats import load_records, split_records
+
+    out, _, _ = compare_run
+    split = json.load(open(out / "data" / "split.json"))
+    parts = {k: set(split[k]) for k in ("train", "validation", "heldout")}
+    assert len(parts["validation"]) == 8 and len(parts["heldout"]) == 10
+    assert not (parts["train"] & parts["validation"]) and not (parts["train"] & parts["heldout"])
+    assert not (parts["validation"] & parts["heldout"])
+    records = load_records(EN_DATA).records
+    validation = [records[i] for i in split["validation"]]
+    heldout = [json.dumps(records[i], sort_keys=True) for i in split["heldout"]]
+    rows = _rows(out)
+    for name, grid in (("lora-r4", [1e-3, 1e-2]), ("prefix-proj", None)):
+        row = rows[name]
+        sweep = row["sweep"]
+        assert len(sweep) == 2 and (grid is None or [s["lr"] for s in sweep] == grid)
+        for s in sweep:
+            for seed, v in zip(s["seeds"], s["val_losses"]):
+                point = out / name / f"lr{s['lr']:.3g}-seed{seed}"
+                # the validation loss is the training process's own, on exactly the validation records ...
+                assert json.load(open(point / "metrics.json"))["eval_loss"] == v
+                run_cfg = yaml.safe_load(open(point / "train.yaml"))
+                data = load_records(run_cfg["data"]).records
+                _, val = split_records(data, run_cfg["val_size"], run_cfg["seed"])
+                assert val == validation
+                # ... and the training process never saw a held-out record
+                assert not {json.dumps(r, sort_keys=True) for r in data} & set(heldout)
+                history = json.load(open(point / "metrics.json"))["log_history"]
+                assert [e["step"] for e in history if "eval_loss" in e] == [2, 4]
+            assert s["val_mean"] == pytest.approx(statistics.mean(s["val_losses"]))
+        assert row["lr"] == min(sweep, key=lambda s: s["val_mean"])["lr"]
+    md = (out / "report.md").read_text()
+    assert "| run | method | validation loss per rate | chosen | sweep seeds |" in md
+    assert f"| lora-r4 | lora | 0.001: {rows['lora-r4']['sweep'][0]['val_mean']:.4f} ± " in md
+
+
 def test_table_has_every_column_filled_for_ok_runs(compare_run):
     out, _, r = compare_run
-    results = {n: json.load(open(out / n / "result.json")) for n in ("lora-r4", "broken", "prefix-proj", "bitfit")}
-    for name in ("lora-r4", "prefix-proj", "bitfit"):
-        row = results[name]
-        assert row["status"] == "ok"
-        for key in ("trainable_params", "total_params", "adapter_bytes", "peak_rss_mib", "estimated_mib", "tokens_per_s", "wall_s",
-                    "final_train_loss", "heldout_loss", "rouge_l", "bleu_4", "mergeable", "train_tokens"):
+    rows = _rows(out)
+    for name in ("lora-r4", "prefix-proj"):
+        row = rows[name]
+        for key in ("trainable_params", "total_params", "adapter_bytes", "peak_rss_mib", "estimated_mib", "tokens_per_s",
+                    "wall_s", "final_train_loss", "heldout_loss", "rouge_l", "bleu_4", "mergeable", "train_tokens"):
             assert row.get(key) is not None, (name, key)
         assert row["peak_rss_mib"] > 0 and row["process_peak_rss_mib"] > 100 and row["tokens_per_s"] > 0 and row["adapter_bytes"] > 0
     # same budget: every run trained on exactly the same real tokens
-    assert len({results[n]["train_tokens"] for n in ("lora-r4", "prefix-proj", "bitfit")}) == 1
-    assert results["lora-r4"]["mergeable"] and not results["prefix-proj"]["mergeable"]
+    assert len({rows[n]["train_tokens"] for n in ("lora-r4", "prefix-proj")}) == 1
+    assert rows["lora-r4"]["mergeable"] and not rows["prefix-proj"]["mergeable"]
     md = (out / "report.md").read_text()
-    header = next(l for l in md.splitlines() if l.startswith("| run |"))
+    cost = _table(md, "run")  # quality first
+    headers = [l for l in md.splitlines() if l.startswith("| run |")]
+    for col in ("held-out loss", "ROUGE-L", "BLEU-4", "final train loss", "Δ loss vs base", "lr", "seeds"):
+        assert col in headers[0]
     for col in ("trainable params", "trainable %", "adapter size", "training memory MiB (measured)",
-                "training memory MiB (estimated)", "train tokens/s", "wall s", "final train loss", "held-out loss",
-                "ROUGE-L", "BLEU-4", "mergeable"):
-        assert col in header
-    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 |") or l.startswith("| bitfit |")]
-    assert len(ok_rows) == 2 and all("|  |" not in l for l in ok_rows)  # no empty cell
-    assert "## Sample generations" in md and md.count("- *reference*:") == 2
+                "training memory MiB (estimated)", "train tokens/s", "wall s", "mergeable"):
+        assert col in headers[1]
+    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora | ok")]
+    assert len(ok_rows) >= 2 and all("|  |" not in l for l in ok_rows)  # no empty cell
+    assert cost[0][0] == "run" and "## Sample generations" in md and md.count("- *reference*:") == 2
+    assert "## Time" in md and "base evaluation" in md and "learning-rate sweep" in md
 
 
 def test_broken_method_is_a_failed_row_and_the_others_ran(compare_run):
     out, _, r = compare_run
     broken = json.load(open(out / "broken" / "result.json"))
     assert broken["status"] == "failed" and "no_such_module" in broken["error"]
-    assert "broken: FAILED" in r.stdout and "[4/4] bitfit" in r.stdout
+    assert "broken lr 0.001 seed 0: FAILED" in r.stdout and "[10/10] broken" in r.stdout
     assert "| broken | lora | failed:" in (out / "report.md").read_text()
     assert "class='failed'" in (out / "report.html").read_text()
 
 
 def test_plots_are_valid_pngs_and_html_is_self_contained(compare_run):
+    from PIL import Image
+
     out, _, _ = compare_run
-    for name in ("loss_curves.png", "heldout_loss_vs_params.png"):
+    names = ("loss_curves.png", "heldout_loss_vs_params.png", "scores.png", "lr_sweep.png")
+    for name in names:
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
-        from PIL import Image
-
         with Image.open(out / name) as im:
-            assert im.size[0] > 400 and im.size[1] > 300
+            assert im.size[0] > 400 and im.size[1] > 150
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    assert page.count("data:image/png;base64,") == len(names) and "<table>" in page
 
 
 def test_rerun_resumes_only_what_is_not_done(compare_run):
     out, path, _ = compare_run
-    first = json.load(open(out / "bitfit" / "result.json"))
-    os.remove(out / "bitfit" / "result.json")
+    point = out / "prefix-proj" / f"lr{_rows(out)['prefix-proj']['lr']:.3g}-seed1"
+    first = json.load(open(point / "result.json"))
+    os.remove(point / "result.json")
     r = run_cli("compare", "--config", str(path))
     assert r.returncode == 0, r.stderr
-    assert "lora-r4: done already" in r.stdout and "prefix-proj: done already" in r.stdout
-    assert "[4/4] bitfit (bitfit): training" in r.stdout
-    again = json.load(open(out / "bitfit" / "result.json"))
+    assert "base: done already" in r.stdout and "lora-r4 lr 0.001 seed 0: done already" in r.stdout
+    assert r.stdout.count(": training") == 1 and "prefix-proj (prefix): training 1 point(s)" in r.stdout
+    assert f"prefix-proj lr {first['lr']:.3g} seed 1: validation loss" in r.stdout
+    again = json.load(open(point / "result.json"))
     assert again["status"] == "ok"
     # its training had finished: nothing is trained again, and the row keeps that training's speed and memory
-    assert "nothing left to train" in (out / "bitfit" / "train.log").read_text()
-    for k in ("tokens_per_s", "peak_rss_mib", "train_tokens", "heldout_loss"):
+    assert "nothing left to train" in (point / "train.log").read_text()
+    for k in ("tokens_per_s", "peak_rss_mib", "train_tokens", "heldout_loss", "val_loss"):
         assert again[k] == first[k] and again[k], k
 
 
@@ -99,13 +191,34 @@ def test_force_reruns_from_scratch(compare_run, tmp_path):
     copy = tmp_path / "report"
     shutil.copytree(out, copy)
     cfg = yaml.safe_load(path.read_text())
-    cfg.update(output_dir=str(copy), runs=[{"name": "bitfit", "method": "bitfit"}])
+    cfg.update(output_dir=str(copy), seeds=[0], runs=[{"name": "lora-r4", "method": "lora", "lora_r": 4, "lr": 0.01}])
     one = tmp_path / "one.yaml"
     one.write_text(yaml.safe_dump(cfg))
-    steps = int(r.stdout.split(" steps of ")[0].rsplit(" ", 1)[1])
     r2 = run_cli("compare", "--config", str(one), "--force")
     assert r2.returncode == 0, r2.stderr
-    assert "[1/1] bitfit (bitfit): training" in r2.stdout
-    metrics = json.load(open(copy / "bitfit" / "metrics.json"))
-    assert metrics["steps"] == steps
-    assert sorted(n for n in os.listdir(copy / "bitfit") if n.startswith("checkpoint-")) == [f"checkpoint-{steps}"]
+    assert "lora-r4 (lora): training 1 point(s)" in r2.stdout and "base: evaluating" in r2.stdout
+    assert "[1/1] lora-r4 lr 0.01 seed 0: validation loss" in r2.stdout
+    assert sorted(os.listdir(copy / "lora-r4")) == ["lr0.01-seed0", "result.json"]  # the sweep's points are gone
+    point = copy / "lora-r4" / "lr0.01-seed0"
+    assert json.load(open(point / "metrics.json"))["steps"] == 4
+    assert sorted(n for n in os.listdir(point) if n.startswith("checkpoint-")) == ["checkpoint-4"]
+    assert "nothing left to train" not in (point / "train.log").read_text()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lr: fast\n", "'lr' must be a positive number, a list of them, or auto"),
+    ("seeds: [0, zero]\n", "'seeds' must be a list of distinct integers"),
+    ("eval_every: soon\n", "'eval_every' has a bad value"),
+    ("colour: red\n", "unknown option 'colour'"),
+    ("runs: [{name: a, method: lora, lora_rank: 4}]\n", "run 'a': unknown option 'lora_rank'"),
+    ("runs: [{name: a, method: lora, seed: 3}]\n", "run 'a': 'seed' is set by compare"),
+    ("runs: [{name: a, method: lora, lr: [0.1, -1]}]\n", "run 'a': 'lr' must be a positive number"),
+])
+def test_bad_compare_yaml_is_one_line(tmp_path, text, expected):
+    cfg = tmp_path / "c.yaml"
+    body = "model: m\ndata: d\noutput_dir: o\nmax_steps: 2\n"
+    if not text.startswith("runs:"):
+        body += "runs: [{name: a, method: lora}]\n"
+    cfg.write_text(body + text)
+    r = run_cli("compare", "--config", str(cfg))
+    assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr

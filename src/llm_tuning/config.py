@@ -366,6 +366,24 @@ class CompareConfig:
     samples: int = option(3, "sample answers shown in the report", group=E)
     title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=E)
     common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=T)
+    heldout_size: float = option(0.1, "held-out records of the table (a fraction or a count): every run and the "
+                                      "base are scored on them, nothing is chosen on them", group=D)
+    val_size: float = option(0.1, "validation records (a fraction or a count), apart from the held-out ones: "
+                                  "the learning rate is chosen on them, the loss during training measured on them",
+                             group=D)
+    split_seed: int = option(0, "seed of the held-out / validation / training split (one split for every run)",
+                             group=D)
+    seeds: list = option([], "training seeds: each run is repeated per seed, the table shows mean ± std "
+                             "(default: the train option seed alone)", group=T)
+    lr: object = option(None, "learning rate of the runs that set none: a number, a list of rates to sweep, or "
+                              "auto (the method's default rate times lr_factors); default: the method's rate",
+                        group=T)
+    lr_factors: list = option([1 / 3, 1, 3], "lr: auto sweeps the method's default rate times these factors "
+                                             "(default 1/3, 1, 3)", group=T)
+    sweep_seeds: int | None = option(None, "a sweep trains each rate on the first N seeds only (default: all); "
+                                           "the chosen rate then trains on every seed", group=T)
+    eval_every: int | None = option(None, "validation loss every N steps during training (default: 8 points "
+                                          "per run)", group=E)
 
 
 Q = "quantisation lab"

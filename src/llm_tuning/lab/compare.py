@@ -1,10 +1,15 @@
-"""`llm-tuning compare`: several methods on one model, data, seed and budget, side by side in a report.
+"""`llm-tuning compare`: several methods on one model, data and budget, over seeds and learning rates, against
+the untouched model, side by side in a report.
 
-Every run trains in its own process (so its peak memory is its own) on the same records in the same order
-with the same batch size and number of steps, hence the same real training tokens; then it is evaluated on
-the same held-out records (response loss, and ROUGE/BLEU of greedy answers). A run that fails is a failed
-row with its error; the others go on. Finished runs keep a result.json, so an interrupted comparison resumes
-with the runs not yet done.
+The records are split once (split_seed) into training, validation and held-out records. Every run trains on the
+same training records in its own process, with the same batch size and number of steps (hence the same real
+training tokens), at each of its learning rates and seeds; the training process measures the validation loss
+every eval_every steps and at the end. A run's rate is the one of least mean validation loss over its sweep
+seeds; the held-out records, which the table reports (held-out loss, ROUGE / BLEU of greedy answers), are never
+used to choose anything. The base model is evaluated once on the same records.
+
+Each point (run x rate x seed) keeps a result.json, so an interrupted comparison resumes with the points not yet
+done; a point that fails is recorded and the others go on; --force starts every run afresh.
 """
 
 from __future__ import annotations
@@ -12,198 +17,264 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
-import yaml
-
-from ..config import FIELDS, TrainConfig
 from ..errors import UserError
+from .aggregate import choose_lr, noise_summary, run_row, sweep_table
+from .points import estimate_mib, evaluate_base, evaluate_point, point_name, read_json, train_points, write_json
+from .settings import load_compare_config, lr_grid
 
-COMPARE_KEYS = {"model", "data", "output_dir", "runs", "budget_tokens", "max_steps", "eval_records",
-                "max_new_tokens", "samples", "title", "common"}
-
-
-def load_compare_config(path: str) -> dict:
-    from ..config import load_yaml
-
-    cfg = load_yaml(path)
-    unknown = set(cfg) - COMPARE_KEYS - set(FIELDS)
-    if unknown:
-        raise UserError(f"{path}: unknown option {sorted(unknown)[0]!r}")
-    for key in ("model", "data", "output_dir", "runs"):
-        if not cfg.get(key):
-            raise UserError(f"{path}: {key!r} is required")
-    if not isinstance(cfg["runs"], list) or not all(isinstance(r, dict) and r.get("name") and r.get("method")
-                                                   for r in cfg["runs"]):
-        raise UserError(f"{path}: 'runs' must be a list of mappings, each with a name and a method")
-    names = [r["name"] for r in cfg["runs"]]
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: run names must be unique")
-    return cfg
+__all__ = ["load_compare_config", "run_compare", "split_three_ways", "arranged_for_seed"]
 
 
-def _shared_settings(cfg: dict) -> dict:
-    """TrainConfig keys shared by every run: the top-level ones and `common`."""
-    shared = {k: v for k, v in cfg.items() if k in FIELDS and k not in ("output_dir", "method")}
-    shared.update(cfg.get("common") or {})
-    shared.setdefault("seed", 42)
-    shared.setdefault("val_size", 0.1)
-    shared.setdefault("batch_size", 8)
-    return shared
+def split_three_ways(records: list[dict], heldout_size: float, val_size: float, seed: int):
+    """(training, validation, held-out) index lists: held-out first, then validation from the rest."""
+    from ..data.formats import split_records
+
+    idx = [{"i": i} for i in range(len(records))]
+    rest, heldout = split_records(idx, heldout_size, seed)
+    train, val = split_records(rest, val_size, seed) if val_size else (rest, [])
+    return [r["i"] for r in train], [r["i"] for r in val], [r["i"] for r in heldout]
 
 
-def _steps_for_budget(cfg: dict, shared: dict, train_records: list[dict]) -> int:
+def arranged_for_seed(train: list[dict], val: list[dict], seed: int) -> list[dict]:
+    """Training and validation records in the one order in which `train --val-size len(val) --seed seed` splits
+    them back into exactly `train` (in its order) and `val`: the training process then measures its validation
+    loss on our validation records, whatever its seed."""
+    from ..data.formats import split_records
+
+    if not val:
+        return list(train)
+    import random
+
+    n = len(train) + len(val)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)  # as split_records draws its validation positions
+    val_pos = set(order[:len(val)])
+    it_train, it_val = iter(train), iter(val)
+    arranged = [next(it_val) if i in val_pos else next(it_train) for i in range(n)]
+    assert split_records(arranged, len(val), seed) == (train, val), "split_records changed its draw"
+    return arranged
+
+
+def _steps_for_budget(cc, shared: dict, train_records: list[dict]) -> int:
     """Steps giving about `budget_tokens` real training tokens (all runs get the same steps, so the same tokens)."""
-    if cfg.get("max_steps"):
-        return int(cfg["max_steps"])
-    if not cfg.get("budget_tokens"):
-        raise UserError("compare: set either budget_tokens or max_steps")
+    if cc.max_steps:
+        return int(cc.max_steps)
     from ..data.cache import tokenized_dataset
     from ..data.tokenize import prepare_tokenizer
     from ..models.load import load_tokenizer
 
-    tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cfg["model"]), log=lambda m: None)
+    tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cc.model), log=lambda m: None)
     # Through the cache: the runs tokenise exactly these records the same way, and then find them there.
     ds, _ = tokenized_dataset(tok, train_records, shared.get("template", "default"), shared.get("max_length", 512),
                               shared.get("cache", True), log=lambda m: None)
     mean = sum(len(x) for x in ds["input_ids"]) / max(1, len(ds))
     per_step = mean * shared["batch_size"] * shared.get("grad_accum", 1)
-    return max(1, round(cfg["budget_tokens"] / per_step))
+    return max(1, round(cc.budget_tokens / per_step))
 
 
-def _run_training(run_cfg: dict, run_dir: str, log_path: str):
-    """Train in a child process; returns (exit status, wall seconds, last error line)."""
-    cfg_path = os.path.join(run_dir, "train.yaml")
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump(run_cfg, f, allow_unicode=True)
-    t = time.time()
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "llm_tuning", "train", "--config", cfg_path, "--resume"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        code = proc.wait()
-    wall = time.time() - t
-    error = ""
-    if code != 0:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            lines = [l.strip() for l in f if l.strip() and not l.startswith(("training:", "Loading", "Writing"))]
-        error = lines[-1] if lines else f"exit code {code}"
-    return code, wall, error
+class _Comparison:
+    """The state of one `compare` invocation: settings, split, data files, counters and timings."""
+
+    def __init__(self, config_path: str, force: bool, log):
+        from ..data.formats import load_records
+
+        t = time.time()
+        self.cc, self.shared = load_compare_config(config_path)
+        self.force, self.log, self.out = force, log, self.cc.output_dir
+        records = load_records(self.cc.data, self.shared.get("skip_bad_records", False),
+                               encoding=self.shared.get("encoding")).records
+        try:
+            tr, va, ho = split_three_ways(records, self.cc.heldout_size, self.cc.val_size, self.cc.split_seed)
+        except UserError as e:
+            raise UserError(f"{config_path}: heldout_size {self.cc.heldout_size} and val_size {self.cc.val_size} "
+                            f"of {len(records)} records: {e}") from None
+        self.split = {"train": tr, "validation": va, "heldout": ho}
+        self.train, self.val, self.heldout = ([records[i] for i in part] for part in (tr, va, ho))
+        self.grids = {r["name"]: lr_grid(r, self.cc) for r in self.cc.runs}
+        if not self.val and any(len(g) > 1 for g in self.grids.values()):
+            raise UserError(f"{config_path}: a learning-rate sweep needs validation records (val_size > 0)")
+        self.steps = _steps_for_budget(self.cc, self.shared, self.train)
+        self.eval_every = self.cc.eval_every or max(1, self.steps // 8)
+        self.timings = {"split and tokenisation": time.time() - t}
+        self.done, self.total = 0, sum(self._points_of(r) for r in self.cc.runs)
+
+    def _sweep_seeds(self, run) -> list[int]:
+        seeds = self.cc.seeds
+        return seeds[: self.cc.sweep_seeds] if len(self.grids[run["name"]]) > 1 and self.cc.sweep_seeds else seeds
+
+    def _points_of(self, run) -> int:
+        grid, sweep = self.grids[run["name"]], self._sweep_seeds(run)
+        return len(grid) * len(sweep) + len(self.cc.seeds) - len(sweep)
+
+    def prepare_folders(self):
+        os.makedirs(os.path.join(self.out, "data"), exist_ok=True)
+        if self.force:
+            # a forced run starts afresh: points train with --resume (so an interrupted comparison continues), and
+            # would otherwise resume from the finished checkpoint of the run being replaced
+            for name in [r["name"] for r in self.cc.runs] + ["base"]:
+                if os.path.isdir(os.path.join(self.out, name)):
+                    shutil.rmtree(os.path.join(self.out, name))
+        self.data_paths = {}
+        for seed in self.cc.seeds:  # every run of a seed reads the same file: the training records, then in order
+            path = os.path.join(self.out, "data", f"train-seed{seed}.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(arranged_for_seed(self.train, self.val, seed), f, ensure_ascii=False)
+            self.data_paths[seed] = os.path.abspath(path)
+        write_json(os.path.join(self.out, "data", "split.json"),
+                   {"data": self.cc.data, "split_seed": self.cc.split_seed, **self.split})
+
+    def _eval_args(self):
+        return (self.heldout, self.cc.eval_records, self.cc.max_new_tokens, self.shared.get("template", "default"),
+                self.shared.get("max_length", 512))
+
+    def base(self) -> dict:
+        path = os.path.join(self.out, "base", "result.json")
+        row = read_json(path)
+        if row is None:
+            self.log("base: evaluating the untouched model on the held-out and validation records ...")
+            t = time.time()
+            try:
+                row = evaluate_base(self.cc.model, self.heldout, self.val, *self._eval_args()[1:],
+                                    os.path.dirname(path))
+            except Exception as e:  # the comparison goes on without its reference line
+                row = {"name": "base", "status": "failed", "error": f"{type(e).__name__}: {e}"}
+            row["eval_s"] = round(time.time() - t, 1)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, row)
+        else:
+            self.log("base: done already (base/result.json), skipped")
+        if row.get("status") == "ok":
+            self.log(f"base: held-out loss {row['heldout_loss']:.4f}, ROUGE-L {row['rouge_l']:.2f}, "
+                     f"validation loss {row['val_loss'] or float('nan'):.4f}")
+        return row
+
+    def run_settings(self, run, lr: float, seed: int, run_dir: str) -> dict:
+        return {**self.shared, **{k: v for k, v in run.items() if k not in ("name", "lr")}, "model": self.cc.model,
+                "data": self.data_paths[seed], "output_dir": run_dir, "val_size": len(self.val), "seed": seed,
+                "lr": lr, "max_steps": self.steps, "save_steps": self.steps, "eval_steps": self.eval_every,
+                "resume": True}
+
+    def _label(self, run, lr, seed):
+        return f"{run['name']} lr {lr:.3g} seed {seed}"
+
+    def trained(self, run, wanted: list[tuple[float, int]]) -> dict:
+        """{(lr, seed): point result} for `wanted`: read from each point's result.json, the others trained one
+        after another in one process (and their result.json written as each ends)."""
+        rows, jobs = {}, []
+        for lr, seed in wanted:
+            run_dir = os.path.join(self.out, run["name"], point_name(lr, seed))
+            row = read_json(os.path.join(run_dir, "result.json"))
+            if row is not None:
+                rows[(lr, seed)] = row
+                self.done += 1
+                self.log(f"[{self.done}/{self.total}] {self._label(run, lr, seed)}: done already (result.json), skipped")
+            else:
+                jobs.append({"config": self.run_settings(run, lr, seed, run_dir), "dir": run_dir, "name": run["name"],
+                             "lr": lr, "seed": seed})
+        if not jobs:
+            return rows
+        self.log(f"{run['name']} ({run['method']}): training {len(jobs)} point(s) of {self.steps} steps in one process ...")
+
+        def done(job, row):
+            self.done += 1
+            label = f"[{self.done}/{self.total}] {self._label(run, job['lr'], job['seed'])}"
+            if row["status"] != "ok":
+                self.log(f"{label}: FAILED: {row['error']}")
+            else:
+                self.log(f"{label}: validation loss {row['val_loss'] or float('nan'):.4f}, "
+                         f"{row['tokens_per_s'] or 0:.0f} tokens/s, {row['wall_s'] or 0:.0f} s")
+            write_json(os.path.join(job["dir"], "result.json"), row)
+            rows[(job["lr"], job["seed"])] = row
+
+        train_points(jobs, os.path.join(self.out, run["name"], "jobs.json"), done)
+        return rows
+
+    def evaluated(self, run, lr: float, seed: int, row: dict) -> dict:
+        """The point scored on the held-out records (once: the scores are kept in its result.json)."""
+        if row["status"] != "ok" or "heldout_loss" in row:
+            return row
+        run_dir = os.path.join(self.out, run["name"], point_name(lr, seed))
+        evaluate_point(row, run_dir, self.cc.model, *self._eval_args())
+        label = self._label(run, lr, seed)
+        if row["status"] == "ok":
+            self.log(f"    {label}: held-out loss {row['heldout_loss']:.4f}, ROUGE-L {row['rouge_l']:.2f}")
+        else:
+            self.log(f"    {label}: FAILED in evaluation: {row['error']}")
+        write_json(os.path.join(run_dir, "result.json"), row)
+        return row
+
+    def run(self, run, base: dict) -> dict:
+        """Sweep the run's rates on its sweep seeds, choose on validation, train and evaluate every seed there."""
+        grid, seeds = self.grids[run["name"]], self.cc.seeds
+        sweep, chosen = None, grid[0]
+        if len(grid) > 1:
+            sweep_seeds = self._sweep_seeds(run)
+            points = self.trained(run, [(lr, s) for lr in grid for s in sweep_seeds])
+            sweep = sweep_table(grid, points, sweep_seeds)
+            chosen = choose_lr(sweep)
+            losses = ", ".join(f"{r['lr']:.3g}: " + (f"{r['val_mean']:.4f}" if r["eligible"] else "failed") for r in sweep)
+            self.log(f"    {run['name']}: " + (f"learning rate {chosen:.3g} chosen" if chosen is not None else
+                                               "no rate trained") + f" on the mean validation loss ({losses})")
+            rest = [s for s in seeds if s not in sweep_seeds] if chosen is not None else []
+            points.update(self.trained(run, [(chosen, s) for s in rest]))
+        else:
+            points = self.trained(run, [(chosen, s) for s in seeds])
+        finals = [self.evaluated(run, chosen, s, points[(chosen, s)]) for s in seeds] if chosen is not None else []
+        row = run_row(run, grid, sweep, chosen, finals, base if base.get("status") == "ok" else None,
+                      estimate_mib(self.run_settings(run, chosen or grid[0], seeds[0], "")), list(points.values()))
+        write_json(os.path.join(self.out, run["name"], "result.json"), row)
+        return row
 
 
-def _estimate(run_cfg: dict):
-    """The estimator's training-memory figure for this run, MiB (None where it cannot say)."""
-    from .estimate import estimate, load_config
-
-    try:
-        opts = TrainConfig(**{k: v for k, v in run_cfg.items() if k in FIELDS})
-        r = estimate(load_config(run_cfg["model"]), opts.method, opts.precision, opts.quantization, opts.batch_size,
-                     opts.max_length, opts.gradient_checkpointing, opts)
-        return r["total"] / 2**20
-    except Exception:  # the estimate is a column of the report, never a reason to fail a run
-        return None
-
-
-def _dir_size(path: str, names) -> int:
-    return sum(os.path.getsize(os.path.join(path, n)) for n in names if os.path.exists(os.path.join(path, n)))
-
-
-def _evaluate(run_dir: str, model: str, val: list[dict], eval_records: int, max_new_tokens: int,
-              template: str, max_length: int) -> dict:
-    from ..infer import load_for_inference
-    from ..train.heldout import response_loss
-    from .scoring import generation_metrics
-
-    m, tok, _ = load_for_inference(model, run_dir)
-    loss = response_loss(m, tok, val, template, max_length)
-    gen = generation_metrics(m, tok, val[:eval_records], template, max_new_tokens,
-                             predictions_path=os.path.join(run_dir, "predictions.jsonl"))
-    return {"heldout_loss": loss["loss"], "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
-            "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"]}
+def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:
+    """Seconds per part of the comparison (training and evaluation from the points' own records, so a resumed
+    comparison counts the work done before it too)."""
+    sweep_s = final_s = eval_s = 0.0
+    for run in cmp.cc.runs:
+        name = run["name"]
+        for entry in os.listdir(os.path.join(cmp.out, name)) if os.path.isdir(os.path.join(cmp.out, name)) else []:
+            p = read_json(os.path.join(cmp.out, name, entry, "result.json"))
+            if not p:
+                continue
+            in_sweep = len(cmp.grids[name]) > 1 and p["seed"] in cmp._sweep_seeds(run)
+            if in_sweep:
+                sweep_s += p.get("wall_s") or 0
+            else:
+                final_s += p.get("wall_s") or 0
+            eval_s += p.get("eval_s") or 0
+    return {**cmp.timings, "base evaluation": base.get("eval_s") or 0.0,
+            "training: learning-rate sweep (every rate x sweep seed)": sweep_s,
+            "training at one rate (runs not swept, seeds beyond sweep_seeds)": final_s,
+            "held-out evaluation (loss, ROUGE / BLEU)": eval_s}
 
 
 def run_compare(config_path: str, force: bool = False, log=print) -> dict:
-    from ..data.formats import load_records, split_records
-    from ..methods import get_method
-
-    cfg = load_compare_config(config_path)
-    out = cfg["output_dir"]
-    shared = _shared_settings(cfg)
-    records = load_records(cfg["data"], shared.get("skip_bad_records", False)).records
-    train_recs, val_recs = split_records(records, shared["val_size"], shared["seed"])
-    steps = _steps_for_budget(cfg, shared, train_recs)
-    os.makedirs(out, exist_ok=True)
-    data_path = os.path.join(out, "train.json")  # every run reads the same split
-    with open(data_path, "w", encoding="utf-8") as f:
-        json.dump(train_recs, f, ensure_ascii=False)
-    log(f"compare: {len(cfg['runs'])} runs on {cfg['model']}, {len(train_recs)} training / {len(val_recs)} held-out "
-        f"records, {steps} steps of {shared['batch_size']} each")
-
-    results = []
-    for i, run in enumerate(cfg["runs"], 1):
-        name = run["name"]
-        run_dir = os.path.join(out, name)
-        result_path = os.path.join(run_dir, "result.json")
-        if os.path.exists(result_path) and not force:
-            with open(result_path) as f:
-                results.append(json.load(f))
-            log(f"[{i}/{len(cfg['runs'])}] {name}: done already (result.json), skipped")
-            continue
-        if force and os.path.isdir(run_dir):
-            # a forced run starts afresh: runs train with --resume (so an interrupted comparison continues), and
-            # would otherwise resume from the finished checkpoint of the run being replaced
-            shutil.rmtree(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
-        run_cfg = {**shared, **{k: v for k, v in run.items() if k != "name"}, "model": cfg["model"],
-                   "data": os.path.abspath(data_path), "output_dir": run_dir, "val_size": 0, "max_steps": steps,
-                   "save_steps": max(steps, 1)}
-        log(f"[{i}/{len(cfg['runs'])}] {name} ({run['method']}): training {steps} steps ...")
-        code, wall, error = _run_training(run_cfg, run_dir, os.path.join(run_dir, "train.log"))
-        row = {"name": name, "method": run["method"], "status": "ok", "estimated_mib": _estimate(run_cfg),
-               "wall_s": round(wall, 1)}
-        if code != 0:
-            row.update(status="failed", error=error)
-            log(f"[{i}/{len(cfg['runs'])}] {name}: FAILED: {error}")
-        else:
-            try:
-                with open(os.path.join(run_dir, "metrics.json")) as f:
-                    metrics = json.load(f)
-                row.update(
-                    trainable_params=metrics["trainable_params"], total_params=metrics["total_params"],
-                    train_tokens=metrics.get("train_tokens"),
-                    # training memory: peak RSS above the process's RSS just before the model was loaded,
-                    # the quantity the estimator predicts
-                    peak_rss_mib=round(metrics["peak_rss_mib"] - metrics["rss_before_model_mib"], 1),
-                    # the training process's own high-water mark (VmHWM; not the child's ru_maxrss, into which
-                    # Linux carries this parent's high-water mark)
-                    process_peak_rss_mib=metrics["peak_rss_mib"],
-                    tokens_per_s=(metrics["train_tokens"] / metrics["train_seconds"]) if metrics.get("train_seconds") else None,
-                    final_train_loss=next((e["loss"] for e in reversed(metrics["log_history"]) if "loss" in e), None),
-                    loss_curve=[(e["step"], e["loss"]) for e in metrics["log_history"] if "loss" in e],
-                    adapter_bytes=_dir_size(run_dir, ("adapter_model.safetensors", "bitfit.safetensors",
-                                                      "model.safetensors")),
-                    mergeable=get_method(run["method"]).mergeable,
-                )
-                row.update(_evaluate(run_dir, cfg["model"], val_recs, cfg.get("eval_records", 20),
-                                     cfg.get("max_new_tokens", 64), shared.get("template", "default"),
-                                     shared.get("max_length", 512)))
-                log(f"[{i}/{len(cfg['runs'])}] {name}: held-out loss {row['heldout_loss']:.4f}, "
-                    f"ROUGE-L {row['rouge_l']:.2f}, {row['tokens_per_s'] or 0:.0f} tokens/s, {wall:.0f} s")
-            except Exception as e:  # an evaluation failure is this run's failure, not the comparison's
-                row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                log(f"[{i}/{len(cfg['runs'])}] {name}: FAILED in evaluation: {row['error']}")
-        with open(result_path, "w") as f:
-            json.dump(row, f, indent=2, ensure_ascii=False)
-        results.append(row)
+    t0 = time.time()
+    cmp = _Comparison(config_path, force, log)
+    cmp.prepare_folders()
+    cc = cmp.cc
+    log(f"compare: {len(cc.runs)} runs x {len(cc.seeds)} seeds on {cc.model}, {len(cmp.train)} training / "
+        f"{len(cmp.val)} validation / {len(cmp.heldout)} held-out records, {cmp.steps} steps of "
+        f"{cmp.shared['batch_size']} each, {cmp.total} trainings")
+    base = cmp.base()
+    rows = [cmp.run(run, base) for run in cc.runs]
+    noise = noise_summary(rows)
+    timings = _timings(cmp, base, rows)
 
     from .report import write_report
 
-    summary = {"title": cfg.get("title") or f"Method comparison on {os.path.basename(cfg['model'].rstrip('/'))}",
-               "model": cfg["model"], "data": cfg["data"], "steps": steps, "batch_size": shared["batch_size"],
-               "seed": shared["seed"], "train_records": len(train_recs), "heldout_records": len(val_recs),
-               "eval_records": min(cfg.get("eval_records", 20), len(val_recs)), "samples": cfg.get("samples", 3),
-               "heldout": val_recs}
-    paths = write_report(out, summary, results)
+    summary = {"title": cc.title or f"Method comparison on {os.path.basename(cc.model.rstrip('/'))}",
+               "model": cc.model, "data": cc.data, "steps": cmp.steps, "batch_size": cmp.shared["batch_size"],
+               "seeds": cc.seeds, "split_seed": cc.split_seed, "train_records": len(cmp.train),
+               "val_records": len(cmp.val), "heldout_records": len(cmp.heldout), "eval_every": cmp.eval_every,
+               "eval_records": min(cc.eval_records, len(cmp.heldout)), "samples": cc.samples,
+               "lr_factors": cc.lr_factors, "sweep_seeds": cc.sweep_seeds, "heldout": cmp.heldout,
+               "noise": noise, "timings": timings}
+    timings["this invocation up to the report (wall)"] = time.time() - t0
+    paths = write_report(cc.output_dir, summary, base, rows)
+    write_json(os.path.join(cc.output_dir, "compare.json"),
+               {**{k: v for k, v in summary.items() if k != "heldout"}, "base": base, "runs": rows})
     log(f"report: {paths['md']} and {paths['html']}")
-    return {"results": results, **paths}
+    return {"results": rows, "base": base, **paths}

@@ -1,5 +1,6 @@
-"""The comparison report: one table, a loss-curve plot, a bar chart, sample generations; Markdown and a
-self-contained HTML page (plots embedded), written from the per-run results of `compare`."""
+"""The comparison report: the base row and every run's mean ± std over seeds with its difference to the base,
+the costs, which differences are within noise, the learning-rate sweep, the time each part took, the plots and
+sample answers; written as Markdown and as a self-contained HTML page (plots embedded) from the same blocks."""
 
 from __future__ import annotations
 
@@ -7,23 +8,8 @@ import base64
 import html
 import os
 
-COLUMNS = [
-    ("run", lambda r: r["name"]),
-    ("method", lambda r: r["method"]),
-    ("status", lambda r: r["status"] if r["status"] == "ok" else f"failed: {r.get('error', '')}"),
-    ("trainable params", lambda r: _int(r.get("trainable_params"))),
-    ("trainable %", lambda r: _pct(r)),
-    ("adapter size", lambda r: _size(r.get("adapter_bytes"))),
-    ("training memory MiB (measured)", lambda r: _num(r.get("peak_rss_mib"), 0)),
-    ("training memory MiB (estimated)", lambda r: _num(r.get("estimated_mib"), 0)),
-    ("train tokens/s", lambda r: _num(r.get("tokens_per_s"), 0)),
-    ("wall s", lambda r: _num(r.get("wall_s"), 1)),
-    ("final train loss", lambda r: _num(r.get("final_train_loss"), 4)),
-    ("held-out loss", lambda r: _num(r.get("heldout_loss"), 4)),
-    ("ROUGE-L", lambda r: _num(r.get("rouge_l"), 2)),
-    ("BLEU-4", lambda r: _num(r.get("bleu_4"), 2)),
-    ("mergeable", lambda r: "" if "mergeable" not in r else ("yes" if r["mergeable"] else "no")),
-]
+from . import plots
+from .stats import ALPHA
 
 
 def _int(v):
@@ -32,6 +18,24 @@ def _int(v):
 
 def _num(v, digits):
     return "" if v is None else f"{v:,.{digits}f}"
+
+
+def _ms(r, key, digits):
+    """mean ± std (the std left out with one seed)."""
+    m, s = r.get(key), r.get(key + "_std")
+    if m is None:
+        return ""
+    return f"{m:,.{digits}f}" + (f" ± {s:,.{digits}f}" if s is not None else "")
+
+
+def _delta(r, key, digits):
+    d = r.get(key + "_vs_base")
+    return "" if d is None else f"{d:+.{digits}f}"
+
+
+def _verdict(r, key):
+    v, p = r.get(key + "_verdict_vs_base"), r.get(key + "_p_vs_base")
+    return "" if v is None else v + (f" (p={p:.3g})" if p is not None else "")
 
 
 def _pct(r):
@@ -49,61 +53,131 @@ def _size(n):
         n /= 1024
 
 
-def table_rows(results):
-    return [[fn(r) for _, fn in COLUMNS] for r in results]
+def _status(r):
+    if r["status"] != "ok":
+        return f"failed: {r.get('error', '')}"
+    return "ok" if not r.get("error") else f"ok ({r['error']})"
 
 
-def plot_loss_curves(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: a comparison often has more than 10 runs
-    for i, r in enumerate(r for r in results if r.get("loss_curve")):
-        steps, losses = zip(*r["loss_curve"])
-        ax.plot(steps, losses, label=r["name"], linewidth=1.4, color=colors[i % len(colors)])
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss (response tokens)")
-    ax.set_title("Training loss by method (same data, order and budget)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_loss_vs_params(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = sorted((r for r in results if r.get("heldout_loss") is not None), key=lambda r: r["trainable_params"])
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    bars = ax.bar(range(len(ok)), [r["heldout_loss"] for r in ok], color="#4c78a8")
-    ax.set_xticks(range(len(ok)), [f"{r['name']}\n{r['trainable_params']:,} params" for r in ok], fontsize=7,
-                  rotation=0)
-    for b, r in zip(bars, ok):
-        ax.annotate(f"{r['heldout_loss']:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                    va="bottom", fontsize=8)
-    if ok:
-        lo = min(r["heldout_loss"] for r in ok)
-        ax.set_ylim(max(0, lo - 0.5), max(r["heldout_loss"] for r in ok) + 0.2)
-    ax.set_ylabel("held-out loss")
-    ax.set_title("Held-out loss vs trainable parameters (sorted by parameters)")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+QUALITY = [
+    ("run", lambda r: r["name"]),
+    ("method", lambda r: r["method"]),
+    ("status", _status),
+    ("lr", lambda r: "" if r.get("lr") is None else f"{r['lr']:.3g}"),
+    ("seeds", lambda r: ",".join(str(s) for s in r.get("seeds") or [])),
+    ("final train loss", lambda r: _ms(r, "final_train_loss", 4)),
+    ("validation loss", lambda r: _ms(r, "val_loss", 4)),
+    ("held-out loss", lambda r: _ms(r, "heldout_loss", 4)),
+    ("Δ loss vs base", lambda r: _delta(r, "heldout_loss", 4)),
+    ("loss vs base", lambda r: _verdict(r, "heldout_loss")),
+    ("ROUGE-L", lambda r: _ms(r, "rouge_l", 2)),
+    ("Δ ROUGE-L", lambda r: _delta(r, "rouge_l", 2)),
+    ("BLEU-4", lambda r: _ms(r, "bleu_4", 2)),
+    ("Δ BLEU-4", lambda r: _delta(r, "bleu_4", 2)),
+]
+COST = [
+    ("run", lambda r: r["name"]),
+    ("method", lambda r: r["method"]),
+    ("trainable params", lambda r: _int(r.get("trainable_params"))),
+    ("trainable %", _pct),
+    ("adapter size", lambda r: _size(r.get("adapter_bytes"))),
+    ("training memory MiB (measured)", lambda r: _num(r.get("peak_rss_mib"), 0)),
+    ("training memory MiB (estimated)", lambda r: _num(r.get("estimated_mib"), 0)),
+    ("train tokens/s", lambda r: _ms(r, "tokens_per_s", 0)),
+    ("wall s", lambda r: _num(r.get("wall_s"), 1)),
+    ("mergeable", lambda r: "" if "mergeable" not in r else ("yes" if r["mergeable"] else "no")),
+]
 
 
-def _samples(summary, results):
-    """[(instruction, reference, [(run, prediction)])] for the first few held-out records."""
+def _base_row(base):
+    if not base or base.get("status") != "ok":
+        return {"name": "base", "method": "untouched model", "status": "failed",
+                "error": (base or {}).get("error", "not evaluated")}
+    return {**base, "method": "untouched model", "heldout_loss_vs_base": 0.0, "rouge_l_vs_base": 0.0,
+            "bleu_4_vs_base": 0.0}
+
+
+def quality_rows(base, rows):
+    return [[fn(r) for _, fn in QUALITY] for r in [_base_row(base)] + rows]
+
+
+def cost_rows(rows):
+    return [[fn(r) for _, fn in COST] for r in rows]
+
+
+def _p(p):
+    return "no spread" if p is None else f"p={p:.3g}"
+
+
+def noise_text(summary, rows) -> list[str]:
+    n = len(summary["seeds"])
+    out = [f"Differences are tested with Welch's two-sided t-test over the {n} seeds of each run (against the base "
+           f"model, which is deterministic, a one-sample t-test against its value); p ≥ {ALPHA} is called *within "
+           f"noise*. With {n} seeds only large, consistent differences are told apart."]
+    if n < 2:
+        out.append("With one seed there is no spread to test: no difference can be called within noise or not.")
+    names = {"heldout_loss": "Held-out loss", "rouge_l": "ROUGE-L", "bleu_4": "BLEU-4"}
+    for key, info in summary["noise"].items():
+        tied = ", ".join(f"{t['name']} ({_p(t['p'])})" for t in info["within_noise_of_best"]) or "none"
+        same = [r["name"] for r in rows if r.get(key + "_verdict_vs_base") == "within noise"]
+        out.append(f"{names[key]}: best **{info['best']}**; within noise of it: {tied}. Within noise of the base "
+                   f"model: {', '.join(same) or 'none'}.")
+    return out
+
+
+def sweep_rows(rows):
+    out = []
+    for r in rows:
+        if not r.get("sweep"):
+            continue
+        cells = [f"{s['lr']:.3g}: " + (f"{s['val_mean']:.4f}" + (f" ± {s['val_std']:.4f}" if s["val_std"] else "")
+                                        if s["eligible"] else "failed") for s in r["sweep"]]
+        out.append([r["name"], r["method"], "; ".join(cells), "" if r.get("lr") is None else f"{r['lr']:.3g}",
+                    ",".join(str(s) for s in r["sweep"][0]["seeds"])])
+    return out
+
+
+def _setup(summary) -> str:
+    return (f"Model `{summary['model']}`; data `{summary['data']}`, split once (seed {summary['split_seed']}) into "
+            f"{summary['train_records']} training, {summary['val_records']} validation and "
+            f"{summary['heldout_records']} held-out records. Every run: {summary['steps']} steps of batch "
+            f"{summary['batch_size']} on the same training records, repeated for seeds "
+            f"{', '.join(map(str, summary['seeds']))}. The learning rate is chosen on the validation records "
+            f"(least mean validation loss after training; the validation loss is also measured every "
+            f"{summary['eval_every']} steps); the table reports the held-out records, which choose nothing: "
+            f"held-out loss on all of them, ROUGE-L / BLEU-4 of greedy answers to the first "
+            f"{summary['eval_records']}. Figures are mean ± standard deviation over the seeds at the chosen rate. "
+            f"Training memory: peak RSS above the process's RSS just before the model was loaded (measured on the "
+            f"first point of each training process: the points of a run train one after another in one process), and "
+            f"`llm-tuning estimate` from the config alone (estimated).")
+
+
+def _blocks(summary, base, rows, images):
+    """The report as (kind, content) blocks: h1/h2/p/table/img/samples."""
+    t = summary["timings"]
+    b = [("h1", summary["title"]), ("p", _setup(summary)),
+         ("h2", "Quality (mean ± std over seeds; the base model first)"),
+         ("table", ([c for c, _ in QUALITY], quality_rows(base, rows), [_base_row(base)] + rows)),
+         ("h2", "Cost"), ("table", ([c for c, _ in COST], cost_rows(rows), rows)),
+         ("h2", "Which differences are within noise")] + [("p", line) for line in noise_text(summary, rows)]
+    sweeps = sweep_rows(rows)
+    if sweeps:
+        b += [("h2", "Learning-rate sweep (validation loss, mean ± std over the sweep seeds)"),
+              ("table", (["run", "method", "validation loss per rate", "chosen", "sweep seeds"], sweeps, None))]
+    b += [("h2", "Time"), ("p", "Seconds per part; training and evaluation summed over the points' own records "
+                                 "(a resumed comparison counts the work of earlier invocations too)."),
+          ("table", (["part", "seconds"], [[k, f"{v:,.1f}"] for k, v in t.items()], None)),
+          ("h2", "Plots")] + [("img", (alt, path)) for alt, path in images]
+    if summary["samples"]:
+        b.append(("samples", _samples(summary, base, rows)))
+    return b
+
+
+def _samples(summary, base, rows):
+    """[(instruction, reference, [(run, prediction)])] for the first few held-out records (the first seed's)."""
     out = []
     for i, rec in enumerate(summary["heldout"][: summary["samples"]]):
-        preds = [(r["name"], r["samples"][i]) for r in results if r.get("samples") and i < len(r["samples"])]
+        preds = [(r["name"], r["samples"][i]) for r in [base or {}] + rows if r.get("samples") and i < len(r["samples"])]
         out.append((rec["instruction"] + ("\n" + rec["input"] if rec.get("input") else ""), rec["output"], preds))
     return out
 
@@ -112,53 +186,80 @@ def _md_cell(v):
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(out_dir, summary, results) -> dict:
-    os.makedirs(out_dir, exist_ok=True)
-    curves, bars = os.path.join(out_dir, "loss_curves.png"), os.path.join(out_dir, "heldout_loss_vs_params.png")
-    plot_loss_curves(results, curves)
-    plot_loss_vs_params(results, bars)
-    header = [c for c, _ in COLUMNS]
-    rows = table_rows(results)
-    setup = (f"Training memory: peak RSS above the process's RSS just before the model was loaded (measured), and "
-             f"`llm-tuning estimate` from the config alone (estimated). Model `{summary['model']}`; data `{summary['data']}` ({summary['train_records']} training, "
-             f"{summary['heldout_records']} held-out records); every run: {summary['steps']} steps of batch "
-             f"{summary['batch_size']}, seed {summary['seed']}, same records in the same order. Held-out loss on all "
-             f"held-out records; ROUGE-L/BLEU-4 of greedy answers on the first {summary['eval_records']}.")
+def _markdown(blocks) -> str:
+    md = []
+    for kind, c in blocks:
+        if kind in ("h1", "h2"):
+            md += [("# " if kind == "h1" else "## ") + c, ""]
+        elif kind == "p":
+            md += [c, ""]
+        elif kind == "table":
+            header, rows, _ = c
+            md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            md += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows] + [""]
+        elif kind == "img":
+            md += [f"![{c[0]}]({os.path.basename(c[1])})", ""]
+        elif kind == "samples":
+            md += ["## Sample generations", ""]
+            for instr, ref, preds in c:
+                md += [f"**Instruction:** {_md_cell(instr)}", "", f"- *reference*: {_md_cell(ref)}"]
+                md += [f"- **{name}**: {_md_cell(p) or '(empty)'}" for name, p in preds] + [""]
+    return "\n".join(md) + "\n"
 
-    md = [f"# {summary['title']}", "", setup, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
-    md += ["", "![loss curves](loss_curves.png)", "", "![held-out loss vs trainable parameters](heldout_loss_vs_params.png)", ""]
-    if summary["samples"]:
-        md += ["## Sample generations", ""]
-    for instr, ref, preds in _samples(summary, results):
-        md += [f"**Instruction:** {_md_cell(instr)}", "", f"- *reference*: {_md_cell(ref)}"]
-        md += [f"- **{name}**: {_md_cell(p) or '(empty)'}" for name, p in preds]
-        md.append("")
-    md_path = os.path.join(out_dir, "report.md")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
 
-    def img(path):
-        with open(path, "rb") as f:
-            return f'<img src="data:image/png;base64,{base64.b64encode(f.read()).decode()}" style="max-width:100%">'
-
+def _html(blocks, title) -> str:
     e = html.escape
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>" + e(summary["title"]) + "</title>",
-         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}"
-         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+3),th{text-align:left}"
-         ".failed{background:#fde0e0}</style></head><body>",
-         f"<h1>{e(summary['title'])}</h1><p>{e(setup)}</p><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>"]
-    for r, row in zip(results, rows):
-        cls = " class='failed'" if r["status"] != "ok" else ""
-        h.append(f"<tr{cls}>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>")
-    h += ["</table>", "<h2>Loss curves</h2>", img(curves), "<h2>Held-out loss vs trainable parameters</h2>", img(bars)]
-    if summary["samples"]:
-        h.append("<h2>Sample generations</h2>")
-    for instr, ref, preds in _samples(summary, results):
-        h.append(f"<h3>{e(instr)}</h3><ul><li><i>reference</i>: {e(ref)}</li>"
-                 + "".join(f"<li><b>{e(n)}</b>: {e(p) or '(empty)'}</li>" for n, p in preds) + "</ul>")
+    h = ["<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title>",
+         "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px;"
+         "margin-bottom:1em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+3),th"
+         "{text-align:left}.failed{background:#fde0e0}.base{background:#eef3fb}</style></head><body>"]
+    for kind, c in blocks:
+        if kind in ("h1", "h2"):
+            h.append(f"<{kind}>{e(c)}</{kind}>")
+        elif kind == "p":
+            h.append(f"<p>{e(c).replace('**', '')}</p>")
+        elif kind == "table":
+            header, rows, source = c
+            h.append("<table><tr>" + "".join(f"<th>{e(x)}</th>" for x in header) + "</tr>")
+            for i, row in enumerate(rows):
+                r = source[i] if source else {}
+                cls = " class='failed'" if r.get("status") == "failed" else (" class='base'" if r.get("name") == "base" else "")
+                h.append(f"<tr{cls}>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>")
+            h.append("</table>")
+        elif kind == "img":
+            with open(c[1], "rb") as f:
+                data = base64.b64encode(f.read()).decode()
+            h.append(f"<h3>{e(c[0])}</h3><img src=\"data:image/png;base64,{data}\" style=\"max-width:100%\">")
+        elif kind == "samples":
+            h.append("<h2>Sample generations</h2>")
+            for instr, ref, preds in c:
+                h.append(f"<h3>{e(instr)}</h3><ul><li><i>reference</i>: {e(ref)}</li>"
+                         + "".join(f"<li><b>{e(n)}</b>: {e(p) or '(empty)'}</li>" for n, p in preds) + "</ul>")
     h.append("</body></html>")
-    html_path = os.path.join(out_dir, "report.html")
-    with open(html_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(h))
-    return {"md": md_path, "html": html_path, "loss_curves": curves, "bars": bars}
+    return "\n".join(h)
+
+
+def write_report(out_dir, summary, base, rows) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"loss_curves": os.path.join(out_dir, "loss_curves.png"),
+             "bars": os.path.join(out_dir, "heldout_loss_vs_params.png"),
+             "scores": os.path.join(out_dir, "scores.png"), "lr_sweep": os.path.join(out_dir, "lr_sweep.png")}
+    plots.plot_curves(rows, base, paths["loss_curves"])
+    plots.plot_heldout(rows, base, paths["bars"])
+    plots.plot_scores(rows, base, paths["scores"])
+    images = [("Held-out loss by run, the base model dashed", paths["bars"]),
+              ("ROUGE-L and BLEU-4 by run, the base model dashed", paths["scores"]),
+              ("Training loss and validation loss during training", paths["loss_curves"])]
+    if plots.plot_lr_sweep(rows, base, paths["lr_sweep"]):
+        images.insert(0, ("Validation loss against learning rate", paths["lr_sweep"]))
+    else:
+        paths.pop("lr_sweep")
+        if os.path.exists(os.path.join(out_dir, "lr_sweep.png")):
+            os.remove(os.path.join(out_dir, "lr_sweep.png"))
+    blocks = _blocks(summary, base, rows, images)
+    paths["md"], paths["html"] = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(_markdown(blocks))
+    with open(paths["html"], "w", encoding="utf-8") as f:
+        f.write(_html(blocks, summary["title"]))
+    return paths

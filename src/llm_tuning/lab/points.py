@@ -1,0 +1,180 @@
+"""One point of a comparison: a run's settings at one learning rate and one seed, trained in its own process
+(its peak memory is its own), and scored: validation loss (from the training process) for every point,
+held-out loss and ROUGE / BLEU for the points that fill the table. Each point keeps a result.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+from ..config import FIELDS, TrainConfig
+
+
+def point_name(lr: float, seed: int) -> str:
+    return f"lr{lr:.3g}-seed{seed}"
+
+
+def read_json(path: str):
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return None
+
+
+def write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _write_config(run_cfg: dict, run_dir: str) -> str:
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "train.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(run_cfg, f, allow_unicode=True)
+    return path
+
+
+def _last_error(log_path: str, code) -> str:
+    lines = []
+    if os.path.exists(log_path):
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip() and not l.startswith(("training:", "Loading", "Writing"))]
+    return lines[-1] if lines else f"the training process ended (exit code {code}) before this point; see worker.log"
+
+
+def estimate_mib(run_cfg: dict):
+    """The estimator's training-memory figure for this run, MiB (None where it cannot say)."""
+    from .estimate import estimate, load_config
+
+    try:
+        opts = TrainConfig(**{k: v for k, v in run_cfg.items() if k in FIELDS})
+        r = estimate(load_config(run_cfg["model"]), opts.method, opts.precision, opts.quantization, opts.batch_size,
+                     opts.max_length, opts.gradient_checkpointing, opts)
+        return r["total"] / 2**20
+    except Exception:  # the estimate is a column of the report, never a reason to fail a run
+        return None
+
+
+def _dir_size(path: str, names) -> int:
+    return sum(os.path.getsize(os.path.join(path, n)) for n in names if os.path.exists(os.path.join(path, n)))
+
+
+def _training_figures(run_dir: str, method: str) -> dict:
+    from ..methods import get_method
+
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    history = metrics["log_history"]
+    return dict(
+        trainable_params=metrics["trainable_params"], total_params=metrics["total_params"],
+        train_tokens=metrics.get("train_tokens"),
+        # training memory: peak RSS above the process's RSS just before the model was loaded, the quantity the
+        # estimator predicts; and the training process's own high-water mark (VmHWM)
+        peak_rss_mib=round(metrics["peak_rss_mib"] - metrics["rss_before_model_mib"], 1),
+        process_peak_rss_mib=metrics["peak_rss_mib"],
+        tokens_per_s=(metrics["train_tokens"] / metrics["train_seconds"]) if metrics.get("train_seconds") else None,
+        final_train_loss=next((e["loss"] for e in reversed(history) if "loss" in e), None),
+        loss_curve=[(e["step"], e["loss"]) for e in history if "loss" in e],
+        # the Trainer's validation loss every eval_every steps, and the training process's final one (response
+        # tokens, token-weighted, on the same validation records): what the learning rate is chosen on
+        val_curve=[(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e],
+        val_loss=metrics.get("eval_loss"),
+        adapter_bytes=_dir_size(run_dir, ("adapter_model.safetensors", "bitfit.safetensors", "model.safetensors")),
+        mergeable=get_method(method).mergeable,
+    )
+
+
+def _point_row(job: dict, status: dict | None, code) -> dict:
+    run_cfg, run_dir = job["config"], job["dir"]
+    row = {"name": job["name"], "method": run_cfg["method"], "lr": job["lr"], "seed": job["seed"], "status": "ok",
+           "wall_s": (status or {}).get("wall_s"), "first_in_process": (status or {}).get("first_in_process")}
+    if not status or status["code"] != 0:
+        row.update(status="failed", error=(status or {}).get("error") or _last_error(os.path.join(run_dir, "train.log"), code))
+        return row
+    try:
+        row.update(_training_figures(run_dir, run_cfg["method"]))
+    except Exception as e:  # a run whose figures cannot be read is this point's failure, not the comparison's
+        row.update(status="failed", error=f"{type(e).__name__}: {e}")
+    return row
+
+
+def train_points(jobs: list[dict], jobs_path: str, on_done) -> list[dict]:
+    """Train the points `jobs` ({config, dir, name, lr, seed}) one after another in one child process (resuming
+    half-done ones: the configs say resume); on_done(job, row) as each ends. Returns their rows (status ok, or
+    failed with the error; a point the process never reached, because it died, is failed too)."""
+    entries = []
+    for job in jobs:
+        status = os.path.join(job["dir"], "status.json")
+        if os.path.exists(status):
+            os.remove(status)
+        entries.append({"config": _write_config(job["config"], job["dir"]), "log": os.path.join(job["dir"], "train.log"),
+                        "status": status})
+    write_json(jobs_path, entries)
+    rows: dict = {}
+
+    def collect(code=None, final=False):
+        for i, (job, entry) in enumerate(zip(jobs, entries)):
+            status = read_json(entry["status"])
+            if i not in rows and (status is not None or final):
+                rows[i] = _point_row(job, status, code)
+                on_done(job, rows[i])
+
+    with open(os.path.join(os.path.dirname(jobs_path), "worker.log"), "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "llm_tuning.lab.worker", jobs_path], stdout=log,
+                                stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            collect()
+    collect(proc.returncode, final=True)
+    return [rows[i] for i in range(len(jobs))]
+
+
+def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, max_new_tokens: int,
+             template: str, max_length: int, predictions_path: str | None) -> dict:
+    """Held-out response loss on every held-out record, ROUGE / BLEU of greedy answers to the first eval_records."""
+    from ..infer import load_for_inference
+    from ..train.heldout import response_loss
+    from .scoring import generation_metrics
+
+    t = time.time()
+    m, tok, _ = load_for_inference(model, adapter)
+    loss = response_loss(m, tok, heldout, template, max_length)
+    gen = generation_metrics(m, tok, heldout[:eval_records], template, max_new_tokens,
+                             predictions_path=predictions_path)
+    return {"heldout_loss": loss["loss"], "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
+            "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
+            "eval_s": round(time.time() - t, 1)}
+
+
+def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, max_new_tokens, template,
+                   max_length) -> dict:
+    try:
+        row.update(evaluate(model, run_dir, heldout, eval_records, max_new_tokens, template, max_length,
+                            os.path.join(run_dir, "predictions.jsonl")))
+    except Exception as e:  # an evaluation failure is this point's failure, not the comparison's
+        row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return row
+
+
+def evaluate_base(model: str, heldout, validation, eval_records, max_new_tokens, template, max_length,
+                  out_dir: str) -> dict:
+    """The untouched model, once: held-out loss and scores as for every run, plus its validation loss."""
+    from ..infer import load_for_inference
+    from ..train.heldout import response_loss
+
+    os.makedirs(out_dir, exist_ok=True)
+    t = time.time()
+    row = {"name": "base", "method": "none (untouched model)", "status": "ok"}
+    row.update(evaluate(model, None, heldout, eval_records, max_new_tokens, template, max_length,
+                        os.path.join(out_dir, "predictions.jsonl")))
+    m, tok, _ = load_for_inference(model, None)
+    row["val_loss"] = response_loss(m, tok, validation, template, max_length)["loss"] if validation else None
+    row["eval_s"] = round(time.time() - t, 1)
+    return row
