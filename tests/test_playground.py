@@ -116,6 +116,7 @@ def test_reports_view_opens_a_compare_report_and_nothing_outside(server, tmp_pat
     assert heading == "Method comparison on tiny"
     assert server.http("GET", "/reports/zh-methods/report.html", raw=None)[0] == 200
     for path in ("/reports/..%2Fsecret.txt", "/reports/%2e%2e/secret.txt", "/reports/link.txt",
-                 "/reports/zh-methods/..%2F..%2Fsecret.txt", "/reports/nothing-here"):
+                 "/reports/zh-methods/..%2F..%2Fsecret.txt", "/reports/%2Fetc%2Fpasswd",
+                 "/reports//etc/passwd", "/reports/nothing-here"):
         status, body = server.http("GET", path)
-        assert status == 404 and "outside" not in str(body), (path, body)
+        assert status == 404 and "outside" not in str(body) and "root:" not in str(body), (path, body)

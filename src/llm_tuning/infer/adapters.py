@@ -18,6 +18,7 @@ Switching is global state of the shared base, which is why the server runs one g
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -79,8 +80,11 @@ class AdapterSet:
             method = methods[name]
             tmpl = template or run_info(folder).get("template") or "default"
             try:
-                self.models[name] = self._load(name, folder, method, tmpl, f"adapter_{i}", model_path, precision,
-                                               quantization, trust_remote_code, log)
+                with warnings.catch_warnings():
+                    # PEFT warns when a second tuner type goes on the same base: that is the design here.
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                    self.models[name] = self._load(name, folder, method, tmpl, f"adapter_{i}", model_path,
+                                                   precision, quantization, trust_remote_code, log)
             except (ValueError, RuntimeError, KeyError) as e:
                 raise UserError(f"--adapter {name}={folder}: cannot be put on {model_path} "
                                 f"({str(e).splitlines()[0][:200]}); was it trained on another base model?") from None

@@ -74,6 +74,10 @@ def run_chat(model, tokenizer, template: str, sampling, system: str = "", out=No
     from ..data.tokenize import encode_prompt
     from .engine import ContextTooLong, context_limit, stream_generate
 
+    try:
+        import readline  # noqa: F401 - line editing and history for input()
+    except ImportError:
+        pass
     out = out or sys.stdout
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
