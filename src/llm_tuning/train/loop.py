@@ -220,6 +220,19 @@ def _restore_forward(module, before):
         module.__dict__["forward"] = before
 
 
+def _sharded(trainer) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: each process holds only a shard of the weights."""
+    return trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled
+                                       and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
+
+
+def _gathered_state_dict(trainer):
+    """The whole state dict where the weights are sharded, gathered by every process together as the Trainer's
+    own save does (accelerate's get_state_dict); None elsewhere (rank 0's own weights are whole). Not run here:
+    no GPU (docs/distributed.md)."""
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped) if _sharded(trainer) else None
+
+
 def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbacks):
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -233,6 +246,9 @@ def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbac
         trainer_cls = _with_length_grouping(make_trainer_class() if fused else Trainer)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, callbacks=callbacks)
+    if _sharded(trainer) and method.name == "bitfit":
+        raise UserError("--method bitfit under FSDP or DeepSpeed ZeRO-3: its biases are saved from one process, "
+                        "which holds only a shard of them there; use DDP or ZeRO-2 (examples/accelerate/)")
     if fused and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         # the fused loss reads the output layer's weight outside that layer's forward, where FSDP / ZeRO-3 hold
         # only a shard of it: not proven there, so the stock forward and loss (and the Trainer's own GA scaling)
@@ -348,7 +364,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     seconds = time.time() - t0
     metrics = _metrics(method, model, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
                        run_callbacks["clock"].seconds, earlier)
-    write_final(cfg, method, model, tokenizer, metrics)
+    write_final(cfg, method, model, tokenizer, metrics, _gathered_state_dict(trainer))
     log(f"saved the {method.name} {'model' if method.name == 'full' else 'adapter'}, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
     return TrainResult(cfg.output_dir, method.name, metrics["trainable_params"], metrics["total_params"], train_loss,
                        eval_loss, trainer.state.global_step, seconds, trainer.state.log_history)

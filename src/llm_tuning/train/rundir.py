@@ -172,19 +172,23 @@ def earlier_metrics(output_dir: str, steps: int) -> dict | None:
     return m if isinstance(m, dict) and m.get("steps") == steps and m.get("train_seconds") else None
 
 
-def write_final(cfg, method, model, tokenizer, metrics: dict):
-    """On rank 0 only; every process returns once the folder is finished."""
+def write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
+    """On rank 0 only; every process returns once the folder is finished. state_dict: the whole weights gathered
+    from the processes' shards (FSDP, ZeRO-3), saved through save_pretrained (PEFT keeps the adapter's entries)."""
     if is_main_process():
-        _write_final(cfg, method, model, tokenizer, metrics)
+        _write_final(cfg, method, model, tokenizer, metrics, state_dict)
     barrier()
 
 
-def _write_final(cfg, method, model, tokenizer, metrics: dict):
+def _write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
     out = cfg.output_dir
     tmp = os.path.join(out, ".final-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    method.save(model, tmp)
+    if state_dict is None:
+        method.save(model, tmp)
+    else:
+        model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     import yaml
 
