@@ -19,7 +19,8 @@ RECS = [
 
 def test_bundled_sample_is_valid():
     data = load_records(SAMPLE)
-    assert len(data.records) == 100 and data.skipped == 0
+    assert len(data.records) == 108 and data.skipped == 0
+    assert sum(1 for r in data.records if r.get("history")) == 8  # the multi-turn ones, in both forms
     assert sum(1 for r in data.records if r["input"]) >= 20
 
 

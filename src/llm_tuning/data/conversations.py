@@ -44,8 +44,8 @@ def from_sharegpt(rec: dict, where: str) -> dict:
             raise UserError(f"{at}: expected an object with '{role_key}' and '{text_key}', found {type(turn).__name__}")
         role = ROLES.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
         if role is None:
-            raise UserError(f"{at}: '{role_key}' is {turn.get(role_key)!r}; expected one of "
-                            + ", ".join(r for r in ROLES if (r in ("human", "gpt")) == (key == "conversations")))
+            names = "human, gpt, system" if key == "conversations" else "user, assistant, system"
+            raise UserError(f"{at}: '{role_key}' is {turn.get(role_key)!r}; expected one of {names}")
         text = turn.get(text_key)
         if not isinstance(text, str):
             raise UserError(f"{at}: '{text_key}' must be a string, found {type(text).__name__}")
@@ -64,11 +64,11 @@ def from_sharegpt(rec: dict, where: str) -> dict:
         else:
             pairs.append([pending, text])
         expect = "assistant" if role == "user" else "user"
-    if not pairs:
-        raise UserError(f"{where}: '{key}' holds no user turn answered by the assistant")
     if expect == "assistant":
         raise UserError(f"{where}: {key}[{len(rec[key]) - 1}] is a user turn with no answer; the last turn must be "
                         "the assistant's")
+    if not pairs:
+        raise UserError(f"{where}: '{key}' holds no user turn answered by the assistant")
     return _normalised(pairs[-1][0], "", pairs[-1][1], system, pairs[:-1])
 
 
