@@ -36,23 +36,19 @@ def say(child, line) -> str:
 
 
 def test_conversation_keeps_history_and_reset_clears_it(tiny_models, lora):
-    from llm_tuning.data.tokenize import encode_prompt
-    from llm_tuning.infer import load_for_inference
-    from llm_tuning.infer.chat import printable, prompt_from_messages
-    from llm_tuning.infer.engine import Sampling, stream_generate
+    from llm_tuning.infer import generate, load_for_inference
+    from llm_tuning.infer.chat import printable
 
     child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "12")
     first = say(child, QUESTION)
-    assert first == printable(alone(tiny_models["llama"], lora, QUESTION, 12)) and "[stopped]" not in first
+    earlier = alone(tiny_models["llama"], lora, QUESTION, 12)
+    assert first == printable(earlier) and "[stopped]" not in first
     second = say(child, "再说一种。")
-    # The second answer continues the conversation: the prompt holds the first exchange.
+    # The second answer continues the conversation: the adapter's answer to the record with that history.
     model, tok, _ = load_for_inference(tiny_models["llama"], lora)
-    earlier = stream_generate(model, tok, encode_prompt(tok, prompt_from_messages(
-        [{"role": "user", "content": QUESTION}], "default")), Sampling(12), lstrip=True).text
-    messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": earlier},
-                {"role": "user", "content": "再说一种。"}]
-    want = stream_generate(model, tok, encode_prompt(tok, prompt_from_messages(messages, "default")), Sampling(12),
-                           lstrip=True).text
+    want = generate(model, tok, [{"instruction": "再说一种。", "input": "", "history": [[QUESTION, earlier]]}],
+                    max_new_tokens=12)[0]
+    assert want != alone(tiny_models["llama"], lora, "再说一种。", 12)  # the history does change the answer
     assert second == printable(want)
     assert say(child, "/reset") == "(conversation cleared)"
     assert say(child, QUESTION) == first  # a fresh conversation again
@@ -64,7 +60,7 @@ def test_conversation_keeps_history_and_reset_clears_it(tiny_models, lora):
 
 
 def test_ctrl_c_stops_the_answer_not_the_session(tiny_models, lora):
-    child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "1500")
+    child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "2000")
     child.sendline(QUESTION)
     child.expect_exact(QUESTION + "\r\n")
     child.expect(r"\S{8}")  # the answer is streaming

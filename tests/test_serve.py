@@ -37,8 +37,7 @@ def test_models_are_the_base_and_each_adapter(server):
 def test_each_model_answers_as_its_adapter_loaded_alone(server, tiny_models, adapters):
     """Non-streaming through the openai client: base, LoRA, IA3 and prompt tuning over ONE shared base give
     exactly the greedy answer each gets loaded by itself; the adapters do change the answer."""
-    from llm_tuning.data.templates import format_prompt
-    from llm_tuning.data.tokenize import encode_prompt
+    from llm_tuning.data.tokenize import prompt_ids
     from llm_tuning.models import load_tokenizer
 
     client = server.client()
@@ -48,10 +47,25 @@ def test_each_model_answers_as_its_adapter_loaded_alone(server, tiny_models, ada
         assert r.choices[0].message.content.strip() == want[m], m
         assert r.model == m and r.choices[0].message.role == "assistant"
     assert len({got[m].choices[0].message.content for m in got}) == 4  # no two models answer alike here
-    n_prompt = len(encode_prompt(load_tokenizer(tiny_models["llama"]), format_prompt({"instruction": QUESTION})))
+    n_prompt = len(prompt_ids(load_tokenizer(tiny_models["llama"]), {"instruction": QUESTION, "input": ""}))
     u = got["base"].usage
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (n_prompt, 12, n_prompt + 12)
     assert got["base"].choices[0].finish_reason == "length"
+
+
+def test_a_conversation_is_answered_with_its_system_prompt_and_history(server, tiny_models, adapters):
+    """The messages go through the adapter's template as a multi-turn record: the answer is the one
+    infer.generate gives for the record with that system prompt and history."""
+    from llm_tuning.infer import generate, load_for_inference
+
+    messages = [{"role": "system", "content": "你是一个助手。"}, {"role": "user", "content": QUESTION},
+                {"role": "assistant", "content": "苹果。"}, {"role": "user", "content": "再说一种。"}]
+    got = {m: server.client().chat.completions.create(model=m, messages=messages, max_tokens=12, temperature=0)
+           for m in ("prompt", "lora")}
+    for m, r in got.items():
+        model, tok, _ = load_for_inference(tiny_models["llama"], adapters[m])
+        record = {"instruction": "再说一种。", "input": "", "system": "你是一个助手。", "history": [[QUESTION, "苹果。"]]}
+        assert r.choices[0].message.content.strip() == generate(model, tok, [record], max_new_tokens=12)[0], m
 
 
 @pytest.mark.parametrize("model", ["lora", "base", "prompt"])

@@ -44,12 +44,19 @@ def prompt_from_messages(messages: list[dict], template: str = "default", tokeni
     return format_prompt(record, template, tokenizer)
 
 
+def prompt_ids_from_messages(messages: list[dict], template: str, tokenizer) -> list[int]:
+    """The token ids of prompt_from_messages's prompt as training sees them (each earlier answer ends with eos
+    by id): what the REPL and the server feed the model."""
+    from ..data.tokenize import conversation_prompt_ids
+
+    check_messages(messages)
+    return conversation_prompt_ids(tokenizer, messages, template)
+
+
 def fit_history(messages: list[dict], template: str, tokenizer, room: int | None) -> tuple[list[dict], int]:
     """Drop the oldest exchanges until the prompt fits in `room` tokens. (messages kept, exchanges dropped)."""
-    from ..data.tokenize import encode_prompt
-
     dropped = 0
-    while room is not None and len(encode_prompt(tokenizer, prompt_from_messages(messages, template))) > room:
+    while room is not None and len(prompt_ids_from_messages(messages, template, tokenizer)) > room:
         first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
         if first is None or first == len(messages) - 1:
             break  # only the question itself is left: the caller reports it as too long
@@ -71,7 +78,6 @@ HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an
 
 def run_chat(model, tokenizer, template: str, sampling, system: str = "", out=None) -> None:
     """The REPL: read a line, stream the answer, keep the history. Returns on /exit or end of input."""
-    from ..data.tokenize import encode_prompt
     from .engine import ContextTooLong, context_limit, stream_generate
 
     try:
@@ -108,8 +114,8 @@ def run_chat(model, tokenizer, template: str, sampling, system: str = "", out=No
         messages, dropped = fit_history(messages + [{"role": "user", "content": line}], template, tokenizer, room)
         if dropped:
             out.write(f"(the {dropped} oldest exchange(s) dropped to fit the model's context)\n")
-        answer = _answer(model, tokenizer, encode_prompt(tokenizer, prompt_from_messages(messages, template)),
-                         sampling, out, stream_generate, ContextTooLong)
+        answer = _answer(model, tokenizer, prompt_ids_from_messages(messages, template, tokenizer), sampling, out,
+                         stream_generate, ContextTooLong)
         if answer is None:
             messages.pop()
         else:

@@ -1,6 +1,6 @@
 """Streaming generation for the chat REPL and the server: one answer, its text handed out piece by piece.
 
-`stream_generate` decodes one prompt and calls `on_text` with each piece of text that is safe to show (no
+`stream_generate` decodes one prompt (infer.generate.stream_ids: KV-cached for every method) and calls `on_text` with each piece of text that is safe to show (no
 half-decoded character, nothing that could still turn out to be the start of a stop string). `cancelled` is
 asked after every token, so Ctrl-C in the REPL or a client that hangs up stops the answer at the next token.
 
@@ -103,96 +103,37 @@ class _Text:
 def stream_generate(model, tokenizer, prompt_ids: list[int], sampling: Sampling,
                     on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] = lambda: False,
                     lstrip: bool = False) -> Completion:
-    """Decode one prompt (token ids, as `encode_prompt` makes them); stops at eos, a stop string, max_new_tokens
-    or when `cancelled()` turns true. ContextTooLong if the prompt leaves no room for a single new token."""
-    import torch
-
-    from ..models.params import is_prompt_learning
+    """Decode one prompt (token ids) with infer.generate's KV-cached loop (every method); stops at eos, a stop
+    string, max_new_tokens or when `cancelled()` turns true. ContextTooLong if the prompt leaves no room."""
+    from .generate import stream_ids
 
     room = check_context(model, tokenizer, prompt_ids)
     budget = sampling.max_new_tokens if room is None else min(sampling.max_new_tokens, room)
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)
     text = _Text(tokenizer, sampling.stop, lstrip)
-    eos = tokenizer.eos_token_id
-    state = {"n": 0, "eos": False}
-
-    def take(token_id: int) -> bool:
-        """Record one new token; True when decoding should stop."""
-        if token_id == eos:
-            state["eos"] = True
-            return True
-        state["n"] += 1
-        piece = text.add(token_id)
-        if piece and on_text:
-            on_text(piece)
-        return text.stopped or cancelled()
-
-    run = _decode_without_cache if is_prompt_learning(model) else _decode_with_generate
-    run(model, tokenizer, prompt_ids, sampling, budget, take)
+    eos, n, reason = tokenizer.eos_token_id, 0, "length"
+    steps = stream_ids(model, [prompt_ids], eos, tokenizer.pad_token_id, budget, do_sample=not sampling.greedy,
+                       temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed)
+    try:
+        for (token,) in steps:
+            if token is None or token == eos:
+                reason = "stop"
+                break
+            n += 1
+            piece = text.add(token)
+            if piece and on_text:
+                on_text(piece)
+            if text.stopped:
+                reason = "stop"
+                break
+            if cancelled():
+                reason = "cancelled"
+                break
+    finally:
+        steps.close()  # decoding ends here, not at max_new_tokens
     rest = text.flush()
     if rest and on_text:
         on_text(rest)
-    reason = ("stop" if state["eos"] or text.stopped else "cancelled" if cancelled()
-              else "length")
-    return Completion(text.text, len(prompt_ids), state["n"], reason)
-
-
-def _decode_with_generate(model, tokenizer, prompt_ids, sampling, budget, take):
-    """transformers' generate (KV cache), each new token handed to `take` as it is chosen."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-    from transformers.generation.streamers import BaseStreamer
-
-    done = {"stop": False}
-
-    class Streamer(BaseStreamer):
-        first = True
-
-        def put(self, value):
-            if self.first:  # generate hands the prompt over first
-                self.first = False
-                return
-            if not done["stop"]:
-                done["stop"] = take(int(value.reshape(-1)[0]))
-
-        def end(self):
-            pass
-
-    class Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), done["stop"], dtype=torch.bool, device=input_ids.device)
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=device)
-    kwargs = dict(max_new_tokens=budget, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                  do_sample=not sampling.greedy, streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Stop()]))
-    if not sampling.greedy:
-        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-
-
-def _decode_without_cache(model, tokenizer, prompt_ids, sampling, budget, take):
-    """Prompt tuning, P-tuning, prefix tuning: a full forward per token, as infer.generate decodes them (PEFT's
-    generate ignores or breaks their virtual tokens; see infer/generate.py)."""
-    import torch
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=device)
-    with torch.no_grad():
-        for _ in range(budget):
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
-            if sampling.greedy:
-                nxt = logits.argmax().view(1)
-            else:
-                probs = torch.softmax(logits / sampling.temperature, -1)
-                sorted_p, order = probs.sort(descending=True)
-                keep = sorted_p.cumsum(0) - sorted_p < sampling.top_p
-                nxt = order[keep][torch.multinomial(sorted_p[keep] / sorted_p[keep].sum(), 1)]
-            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-            if take(int(nxt)):
-                break
+    return Completion(text.text, len(prompt_ids), n, reason)
 
 
 # ---------------------------------------------------------------- one generation at a time

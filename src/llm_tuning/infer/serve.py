@@ -115,12 +115,12 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
 
         def work(job):
             from ..data.tokenize import encode_prompt
-            from .chat import prompt_from_messages
+            from .chat import prompt_ids_from_messages
 
             adapters.activate(served.name)
             tok = adapters.tokenizer
-            prompt = prompt_from_messages(messages, served.template, tok) if chat else req.prompt
-            ids = encode_prompt(tok, prompt)
+            ids = (prompt_ids_from_messages(messages, served.template, tok) if chat
+                   else encode_prompt(tok, req.prompt))
             check_context(served.model, tok, ids)
             job.emit("start", None)
             return stream_generate(served.model, tok, ids, sampling, lambda piece: job.emit("text", piece),
