@@ -182,3 +182,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and expected in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_zero_lora_update_merged_then_quantised_equals_the_quantised_base(tmp_path):
+    """PEFT starts LoRA's B at zero: merging it changes no weight, so both routes must give the quantised base's
+    own loss, exactly."""
+    need_shared(STORIES)
+    need_shared(EN_DATA)
+    from peft import LoraConfig, get_peft_model
+
+    from llm_tuning.data.formats import load_records
+    from llm_tuning.data.tokenize import prepare_tokenizer
+    from llm_tuning.lab.quantlab.endtoend import ADAPTER_SCHEMES, _loss, adapter_losses, load_scheme
+    from llm_tuning.models.load import load_model, load_tokenizer
+
+    get_peft_model(load_model(STORIES), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        str(tmp_path / "lora"))
+    tok = prepare_tokenizer(load_tokenizer(STORIES), log=lambda m: None)
+    records = load_records(EN_DATA).records[:2]
+    got = adapter_losses(STORIES, str(tmp_path / "lora"), tok, records, "default", 64, log=lambda m: None)
+    assert set(got) == {"adapter"} | {f"{w}_{q}" for q in ADAPTER_SCHEMES for w in ("merged_then", "adapter_on")}
+    assert got["adapter"]["loss"] == _loss(load_model(STORIES), tok, records, "default", 64)["loss"]
+    for q in ADAPTER_SCHEMES:
+        base = _loss(load_scheme(STORIES, q), tok, records, "default", 64)["loss"]
+        assert got[f"merged_then_{q}"]["loss"] == base, q
+        assert got[f"adapter_on_{q}"]["loss"] == base, q

@@ -165,7 +165,9 @@ def tables(res) -> list[tuple[str, str, list, list]]:
                 f"{s['heldout_records']} records ({s['heldout_source']}), {s['tokens']} response tokens. fp32; "
                 "llm_int8@T: load_model(quantization='8bit', int8_threshold=T); nf4: 4-bit NF4 with double "
                 "quantisation (train's 4bit); fp4: the same with FP4; with an adapter: merged into the fp32 base "
-                "then quantised (merged_then_Q) against the adapter on the quantised base (adapter_on_Q).",
+                "then quantised (merged_then_Q) against the adapter on the quantised base (adapter_on_Q). "
+                "transformers keeps the output layer (lm_head) in full precision in all of them; the tables above "
+                "include it.",
                 *_loss_table(res)))
     return out
 
