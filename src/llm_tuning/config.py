@@ -337,7 +337,9 @@ class DemoConfig:
     """`llm-tuning demo`: the embedded default job (tiny model, bundled sample, no network)."""
 
     output_dir: str = option("runs/demo", "folder for the demo's models", group=C)
-    steps: int = option(200, "LoRA steps (the stand-in pre-training takes as many)", group=T)
+    steps: int = option(100, "LoRA steps on the 20 records set aside", group=T)
+    pretrain_steps: int = option(600, "steps of the stand-in pre-training (a full fine-tune of the random model on "
+                                      "the other records)", group=T)
 
 
 @dataclass

@@ -14,4 +14,4 @@ def init_model(cfg):
 def demo(cfg):
     from ..demo import run_demo
 
-    run_demo(cfg.output_dir, cfg.steps)
+    run_demo(cfg.output_dir, cfg.steps, cfg.pretrain_steps)
