@@ -205,3 +205,33 @@ def test_bad_adapter_flags_fail_before_loading(tiny_models, adapters, tmp_path):
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run_cli("serve", "--model", tiny_models["bloom"], "--adapter", f"x={adapters['lora']}", "--port", "1")
     assert r.returncode == 2 and "another base model" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("which", ["tiny-bpe", "llama2"])
+def test_streamed_pieces_join_to_the_whole_answer(tiny_models, which):
+    """The text handed out token by token (incremental decoding) is the whole answer's decode, a SentencePiece
+    tokenizer's spaces and byte-level pieces of Chinese characters included, and stops before a stop string."""
+    import random
+
+    from conftest import LLAMA2_TOKENIZER, need_shared
+    from llm_tuning.infer.engine import _Text
+    from llm_tuning.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_models["llama"] if which == "tiny-bpe" else need_shared(LLAMA2_TOKENIZER))
+    rng = random.Random(0)
+    for _ in range(4):
+        ids = [rng.randrange(3, min(len(tok), 32000)) for _ in range(300)]
+        whole = tok.decode(ids, skip_special_tokens=True)
+        for lstrip in (False, True):
+            text = _Text(tok, (), lstrip)
+            pieces = [text.add(i) for i in ids] + [text.flush()]
+            assert "".join(pieces) == (whole.lstrip() if lstrip else whole)
+        stop = whole[len(whole) // 2: len(whole) // 2 + 3]
+        text = _Text(tok, (stop,), False)
+        pieces = []
+        for i in ids:
+            pieces.append(text.add(i))
+            if text.stopped:
+                break
+        pieces.append(text.flush())
+        assert "".join(pieces) == whole[: whole.find(stop)] and text.stopped

@@ -70,34 +70,50 @@ def check_context(model, tokenizer, prompt_ids) -> int | None:
 
 
 class _Text:
-    """The growing answer as text: what may be shown so far, and where a stop string ended it."""
+    """The growing answer as text: what may be shown so far, and where a stop string ended it.
+
+    Decoded incrementally (as vLLM does): only the ids since the last complete piece are decoded, beside the
+    few before them, and the difference is the new text. So a long answer costs the same per token as a short
+    one, a SentencePiece word keeps its leading space, and an incomplete multi-byte character waits for its
+    other bytes."""
 
     def __init__(self, tokenizer, stop, lstrip: bool):
         self.tok, self.stop, self.lstrip = tokenizer, [s for s in stop if s], lstrip
         self.ids: list[int] = []
+        self.start = self.read = 0  # ids[start:read] were decoded last time, ids[:read] are in self.decoded
+        self.decoded = ""
         self.text, self.sent, self.stopped = "", 0, False
+
+    def _decode(self, final: bool) -> str:
+        before = self.tok.decode(self.ids[self.start:self.read], skip_special_tokens=True)
+        now = self.tok.decode(self.ids[self.start:], skip_special_tokens=True)
+        if final or (len(now) > len(before) and not now.endswith("\ufffd")):
+            self.decoded += now[len(before):]
+            self.start, self.read = self.read, len(self.ids)
+        return self.decoded
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        return self._update(self._decode(final=False), final=False)
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._update(self._decode(final=True), final=True)
+
+    def _update(self, text: str, final: bool) -> str:
         text = text.lstrip() if self.lstrip else text
         cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if cuts:
             self.text, self.stopped = text[: min(cuts)], True
             return self._take(len(self.text))
         self.text = text
-        safe = len(text.rstrip("\ufffd"))  # a multi-byte character still incomplete
-        hold = max((k for s in self.stop for k in range(1, min(len(s), safe + 1))
-                    if text[:safe].endswith(s[:k])), default=0)
-        return self._take(safe - hold)
+        hold = 0 if final else max((k for s in self.stop for k in range(1, min(len(s), len(text) + 1))
+                                    if text.endswith(s[:k])), default=0)
+        return self._take(len(text) - hold)
 
     def _take(self, upto: int) -> str:
         piece = self.text[self.sent:upto] if upto > self.sent else ""
         self.sent = max(self.sent, upto)
         return piece
-
-    def flush(self) -> str:
-        return self._take(len(self.text))
 
 
 def stream_generate(model, tokenizer, prompt_ids: list[int], sampling: Sampling,
