@@ -43,14 +43,33 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
                max_new_tokens: int = 128):
     """The FastAPI application: /v1/models, /v1/chat/completions, /v1/completions, the playground at /,
     compare reports under /reports/ (only inside the `reports` folder)."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI
+    from fastapi.responses import FileResponse
 
     app = FastAPI(title="llm-tuning", docs_url=None, redoc_url=None, openapi_url=None)
-    worker, created = Worker(), int(time.time())
-    app.state.worker = worker
+    app.state.worker = Worker()
+    _error_handlers(app)
+    _key_check(app, api_key)
+    _model_routes(app, adapters)
+    _completion_routes(app, adapters, app.state.worker, max_new_tokens)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": adapters.names}
+
+    @app.get("/")
+    async def playground():
+        return FileResponse(os.path.join(STATIC, "playground.html"), media_type="text/html")
+
+    _report_routes(app, reports, FileResponse)
+    return app
+
+
+def _error_handlers(app):
+    """Every error as OpenAI's {"error": {message, type, param, code}}; bad bodies and parameters are 400."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
@@ -75,6 +94,12 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
     async def _crash(request, e: Exception):
         return JSONResponse(S.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
 
+
+def _key_check(app, api_key: str | None):
+    """With a key: the API and the reports need `Authorization: Bearer KEY` (or the playground's cookie)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
     @app.middleware("http")
     async def _auth(request: Request, call_next):
         path = request.url.path
@@ -86,9 +111,21 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
                 return JSONResponse(S.error_body(why, code="invalid_api_key"), status_code=401)
         return await call_next(request)
 
+
+def _served(adapters, name):
+    served = adapters.get(name)
+    if served is None:
+        raise APIError(404, f"the model {name!r} does not exist; this server has: {', '.join(adapters.names)}",
+                       param="model", code="model_not_found")
+    return served
+
+
+def _model_routes(app, adapters):
+    created = int(time.time())
+
     def model_card(name):
-        served = adapters.get(name)
-        return {"id": name, "object": "model", "created": created, "owned_by": "llm-tuning", "method": served.method}
+        return {"id": name, "object": "model", "created": created, "owned_by": "llm-tuning",
+                "method": adapters.get(name).method}
 
     @app.get("/v1/models")
     async def list_models():
@@ -96,18 +133,15 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
 
     @app.get("/v1/models/{name}")
     async def get_model(name: str):
-        _served(name)
+        _served(adapters, name)
         return model_card(name)
 
-    def _served(name):
-        served = adapters.get(name)
-        if served is None:
-            raise APIError(404, f"the model {name!r} does not exist; this server has: {', '.join(adapters.names)}",
-                           param="model", code="model_not_found")
-        return served
+
+def _completion_routes(app, adapters, worker, max_new_tokens):
+    from fastapi.responses import StreamingResponse
 
     async def run(req, chat: bool):
-        served = _served(req.model)
+        served = _served(adapters, req.model)
         limit = req.max_tokens or (req.max_completion_tokens if chat else None) or max_new_tokens
         sampling = Sampling(limit, req.temperature, req.top_p, tuple(req.stop or ()), req.seed)
         messages = [m.as_dict() for m in req.messages] if chat else None
@@ -140,31 +174,6 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
         return StreamingResponse(_events(job, rid, req, chat), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _events(job, rid, req, chat):
-        import json
-
-        def sse(body):
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-        try:
-            if chat:
-                yield sse(S.chunk(rid, req.model, chat, role=True))
-            while True:
-                kind, value = await job.events.get()
-                if kind == "text":
-                    yield sse(S.chunk(rid, req.model, chat, text=value))
-                elif kind == "done":
-                    yield sse(S.chunk(rid, req.model, chat, finish=S.finish_reason(value)))
-                    if req.include_usage():
-                        yield sse(S.chunk(rid, req.model, chat, usage_of=value))
-                    break
-                elif kind == "error":
-                    yield sse(_as_api_error(value, None).body)
-                    break
-            yield "data: [DONE]\n\n"
-        finally:
-            job.cancelled = True  # the client hung up (or we are done): the worker stops at the next token
-
     @app.post("/v1/chat/completions")
     async def chat_completions(req: S.ChatRequest):
         return await run(req, chat=True)
@@ -173,16 +182,32 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
     async def completions(req: S.CompletionRequest):
         return await run(req, chat=False)
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "models": adapters.names}
 
-    @app.get("/")
-    async def playground():
-        return FileResponse(os.path.join(STATIC, "playground.html"), media_type="text/html")
+async def _events(job, rid, req, chat):
+    """The server-sent events of one streamed answer, ending with `data: [DONE]`."""
+    import json
 
-    _report_routes(app, reports, FileResponse)
-    return app
+    def sse(body):
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        if chat:
+            yield sse(S.chunk(rid, req.model, chat, role=True))
+        while True:
+            kind, value = await job.events.get()
+            if kind == "text":
+                yield sse(S.chunk(rid, req.model, chat, text=value))
+            elif kind == "done":
+                yield sse(S.chunk(rid, req.model, chat, finish=S.finish_reason(value)))
+                if req.include_usage():
+                    yield sse(S.chunk(rid, req.model, chat, usage_of=value))
+                break
+            elif kind == "error":
+                yield sse(_as_api_error(value, None).body)
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled = True  # the client hung up (or we are done): the worker stops at the next token
 
 
 def _report_routes(app, reports: str | None, FileResponse):
