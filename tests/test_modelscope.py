@@ -55,3 +55,11 @@ def test_missing_modelscope_model_is_one_line(cache, tmp_path):
 def test_malformed_modelscope_id():
     with pytest.raises(UserError, match="modelscope:ORG/NAME"):
         resolve_source("modelscope:Llama-2-7b-ms")
+
+
+def test_estimate_reads_a_modelscope_model(cache, tiny_models):
+    """estimate reads the config from the same cache folder as train does."""
+    r = run_cli("estimate", "--model", "modelscope:org/tiny-llm", "--json")
+    assert r.returncode == 0, r.stderr
+    plain = run_cli("estimate", "--model", tiny_models["llama"], "--json")
+    assert json.loads(r.stdout) == json.loads(plain.stdout)

@@ -117,6 +117,9 @@ def load_config(model: str):
     """A preset's config dict, or the transformers config of a local folder / hub id (config only, no weights)."""
     if model in PRESETS:
         return dict(PRESETS[model])
+    from ...models.load import resolve_source
+
+    model = resolve_source(model)  # modelscope:ORG/NAME -> its folder in ModelScope's local cache
     if os.path.isfile(model):
         if model.endswith(".json"):
             with open(model) as f:
