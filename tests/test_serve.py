@@ -197,12 +197,17 @@ def test_serve_binds_loopback_unless_told():
 
 
 def test_bad_adapter_flags_fail_before_loading(tiny_models, adapters, tmp_path):
-    for bad, said in ((["--adapter", "lora"], "expected NAME=DIR"),
-                      (["--adapter", f"base={adapters['lora']}"], "is taken"),
-                      (["--adapter", f"a={tmp_path / 'none'}"], "is not a folder"),
-                      (["--adapter", f"a={adapters['lora']},a={adapters['ia3']}"], "is taken")):
-        r = run_cli("serve", "--model", tiny_models["llama"], *bad, "--port", "1")
-        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    from llm_tuning.errors import UserError
+    from llm_tuning.infer.adapters import parse_adapter_specs
+
+    for bad, said in ((["lora"], "expected NAME=DIR"), ([f"base={adapters['lora']}"], "is taken"),
+                      ([f"a={tmp_path / 'none'}"], "is not a folder"),
+                      ([f"a={adapters['lora']}", f"a={adapters['ia3']}"], "is taken")):
+        with pytest.raises(UserError, match=said):
+            parse_adapter_specs(bad)
+    r = run_cli("serve", "--model", tiny_models["llama"], "--adapter", f"a={adapters['lora']},a={adapters['ia3']}",
+                "--port", "1")
+    assert r.returncode == 2 and "is taken" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run_cli("serve", "--model", tiny_models["bloom"], "--adapter", f"x={adapters['lora']}", "--port", "1")
     assert r.returncode == 2 and "another base model" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
