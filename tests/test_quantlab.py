@@ -105,8 +105,9 @@ def test_llm_int8_matches_a_plain_torch_reference_and_beats_vectorwise_on_outlie
     assert err["llm_int8@6"] == pytest.approx(expected, rel=1e-3)
     assert err["llm_int8@0"] == err["int8_vectorwise"]
     assert err["llm_int8@6"] < err["int8_vectorwise"] / 2
-    assert outliers(X, [0, 6]) == {"0": {"dims": 0, "rows": 0}, "6": {"dims": 1, "rows": 32}} or \
-        outliers(X, [6])["6"]["dims"] >= 1
+    rows = int((X[:, 5].abs() >= 6).sum())
+    assert 0 < rows < 32
+    assert outliers(X, [0, 6]) == {"0": {"dims": 0, "rows": 0}, "6": {"dims": 1, "rows": rows}}
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +141,16 @@ def test_with_demonstration_outliers_llm_int8_beats_vectorwise_int8(stories):
 
     model, inputs = stories
     layers = dict(linear_layers(model))
+    real_vw, demo_vw = [], []
     for name, X in inputs.items():
         real = product_errors(X, layers[name].weight, [0, 6])
         demo = product_errors(demo_inputs(X, 2, 20.0), layers[name].weight, [0, 6])
-        assert demo["int8_vectorwise"] > real["int8_vectorwise"], name  # the outliers blow the error up
-        assert demo["llm_int8@6"] < demo["int8_vectorwise"], name  # and the decomposition brings it back
+        real_vw.append(real["int8_vectorwise"])
+        demo_vw.append(demo["int8_vectorwise"])
+        assert demo["llm_int8@6"] < demo["int8_vectorwise"], name  # the decomposition brings the error back down
+    # the outliers blow the vector-wise error up: on average (a layer whose product the scaled dimensions come to
+    # dominate can see its relative error fall: layer 0's down_proj on 64 records, examples/quantlab_stories260k)
+    assert sum(demo_vw) > 1.5 * sum(real_vw)
 
 
 def test_cli_end_to_end_writes_the_report_and_the_json(tmp_path):

@@ -126,8 +126,9 @@ def _activation_table(res, demo):
     rows = []
     for n, a in res["activations"].items():
         a = a["demo"] if demo else a
-        rows.append([n, f"{a['max_abs']:.2f}", *(f"{a['outliers'][f'{t:g}']['dims']} ({a['outliers'][f'{t:g}']['rows']})"
-                                                 for t in pos), *(_e(a["product"][k]) for k in keys)])
+        counts = [a["outliers"][f"{t:g}"] for t in pos]
+        rows.append([n, f"{a['max_abs']:.2f}", *(f"{c['dims']} ({c['rows']})" for c in counts),
+                     *(_e(a["product"][k]) for k in keys)])
     m = mean_product(res, demo)
     rows.append(["mean over layers", "", *("" for _ in pos), *(_e(m[k]) for k in keys)])
     return header, rows
