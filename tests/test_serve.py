@@ -240,3 +240,32 @@ def test_streamed_pieces_join_to_the_whole_answer(tiny_models, which):
                 break
         pieces.append(text.flush())
         assert "".join(pieces) == whole[: whole.find(stop)] and text.stopped
+
+
+def test_a_client_that_hangs_up_stops_its_generation(server):
+    """A streamed answer of up to 2000 tokens whose client closes the connection after two events is cancelled
+    at the next token (the worker says so in /health), and the server goes on answering."""
+    import json
+    import time
+    import urllib.request
+
+    before = server.http("GET", "/health")[1]
+    body = {"model": "base", "messages": [{"role": "user", "content": "讲一个很长的故事。"}], "max_tokens": 2000,
+            "temperature": 0, "stream": True}
+    req = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    r = urllib.request.urlopen(req, timeout=60)
+    events = []
+    while len(events) < 2:
+        line = r.readline()
+        if line.startswith(b"data: "):
+            events.append(line)
+    r.close()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        now = server.http("GET", "/health")[1]
+        if now["cancelled"] + now["finished"] > before["cancelled"] + before["finished"]:
+            break
+        time.sleep(0.2)
+    assert now["cancelled"] == before["cancelled"] + 1 and now["finished"] == before["finished"]
+    assert ask(server.client(), "lora").choices[0].message.content

@@ -174,6 +174,7 @@ class Worker:
 
     def __init__(self):
         self.jobs: queue.Queue = queue.Queue()
+        self.counts = {"finished": 0, "cancelled": 0, "failed": 0}  # generations so far, by how they ended
         self.thread = threading.Thread(target=self._run, name="llm-tuning-generation", daemon=True)
         self.thread.start()
 
@@ -194,8 +195,10 @@ class Worker:
             try:
                 result = job.fn(job)
             except Exception as e:  # noqa: BLE001 - handed to the request, which answers with an error
+                self.counts["failed"] += 1
                 job.emit("error", e)
             else:
+                self.counts["cancelled" if getattr(result, "finish_reason", "") == "cancelled" else "finished"] += 1
                 job.emit("done", result)
 
     def close(self):

@@ -55,7 +55,8 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": adapters.names}
+        worker = app.state.worker
+        return {"status": "ok", "models": adapters.names, "queued": worker.jobs.qsize(), **worker.counts}
 
     @app.get("/")
     async def playground():
