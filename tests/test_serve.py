@@ -13,7 +13,7 @@ KEY = "test-key-123"
 
 @pytest.fixture(scope="module")
 def adapters(tiny_models, tmp_path_factory):
-    return trained_adapters(tiny_models, tmp_path_factory)
+    return trained_adapters(tiny_models, tmp_path_factory, ("lora", "ia3", "prompt", "prefix", "bitfit"))
 
 
 @pytest.fixture(scope="module")
@@ -30,27 +30,31 @@ def ask(client, model, content=QUESTION, **kw):
 
 def test_models_are_the_base_and_each_adapter(server):
     models = server.client().models.list()
-    assert [m.id for m in models.data] == ["base", "lora", "ia3", "prompt"]
+    assert [m.id for m in models.data] == ["base", "lora", "ia3", "prompt", "prefix", "bitfit"]
     assert server.http("GET", "/v1/models/ia3")[1]["method"] == "ia3"
+    assert server.http("GET", "/v1/models/bitfit")[1]["method"] == "bitfit"
 
 
 def test_each_model_answers_as_its_adapter_loaded_alone(server, tiny_models, adapters):
-    """Non-streaming through the openai client: base, LoRA, IA3 and prompt tuning over ONE shared base give
-    exactly the greedy answer each gets loaded by itself; the adapters do change the answer."""
+    """Non-streaming through the openai client: base, LoRA, IA3, prompt and prefix tuning over ONE shared base
+    (BitFit beside it) give exactly the greedy answer each gets loaded by itself, whatever ran before; the
+    adapters do change the answer."""
     from llm_tuning.data.tokenize import prompt_ids
     from llm_tuning.models import load_tokenizer
 
     client = server.client()
-    got = {m: ask(client, m) for m in ("lora", "base", "ia3", "prompt", "lora")}
-    want = {m: alone(tiny_models["llama"], adapters.get(m)) for m in got}
-    for m, r in got.items():
+    order = ("lora", "base", "ia3", "prefix", "bitfit", "prompt", "lora", "base")
+    got = [(m, ask(client, m)) for m in order]
+    want = {m: alone(tiny_models["llama"], adapters.get(m)) for m in set(order)}
+    for m, r in got:
         assert r.choices[0].message.content.strip() == want[m], m
         assert r.model == m and r.choices[0].message.role == "assistant"
-    assert len({got[m].choices[0].message.content for m in got}) == 4  # no two models answer alike here
+    assert len(set(want.values())) == 6  # no two models answer alike here
+    first = dict(got)
     n_prompt = len(prompt_ids(load_tokenizer(tiny_models["llama"]), {"instruction": QUESTION, "input": ""}))
-    u = got["base"].usage
+    u = first["base"].usage
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (n_prompt, 12, n_prompt + 12)
-    assert got["base"].choices[0].finish_reason == "length"
+    assert first["base"].choices[0].finish_reason == "length"
 
 
 def test_a_conversation_is_answered_with_its_system_prompt_and_history(server, tiny_models, adapters):
