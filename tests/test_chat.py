@@ -84,3 +84,20 @@ def test_ctrl_c_stops_the_answer_not_the_session(tiny_models, lora):
     child.close()
     assert child.exitstatus == 0
 
+
+
+def test_history_that_outgrows_the_context_loses_its_oldest_exchanges(tiny_models):
+    from llm_tuning.infer.chat import fit_history, prompt_ids_from_messages
+    from llm_tuning.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_models["llama"])
+    system = {"role": "system", "content": "你是一个助手。"}
+    turns = [m for i in range(6) for m in ({"role": "user", "content": f"问题{i}：说出一种水果。"},
+                                             {"role": "assistant", "content": f"回答{i}：苹果和香蕉。"})]
+    messages = [system] + turns + [{"role": "user", "content": "最后一个问题。"}]
+    whole = len(prompt_ids_from_messages(messages, "default", tok))
+    kept, dropped = fit_history(messages, "default", tok, room=whole - 1)
+    assert dropped == 1 and kept == [system] + turns[2:] + messages[-1:]
+    kept, dropped = fit_history(messages, "default", tok, room=1)  # only the question itself is left
+    assert dropped == 6 and kept == [system, messages[-1]]
+    assert fit_history(messages, "default", tok, room=None) == (messages, 0)
