@@ -6,12 +6,18 @@ import os
 import shutil
 
 import pytest
-
 from conftest import run_cli
+
 from llm_tuning.data.cache import cache_key
 from llm_tuning.data.formats import load_records, validate_record
-from llm_tuning.data.tokenize import (IGNORE, conversation_prompt_ids, encode_conversation, encode_records,
-                                      prepare_tokenizer, prompt_ids)
+from llm_tuning.data.tokenize import (
+    IGNORE,
+    conversation_prompt_ids,
+    encode_conversation,
+    encode_records,
+    prepare_tokenizer,
+    prompt_ids,
+)
 from llm_tuning.errors import UserError
 from llm_tuning.models import load_tokenizer
 

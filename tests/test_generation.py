@@ -8,16 +8,21 @@ import torch
 from llm_tuning.config import TrainConfig
 from llm_tuning.data.templates import format_prompt
 from llm_tuning.data.tokenize import encode_prompt, prepare_tokenizer
-from llm_tuning.infer.generate import _generate_without_cache, generate, generate_ids, stream_ids
+from llm_tuning.infer.generate import (
+    _generate_without_cache,
+    generate,
+    generate_ids,
+    stream_ids,
+)
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
 
 PROMPT_LEARNING = {
-    "prompt-text": dict(method="prompt", prompt_init="text"),
-    "ptuning-mlp": dict(method="ptuning", encoder="mlp"),
-    "ptuning-lstm": dict(method="ptuning", encoder="lstm"),
-    "prefix": dict(method="prefix", prefix_projection=False),
-    "prefix-proj": dict(method="prefix", prefix_projection=True),
+    "prompt-text": {"method": "prompt", "prompt_init": "text"},
+    "ptuning-mlp": {"method": "ptuning", "encoder": "mlp"},
+    "ptuning-lstm": {"method": "ptuning", "encoder": "lstm"},
+    "prefix": {"method": "prefix", "prefix_projection": False},
+    "prefix-proj": {"method": "prefix", "prefix_projection": True},
 }
 NEW = 8
 
@@ -103,7 +108,7 @@ def test_other_methods_decode_as_transformers_generate(variant, arch, models, pr
 def test_sampling_is_repeatable_with_a_seed_and_varies_without(models, prompts):
     tok, ids = prompts["llama"]
     model = adapter_model(models["llama"], "prefix")
-    kw = dict(do_sample=True, temperature=1.5, top_p=0.95)
+    kw = {"do_sample": True, "temperature": 1.5, "top_p": 0.95}
     a = generate_ids(model, ids, tok.eos_token_id, tok.pad_token_id, NEW, seed=7, **kw)
     b = generate_ids(model, ids, tok.eos_token_id, tok.pad_token_id, NEW, seed=7, **kw)
     c = generate_ids(model, ids, tok.eos_token_id, tok.pad_token_id, NEW, seed=8, **kw)
