@@ -80,8 +80,9 @@ class TrainConfig:
     # method
     method: str = option("lora", "the fine-tuning method", choices=METHOD_NAMES, group=MT)
     num_virtual_tokens: int = option(10, "virtual tokens (prompt, ptuning, prefix)", group=P)
-    prompt_init: str = option("text", "prompt tuning start: text (hard prompt) or random (soft)",
-                              choices=("text", "random"), group=P)
+    prompt_init: str = option("text", "prompt tuning start: text (hard prompt), vocab (embeddings of sampled "
+                                      "vocabulary tokens) or random (soft, at the scale of the model's embeddings)",
+                              choices=("text", "vocab", "random"), group=P)
     prompt_text: str = option("下面是一条指令，请写出恰当的回答。",
                               "text whose embeddings start a hard prompt (and prefix tuning's keys/values)", group=P)
     encoder: str = option("mlp", "p-tuning prompt encoder", choices=("mlp", "lstm"), group=P)
@@ -115,6 +116,9 @@ class TrainConfig:
     save_total_limit: int = option(2, "checkpoints kept (at least 2, so a complete one survives a kill)", group=C)
     eval_steps: int | None = option(None, "held-out loss every N steps (default: at each save)", group=C)
     logging_steps: int = option(1, "log the training loss every N steps", group=C)
+    report_to: str = option("none", "also send the logs to a tracker through the Trainer's own integration "
+                                    "(tensorboard: event files in OUTPUT_DIR/runs/)",
+                            choices=("none", "tensorboard", "wandb", "mlflow"), group=C)
     resume: bool = option(False, "continue from the last complete checkpoint in --output-dir", group=C)
     overwrite: bool = option(False, "replace a non-empty --output-dir", group=C)
     extra: dict = option({}, "free-form settings for Python callers", cli=False)

@@ -125,6 +125,13 @@ def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool)
     import torch
     from transformers import TrainingArguments
 
+    report_to = cfg.report_to or "none"
+    if report_to != "none":
+        from transformers.integrations import integration_utils as tracking
+
+        if not getattr(tracking, f"is_{report_to}_available")():
+            raise UserError(f"--report-to {report_to}: the {report_to} package is not installed; "
+                            f"pip install {report_to}, or drop --report-to")
     return TrainingArguments(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -143,7 +150,7 @@ def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool)
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.eval_steps or cfg.save_steps,
         seed=cfg.seed,
-        report_to="none",
+        report_to=report_to,  # the Trainer's own tracker callbacks (tensorboard, wandb, mlflow)
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
