@@ -109,7 +109,7 @@ class _Decoder:
         if cache is not None:
             kw[self.cache_arg] = cache
         out = self.model(use_cache=True, **kw)
-        self.cache = getattr(out, "cache", None) or out.past_key_values
+        self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         return out.logits[:, -1].float()
 
     def start(self, ids, attn):
