@@ -23,6 +23,7 @@ def compare_run(tmp_path_factory):
     cfg = {"title": "test", "model": need_shared(STORIES), "data": need_shared(EN_DATA), "output_dir": str(out),
            "max_steps": 4, "batch_size": 4, "max_length": 96, "heldout_size": 10, "val_size": 8, "eval_records": 2,
            "max_new_tokens": 8, "samples": 2, "seeds": SEEDS, "eval_every": 2, "lr_factors": [1, 3],
+           "parallel": 2, "threads": 1,  # two runs train at once, one thread each
            "runs": [{"name": "lora-r4", "method": "lora", "lora_r": 4, "lr": [1e-3, 1e-2]},
                     {"name": "prefix-proj", "method": "prefix", "prefix_projection": True, "lr": "auto"},
                     {"name": "broken", "method": "lora", "target_modules": ["no_such_module"], "lr": 1e-3}]}
@@ -136,8 +137,8 @@ def test_table_has_every_column_filled_for_ok_runs(compare_run):
     for col in ("trainable params", "trainable %", "adapter size", "training memory MiB (measured)",
                 "training memory MiB (estimated)", "train tokens/s", "wall s", "mergeable"):
         assert col in headers[1]
-    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora | ok")]
-    assert len(ok_rows) >= 2 and all("|  |" not in l for l in ok_rows)  # no empty cell
+    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora |")]  # quality, cost (and sweep) rows
+    assert len(ok_rows) == 3 and all("|  |" not in l for l in ok_rows)  # no empty cell
     assert cost[0][0] == "run" and "## Sample generations" in md and md.count("- *reference*:") == 2
     assert "## Time" in md and "base evaluation" in md and "learning-rate sweep" in md
 
@@ -146,7 +147,8 @@ def test_broken_method_is_a_failed_row_and_the_others_ran(compare_run):
     out, _, r = compare_run
     broken = json.load(open(out / "broken" / "result.json"))
     assert broken["status"] == "failed" and "no_such_module" in broken["error"]
-    assert "broken lr 0.001 seed 0: FAILED" in r.stdout and "[10/10] broken" in r.stdout
+    assert "broken lr 0.001 seed 0: FAILED" in r.stdout and "broken lr 0.001 seed 1: FAILED" in r.stdout
+    assert "[10/10] " in r.stdout and "[11/10]" not in r.stdout
     assert "| broken | lora | failed:" in (out / "report.md").read_text()
     assert "class='failed'" in (out / "report.html").read_text()
 
@@ -167,14 +169,15 @@ def test_plots_are_valid_pngs_and_html_is_self_contained(compare_run):
 
 def test_rerun_resumes_only_what_is_not_done(compare_run):
     out, path, _ = compare_run
-    point = out / "prefix-proj" / f"lr{_rows(out)['prefix-proj']['lr']:.3g}-seed1"
+    point = out / "lora-r4" / f"lr{_rows(out)['lora-r4']['lr']:.3g}-seed1"
     first = json.load(open(point / "result.json"))
     os.remove(point / "result.json")
     r = run_cli("compare", "--config", str(path))
     assert r.returncode == 0, r.stderr
     assert "base: done already" in r.stdout and "lora-r4 lr 0.001 seed 0: done already" in r.stdout
-    assert r.stdout.count(": training") == 1 and "prefix-proj (prefix): training 1 point(s)" in r.stdout
-    assert f"prefix-proj lr {first['lr']:.3g} seed 1: validation loss" in r.stdout
+    assert r.stdout.count(": training") == 1 and "lora-r4 (lora): training 1 point(s)" in r.stdout
+    assert f"lora-r4 lr {first['lr']:.3g} seed 1: validation loss" in r.stdout
+    assert f"prefix-proj lr {_rows(out)['prefix-proj']['lr']:.3g} seed 1: done already" in r.stdout
     again = json.load(open(point / "result.json"))
     assert again["status"] == "ok"
     # its training had finished: nothing is trained again, and the row keeps that training's speed and memory
@@ -198,7 +201,7 @@ def test_force_reruns_from_scratch(compare_run, tmp_path):
     assert r2.returncode == 0, r2.stderr
     assert "lora-r4 (lora): training 1 point(s)" in r2.stdout and "base: evaluating" in r2.stdout
     assert "[1/1] lora-r4 lr 0.01 seed 0: validation loss" in r2.stdout
-    assert sorted(os.listdir(copy / "lora-r4")) == ["lr0.01-seed0", "result.json"]  # the sweep's points are gone
+    assert [n for n in os.listdir(copy / "lora-r4") if n.startswith("lr")] == ["lr0.01-seed0"]  # the sweep's are gone
     point = copy / "lora-r4" / "lr0.01-seed0"
     assert json.load(open(point / "metrics.json"))["steps"] == 4
     assert sorted(n for n in os.listdir(point) if n.startswith("checkpoint-")) == ["checkpoint-4"]

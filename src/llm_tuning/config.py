@@ -390,6 +390,10 @@ class CompareConfig:
                                            "the chosen rate then trains on every seed", group=T)
     eval_every: int | None = option(None, "validation loss every N steps during training (default: 8 points "
                                           "per run)", group=E)
+    parallel: int = option(1, "runs trained at once, each in its own process (with threads: 1, as many as cores "
+                              "saves the threads' synchronisation on small models)", group=T)
+    threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
+                                       "choice, one per core)", group=T)
 
 
 Q = "quantisation lab"

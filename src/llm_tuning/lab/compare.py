@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 
 from ..errors import UserError
@@ -99,6 +100,7 @@ class _Comparison:
         self.eval_every = self.cc.eval_every or max(1, self.steps // 8)
         self.timings = {"split and tokenisation": time.time() - t}
         self.done, self.total = 0, sum(self._points_of(r) for r in self.cc.runs)
+        self.lock = threading.Lock()  # runs may train in parallel threads (each driving its own process)
 
     def _sweep_seeds(self, run) -> list[int]:
         seeds = self.cc.seeds
@@ -109,6 +111,10 @@ class _Comparison:
         return len(grid) * len(sweep) + len(self.cc.seeds) - len(sweep)
 
     def prepare_folders(self):
+        if self.cc.threads:  # the evaluations in this process too
+            import torch
+
+            torch.set_num_threads(self.cc.threads)
         os.makedirs(os.path.join(self.out, "data"), exist_ok=True)
         if self.force:
             # a forced run starts afresh: points train with --resume (so an interrupted comparison continues), and
@@ -168,7 +174,8 @@ class _Comparison:
             row = read_json(os.path.join(run_dir, "result.json"))
             if row is not None:
                 rows[(lr, seed)] = row
-                self.done += 1
+                with self.lock:
+                    self.done += 1
                 self.log(f"[{self.done}/{self.total}] {self._label(run, lr, seed)}: done already (result.json), skipped")
             else:
                 jobs.append({"config": self.run_settings(run, lr, seed, run_dir), "dir": run_dir, "name": run["name"],
@@ -178,8 +185,9 @@ class _Comparison:
         self.log(f"{run['name']} ({run['method']}): training {len(jobs)} point(s) of {self.steps} steps in one process ...")
 
         def done(job, row):
-            self.done += 1
-            label = f"[{self.done}/{self.total}] {self._label(run, job['lr'], job['seed'])}"
+            with self.lock:
+                self.done += 1
+                label = f"[{self.done}/{self.total}] {self._label(run, job['lr'], job['seed'])}"
             if row["status"] != "ok":
                 self.log(f"{label}: FAILED: {row['error']}")
             else:
@@ -188,7 +196,7 @@ class _Comparison:
             write_json(os.path.join(job["dir"], "result.json"), row)
             rows[(job["lr"], job["seed"])] = row
 
-        train_points(jobs, os.path.join(self.out, run["name"], "jobs.json"), done)
+        train_points(jobs, os.path.join(self.out, run["name"], "jobs.json"), done, self.cc.threads)
         return rows
 
     def evaluated(self, run, lr: float, seed: int, row: dict) -> dict:
@@ -205,27 +213,42 @@ class _Comparison:
         write_json(os.path.join(run_dir, "result.json"), row)
         return row
 
-    def run(self, run, base: dict) -> dict:
-        """Sweep the run's rates on its sweep seeds, choose on validation, train and evaluate every seed there."""
+    def train_run(self, run) -> tuple[dict, list | None, float | None]:
+        """Sweep the run's rates on its sweep seeds, choose on validation, train the other seeds at that rate.
+        Returns (its points, the sweep table or None, the chosen rate)."""
         grid, seeds = self.grids[run["name"]], self.cc.seeds
-        sweep, chosen = None, grid[0]
-        if len(grid) > 1:
-            sweep_seeds = self._sweep_seeds(run)
-            points = self.trained(run, [(lr, s) for lr in grid for s in sweep_seeds])
-            sweep = sweep_table(grid, points, sweep_seeds)
-            chosen = choose_lr(sweep)
-            losses = ", ".join(f"{r['lr']:.3g}: " + (f"{r['val_mean']:.4f}" if r["eligible"] else "failed") for r in sweep)
-            self.log(f"    {run['name']}: " + (f"learning rate {chosen:.3g} chosen" if chosen is not None else
-                                               "no rate trained") + f" on the mean validation loss ({losses})")
-            rest = [s for s in seeds if s not in sweep_seeds] if chosen is not None else []
-            points.update(self.trained(run, [(chosen, s) for s in rest]))
-        else:
-            points = self.trained(run, [(chosen, s) for s in seeds])
+        if len(grid) == 1:
+            return self.trained(run, [(grid[0], s) for s in seeds]), None, grid[0]
+        sweep_seeds = self._sweep_seeds(run)
+        points = self.trained(run, [(lr, s) for lr in grid for s in sweep_seeds])
+        sweep = sweep_table(grid, points, sweep_seeds)
+        chosen = choose_lr(sweep)
+        losses = ", ".join(f"{r['lr']:.3g}: " + (f"{r['val_mean']:.4f}" if r["eligible"] else "failed") for r in sweep)
+        self.log(f"    {run['name']}: " + (f"learning rate {chosen:.3g} chosen" if chosen is not None else
+                                           "no rate trained") + f" on the mean validation loss ({losses})")
+        rest = [s for s in seeds if s not in sweep_seeds] if chosen is not None else []
+        points.update(self.trained(run, [(chosen, s) for s in rest]))
+        return points, sweep, chosen
+
+    def row(self, run, trained, base: dict) -> dict:
+        """Every seed at the chosen rate scored on the held-out records; the run's row, written to its folder."""
+        points, sweep, chosen = trained
+        grid, seeds = self.grids[run["name"]], self.cc.seeds
         finals = [self.evaluated(run, chosen, s, points[(chosen, s)]) for s in seeds] if chosen is not None else []
         row = run_row(run, grid, sweep, chosen, finals, base if base.get("status") == "ok" else None,
                       estimate_mib(self.run_settings(run, chosen or grid[0], seeds[0], "")), list(points.values()))
         write_json(os.path.join(self.out, run["name"], "result.json"), row)
         return row
+
+    def rows(self, base: dict) -> list[dict]:
+        """Train the runs (`parallel` training processes at once), then score them one after another."""
+        if self.cc.parallel > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.cc.parallel) as pool:
+                trained = list(pool.map(self.train_run, self.cc.runs))
+            return [self.row(run, t, base) for run, t in zip(self.cc.runs, trained)]
+        return [self.row(run, self.train_run(run), base) for run in self.cc.runs]
 
 
 def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:
@@ -259,7 +282,7 @@ def run_compare(config_path: str, force: bool = False, log=print) -> dict:
         f"{len(cmp.val)} validation / {len(cmp.heldout)} held-out records, {cmp.steps} steps of "
         f"{cmp.shared['batch_size']} each, {cmp.total} trainings")
     base = cmp.base()
-    rows = [cmp.run(run, base) for run in cc.runs]
+    rows = cmp.rows(base)
     noise = noise_summary(rows)
     timings = _timings(cmp, base, rows)
 

@@ -105,7 +105,7 @@ def _point_row(job: dict, status: dict | None, code) -> dict:
     return row
 
 
-def train_points(jobs: list[dict], jobs_path: str, on_done) -> list[dict]:
+def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None = None) -> list[dict]:
     """Train the points `jobs` ({config, dir, name, lr, seed}) one after another in one child process (resuming
     half-done ones: the configs say resume); on_done(job, row) as each ends. Returns their rows (status ok, or
     failed with the error; a point the process never reached, because it died, is failed too)."""
@@ -127,8 +127,9 @@ def train_points(jobs: list[dict], jobs_path: str, on_done) -> list[dict]:
                 on_done(job, rows[i])
 
     with open(os.path.join(os.path.dirname(jobs_path), "worker.log"), "a") as log:
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
         proc = subprocess.Popen([sys.executable, "-m", "llm_tuning.lab.worker", jobs_path], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             time.sleep(0.5)
             collect()

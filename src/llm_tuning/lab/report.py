@@ -30,7 +30,9 @@ def _ms(r, key, digits):
 
 def _delta(r, key, digits):
     d = r.get(key + "_vs_base")
-    return "" if d is None else f"{d:+.{digits}f}"
+    if d is None:
+        return ""
+    return f"{0.0 if abs(d) < 0.5 * 10 ** -digits else d:+.{digits}f}"  # no "-0.00"
 
 
 def _verdict(r, key):

@@ -111,6 +111,9 @@ def load_compare_config(path: str) -> tuple[CompareConfig, dict]:
     for key in ("heldout_size", "val_size"):
         if getattr(cc, key) < 0:
             raise UserError(f"{path}: {key!r} must be a fraction or a count >= 0")
+    for key in ("parallel", "threads", "eval_every", "sweep_seeds"):
+        if getattr(cc, key) is not None and getattr(cc, key) < 1:
+            raise UserError(f"{path}: {key!r} must be at least 1")
     if not cc.heldout_size:
         raise UserError(f"{path}: 'heldout_size' must be above 0: the table is scored on those records")
     shared.setdefault("batch_size", 8)
