@@ -15,6 +15,20 @@ from .prompt import PromptTuning
 from .ptuning import PTuning
 
 METHODS = {m.name: m for m in (Full(), BitFit(), PromptTuning(), PTuning(), PrefixTuning(), LoRA(), IA3())}
+# Every variant of every method, by name: the TrainConfig options that select it (all else at its defaults).
+# benchmarks/methods_at_defaults.py and tests/test_defaults_learn.py train each of them.
+VARIANTS = {
+    "bitfit": dict(method="bitfit"),
+    "prompt-text": dict(method="prompt", prompt_init="text"),
+    "prompt-random": dict(method="prompt", prompt_init="random"),
+    "ptuning-mlp": dict(method="ptuning", encoder="mlp"),
+    "ptuning-lstm": dict(method="ptuning", encoder="lstm"),
+    "prefix": dict(method="prefix", prefix_projection=False),
+    "prefix-proj": dict(method="prefix", prefix_projection=True),
+    "lora": dict(method="lora"),
+    "ia3": dict(method="ia3"),
+    "full": dict(method="full"),
+}
 RUN_INFO = "llm_tuning.json"  # written beside every adapter: which method, which base, the resolved config
 
 _PEFT_TYPES = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt", "P_TUNING": "ptuning", "PREFIX_TUNING": "prefix"}
