@@ -19,7 +19,7 @@ def generation_metrics(model, tokenizer, records, template="default", max_new_to
     if predictions_path:
         with open(predictions_path, "w", encoding="utf-8") as f:
             for r, pred in zip(records, predictions):
-                f.write(json.dumps({"prompt": format_prompt(r, template), "reference": r["output"],
+                f.write(json.dumps({"prompt": format_prompt(r, template, tokenizer), "reference": r["output"],
                                     "prediction": pred}, ensure_ascii=False) + "\n")
     result = score(predictions, references)
     result["predictions"] = predictions
