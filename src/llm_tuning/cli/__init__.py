@@ -1,6 +1,6 @@
 """The `llm-tuning` command: a thin layer over the Python API.
 
-Each command is a config dataclass (config.py: its options, declared once) and a function that calls the API
+Each command is a config dataclass (config/: its options, declared once) and a function that calls the API
 with it. Nothing heavy is imported at module level, so `--help` and input errors answer at once. A UserError
 becomes one line on stderr and exit code 2, never a traceback.
 """

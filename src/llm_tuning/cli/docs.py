@@ -1,4 +1,4 @@
-"""The options tables of the docs, generated from the declarations in config.py.
+"""The options tables of the docs, generated from the declarations in config/.
 
     python -m llm_tuning.cli.docs          # rewrite docs/options.md and the README's method table
     python -m llm_tuning.cli.docs --check  # exit 1 if either is out of date (tests/test_options.py runs this)
@@ -51,7 +51,7 @@ def options_markdown() -> str:
     from . import COMMANDS
 
     parts = ["# Options", "",
-             "Generated from `src/llm_tuning/config.py` by `python -m llm_tuning.cli.docs`; do not edit by hand. "
+             "Generated from `src/llm_tuning/config/` by `python -m llm_tuning.cli.docs`; do not edit by hand. "
              "Every option of `train` may also be a key of its `--config` YAML file (dashes or underscores), and "
              "of a `compare` YAML (shared by every run, or per run).", ""]
     for c in COMMANDS:

@@ -1,4 +1,4 @@
-"""argparse options generated from the config dataclasses (config.py): one declaration per option."""
+"""argparse options generated from the config dataclasses (config/): one declaration per option."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ __all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_
 
 
 def estimate_config(cfg) -> dict:
-    """The estimate for an EstimateConfig (config.py): every option of `train` that changes memory."""
+    """The estimate for an EstimateConfig (config/): every option of `train` that changes memory."""
     run = cfg.train_config()
     return estimate(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
                     run.gradient_checkpointing, run)

@@ -1,0 +1,247 @@
+"""The other commands' options; those they share with train are borrowed from TrainConfig with `same_as`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option, same_as
+from .train import C, D, M, T, TrainConfig
+
+
+I, G, E = "inference", "generation", "evaluation"
+
+
+@dataclass
+class LoadConfig:
+    """What loading a trained model for inference takes: the base, an adapter, precision and template."""
+
+    model: str = same_as(TrainConfig, "model")
+    adapter: str | None = option(None, "adapter folder written by `llm-tuning train` (or a plain PEFT adapter)",
+                                 group=M)
+    precision: str = same_as(TrainConfig, "precision")
+    quantization: str | None = same_as(TrainConfig, "quantization")
+    template: str | None = option(None, "prompt template (default: the adapter's, else default)",
+                                  choices=TEMPLATE_NAMES, group=D)
+    trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
+
+
+@dataclass
+class GenerateConfig(LoadConfig):
+    """`llm-tuning generate`: answer one instruction."""
+
+    prompt: str = option("", "the instruction", group=G, required=True)
+    input: str = option("", "optional input for the instruction", group=G)
+    max_new_tokens: int = option(128, "answer length limit in tokens", group=G)
+    sample: bool = option(False, "sample instead of greedy decoding", group=G)
+    temperature: float = option(0.7, "sampling temperature (with --sample)", group=G)
+    top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this much probability",
+                          group=G)
+
+
+@dataclass
+class EvalConfig(LoadConfig):
+    """`llm-tuning eval`: held-out response loss and perplexity (and, with --generate, ROUGE / BLEU)."""
+
+    data: str = same_as(TrainConfig, "data")
+    encoding: str | None = same_as(TrainConfig, "encoding")
+    max_length: int = same_as(TrainConfig, "max_length")
+    batch_size: int = option(8, "records per forward pass", group=E)
+    limit: int | None = option(None, "evaluate only the first N records", group=E)
+    skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
+    generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
+                                   "BLEU-4 on characters", group=E)
+    max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
+    predictions: str | None = option(None, "with --generate: write prompt/reference/prediction JSONL here", group=E)
+    json: bool = option(False, "print JSON instead of a table", group=E)
+
+
+@dataclass
+class MergeConfig:
+    """`llm-tuning merge`: fold a LoRA / IA3 / BitFit adapter into its base model."""
+
+    model: str = same_as(TrainConfig, "model")
+    adapter: str = same_as(LoadConfig, "adapter", required=True)
+    output: str = option("", "folder for the merged standalone model", group=M, required=True)
+    overwrite: bool = option(False, "replace a non-empty output folder", group=M)
+    save_precision: str = option("fp32", "dtype of the written model", choices=PRECISIONS, group=M)
+    save_quantization: str | None = option(None, "re-quantise the merged model before saving", choices=QUANTIZATIONS,
+                                           group=M)
+    merge_base: str = option("auto", "for an adapter trained on a quantised base: merge into the original weights or "
+                                     "the dequantised quantised ones (auto: dequantized for 4bit, original for 8bit)",
+                             choices=("auto", "original", "dequantized"), group=M)
+    trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
+
+
+_ESTIMATED = ("method", "precision", "quantization", "batch_size", "max_length", "gradient_checkpointing",
+              "fast_loss", "num_virtual_tokens", "encoder", "encoder_hidden_size", "prefix_projection", "lora_r",
+              "lora_dropout", "target_modules")
+
+
+@dataclass
+class EstimateConfig:
+    """`llm-tuning estimate`: peak training memory from a model config alone (every option that changes it)."""
+
+    model: str = option("", "a preset (llama-2-7b, bloom-1b4), a model folder, a config.json or a hub id",
+                        group=M, required=True)
+    method: str = same_as(TrainConfig, "method")
+    precision: str = same_as(TrainConfig, "precision")
+    quantization: str | None = same_as(TrainConfig, "quantization")
+    batch_size: int = same_as(TrainConfig, "batch_size")
+    max_length: int = same_as(TrainConfig, "max_length")
+    gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
+    fast_loss: bool = same_as(TrainConfig, "fast_loss")
+    num_virtual_tokens: int = same_as(TrainConfig, "num_virtual_tokens")
+    encoder: str = same_as(TrainConfig, "encoder")
+    encoder_hidden_size: int | None = same_as(TrainConfig, "encoder_hidden_size")
+    prefix_projection: bool = same_as(TrainConfig, "prefix_projection")
+    lora_r: int = same_as(TrainConfig, "lora_r")
+    lora_dropout: float = same_as(TrainConfig, "lora_dropout")
+    target_modules: list[str] | None = same_as(TrainConfig, "target_modules")
+    json: bool = same_as(EvalConfig, "json")
+
+    def train_config(self) -> TrainConfig:
+        """The training run this estimates (the method options as `train` reads them)."""
+        return TrainConfig(**{k: getattr(self, k) for k in _ESTIMATED})
+
+
+@dataclass
+class InitModelConfig:
+    """`llm-tuning init-model`: a tiny random Bloom or Llama with a tokenizer."""
+
+    arch: str = option("", "architecture", choices=("bloom", "llama"), group=M, required=True)
+    output: str = option("", "folder for the model and tokenizer", group=M, required=True)
+    tokenizer: str | None = option(None, "existing tokenizer folder (default: train a byte-level BPE)", group=M)
+    train_text: str | None = option(None, "alpaca data to train the BPE on (default: the bundled Chinese sample)",
+                                    group=M)
+    vocab_size: int = option(2000, "BPE vocabulary size", group=M)
+    hidden_size: int | None = option(None, "hidden size (default 64)", group=M)
+    num_layers: int | None = option(None, "decoder layers (default 2)", group=M)
+    num_heads: int | None = option(None, "attention heads (default 4)", group=M)
+    num_kv_heads: int | None = option(None, "Llama key/value heads (default 2)", group=M)
+    intermediate_size: int | None = option(None, "Llama MLP width (default 128)", group=M)
+    seed: int = same_as(TrainConfig, "seed", default=0)
+
+
+@dataclass
+class DemoConfig:
+    """`llm-tuning demo`: the embedded default job (tiny model, bundled sample, no network)."""
+
+    output_dir: str = option("runs/demo", "folder for the demo's models", group=C)
+    steps: int = option(100, "LoRA steps on the 20 records set aside", group=T)
+    pretrain_steps: int = option(600, "steps of the stand-in pre-training (a full fine-tune of the random model on "
+                                      "the other records)", group=T)
+
+
+@dataclass
+class CompareCommand:
+    """`llm-tuning compare`: several methods on one budget, a report with table and plots."""
+
+    config: str = option("", "compare YAML: model, data, output_dir, budget_tokens, runs (see docs/compare.md)",
+                         group=C, required=True)
+    force: bool = option(False, "rerun runs that already have a result.json", group=C)
+
+
+@dataclass
+class CompareConfig:
+    """The top-level keys of a compare YAML (besides any train option, shared by every run)."""
+
+    model: str = same_as(TrainConfig, "model")
+    data: str = same_as(TrainConfig, "data")
+    output_dir: str = option("", "the report folder (one sub-folder per run)", group=C, required=True)
+    runs: list = option([], "the runs: a list of mappings, each with a name, a method and any train option",
+                        group=C, required=True)
+    budget_tokens: int | None = option(None, "training tokens per run; the steps follow from the records' mean "
+                                             "length", group=T)
+    max_steps: int | None = option(None, "steps per run instead of budget_tokens", group=T)
+    eval_records: int = option(20, "held-out records answered for ROUGE / BLEU", group=E)
+    max_new_tokens: int = option(64, "answer length limit for ROUGE / BLEU", group=E)
+    samples: int = option(3, "sample answers shown in the report", group=E)
+    title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=E)
+    common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=T)
+    heldout_size: float = option(0.1, "held-out records of the table (a fraction or a count): every run and the "
+                                      "base are scored on them, nothing is chosen on them", group=D)
+    val_size: float = option(0.1, "validation records (a fraction or a count), apart from the held-out ones: "
+                                  "the learning rate is chosen on them, the loss during training measured on them",
+                             group=D)
+    split_seed: int = option(0, "seed of the held-out / validation / training split (one split for every run)",
+                             group=D)
+    seeds: list = option([], "training seeds: each run is repeated per seed, the table shows mean ± std "
+                             "(default: the train option seed alone)", group=T)
+    lr: object = option(None, "learning rate of the runs that set none: a number, a list of rates to sweep, or "
+                              "auto (the method's default rate times lr_factors); default: the method's rate",
+                        group=T)
+    lr_factors: list = option([1 / 3, 1, 3], "lr: auto sweeps the method's default rate times these factors "
+                                             "(default 1/3, 1, 3)", group=T)
+    sweep_seeds: int | None = option(None, "a sweep trains each rate on the first N seeds only (default: all); "
+                                           "the chosen rate then trains on every seed", group=T)
+    eval_every: int | None = option(None, "validation loss every N steps during training (default: 8 points "
+                                          "per run)", group=E)
+    parallel: int = option(1, "runs trained at once, each in its own process (with threads: 1, as many as cores "
+                              "saves the threads' synchronisation on small models)", group=T)
+    threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
+                                       "choice, one per core)", group=T)
+
+
+Q = "quantisation lab"
+
+
+@dataclass
+class QuantlabConfig:
+    """`llm-tuning quantlab`: weight, product and end-to-end quantisation errors (int8, LLM.int8, NF4, FP4)."""
+
+    model: str = same_as(TrainConfig, "model")
+    adapter: str | None = same_as(LoadConfig, "adapter")
+    trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
+    data: str = same_as(TrainConfig, "data")
+    encoding: str | None = same_as(TrainConfig, "encoding")
+    template: str | None = same_as(LoadConfig, "template")
+    max_length: int = same_as(TrainConfig, "max_length")
+    skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
+    records: int = option(32, "records run through the model for the activations and the held-out losses", group=Q)
+    thresholds: list[str] = option(["0", "3", "6", "8"], "LLM.int8 outlier thresholds to measure, comma-separated "
+                                                         "(0 = no decomposition)", group=Q)
+    max_rows: int = option(4096, "token rows of each linear layer's input kept for the product errors", group=Q)
+    demo_outliers: int = option(0, "DEMONSTRATION: also measure with K feature dimensions of every linear "
+                                   "layer's input scaled by --demo-scale, as large models' emergent outliers are",
+                                group=Q)
+    demo_scale: float = option(20.0, "the factor --demo-outliers multiplies its dimensions by", group=Q)
+    output_dir: str = option("", "folder for report.md, report.html, the PNGs and quantlab.json", group=C,
+                             required=True)
+    json: bool = same_as(EvalConfig, "json")
+
+
+S_ = "server"
+
+
+@dataclass
+class ChatConfig(LoadConfig):
+    """`llm-tuning chat`: a streaming multi-turn conversation in the terminal (/reset, /exit; Ctrl-C stops one)."""
+
+    system: str = option("", "system prompt that leads the conversation", group=G)
+    max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
+    sample: bool = same_as(GenerateConfig, "sample")
+    temperature: float = same_as(GenerateConfig, "temperature")
+    top_p: float = same_as(GenerateConfig, "top_p")
+    seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=G)
+
+
+@dataclass
+class ServeConfig:
+    """`llm-tuning serve`: an OpenAI-compatible API over one base and many adapters, a web playground at /."""
+
+    model: str = same_as(TrainConfig, "model")
+    adapter: list[str] | None = option(None, "NAME=DIR: serve the adapter in DIR as model NAME; repeat the flag "
+                                             "(or comma-separate) for more; `base` is the model without adapter",
+                                       group=M)
+    precision: str = same_as(TrainConfig, "precision")
+    quantization: str | None = same_as(TrainConfig, "quantization")
+    template: str | None = same_as(LoadConfig, "template")
+    trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface; set --api-key then)",
+                       group=S_)
+    port: int = option(8000, "TCP port to listen on", group=S_)
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on the API (default: "
+                                       "$LLM_TUNING_API_KEY; unset: no key)", group=S_)
+    reports: str | None = option(None, "folder of `compare` reports the playground may open (nothing outside it "
+                                       "is served)", group=S_)
+    max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
