@@ -45,7 +45,8 @@ class TrainConfig:
     method: str = option("lora", "the fine-tuning method", choices=METHOD_NAMES, group=MT)
     num_virtual_tokens: int = option(10, "virtual tokens (prompt, ptuning, prefix)", group=P)
     prompt_init: str = option("text", "prompt tuning start: text (hard prompt), vocab (embeddings of sampled "
-                                      "vocabulary tokens) or random (soft, at the scale of the model's embeddings)",
+                                      "vocabulary tokens) or random (soft); a text the tokenizer cannot spell "
+                                      "starts from the bos token",
                               choices=("text", "vocab", "random"), group=P)
     prompt_text: str = option("下面是一条指令，请写出恰当的回答。",
                               "text whose embeddings start a hard prompt (and prefix tuning's keys/values)", group=P)

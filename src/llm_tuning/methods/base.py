@@ -67,3 +67,19 @@ def hidden_size(model) -> int:
 
 def encoder_hidden_size(model, cfg) -> int:
     return cfg.encoder_hidden_size or hidden_size(model)
+
+
+def init_token_ids(tokenizer, text: str, n: int) -> list[int]:
+    """`n` token ids to start virtual tokens (or prefix keys/values) from: `text`'s, repeated to length.
+
+    A text the tokenizer cannot spell (half or more of its tokens unknown or byte-fallback pieces: the default
+    Chinese text on an English 512-token vocabulary) starts the model on junk context: stories260K's held-out loss
+    4.10 -> 4.59 before any training. Such a text gives way to the beginning-of-text token, which the model sees
+    at the start of every text (4.10 -> 4.10); no bos token: the text as it is."""
+    ids = tokenizer(text or "", add_special_tokens=False)["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    foreign = sum(i == tokenizer.unk_token_id or (p.startswith("<0x") and p.endswith(">")) for i, p in zip(ids, pieces))
+    if (not ids or 2 * foreign >= len(ids)) and tokenizer.bos_token_id is not None:
+        return [tokenizer.bos_token_id] * n
+    ids = ids or [tokenizer.eos_token_id]
+    return (ids * (n // len(ids) + 1))[:n]

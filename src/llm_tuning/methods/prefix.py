@@ -1,4 +1,4 @@
-from .base import PeftMethod, encoder_hidden_size
+from .base import PeftMethod, encoder_hidden_size, init_token_ids
 
 
 class PrefixTuning(PeftMethod):
@@ -89,9 +89,8 @@ def _real_token_key_values(model, cfg):
     from ..models import load_tokenizer
 
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    ids = tok(cfg.prompt_text or "", add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
     n = cfg.num_virtual_tokens
-    ids = (ids * (n // len(ids) + 1))[:n]
+    ids = init_token_ids(tok, cfg.prompt_text, n)
     device = next(model.parameters()).device
     with torch.no_grad():
         cache = model(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
