@@ -167,7 +167,8 @@ def _blocks(summary, base, rows, images):
         b += [("h2", "Learning-rate sweep (validation loss, mean ± std over the sweep seeds)"),
               ("table", (["run", "method", "validation loss per rate", "chosen", "sweep seeds"], sweeps, None))]
     b += [("h2", "Time"), ("p", "Seconds per part; training and evaluation summed over the points' own records "
-                                 "(a resumed comparison counts the work of earlier invocations too)."),
+                                 "(a resumed comparison counts the work of earlier invocations too; with parallel > 1 "
+                                 "they add up to more than the wall time)."),
           ("table", (["part", "seconds"], [[k, f"{v:,.1f}"] for k, v in t.items()], None)),
           ("h2", "Plots")] + [("img", (alt, path)) for alt, path in images]
     if summary["samples"]:
