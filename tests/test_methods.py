@@ -6,6 +6,7 @@ import torch
 from llm_tuning.config import TrainConfig
 from llm_tuning.data.collate import make_collator
 from llm_tuning.data.tokenize import encode_records, prepare_tokenizer
+from llm_tuning.methods import VARIANTS as METHOD_VARIANTS
 from llm_tuning.methods import get_method
 from llm_tuning.models import count_parameters, load_model, load_tokenizer
 
@@ -13,18 +14,8 @@ H, L, I, NH, NKV = 64, 2, 128, 4, 2  # the tiny sizes (models.TINY_DEFAULTS)
 KVD = H // NH * NKV  # Llama key/value width with grouped-query attention
 NVT, ENC, R = 4, 32, 4
 
-VARIANTS = {
-    "full": {},
-    "bitfit": {},
-    "prompt-text": dict(method="prompt", prompt_init="text"),
-    "prompt-random": dict(method="prompt", prompt_init="random"),
-    "ptuning-mlp": dict(method="ptuning", encoder="mlp"),
-    "ptuning-lstm": dict(method="ptuning", encoder="lstm"),
-    "prefix": dict(method="prefix", prefix_projection=False),
-    "prefix-proj": dict(method="prefix", prefix_projection=True),
-    "lora": dict(lora_dropout=0.0),
-    "ia3": {},
-}
+# Every variant the project names (methods.VARIANTS); LoRA without dropout so that outputs are deterministic here.
+VARIANTS = {name: dict(kw, **({"lora_dropout": 0.0} if name == "lora" else {})) for name, kw in METHOD_VARIANTS.items()}
 MERGEABLE = {"lora", "ia3", "bitfit"}
 
 
@@ -58,7 +49,6 @@ def closed_form_trainable(variant, arch, vocab):
 
 def make_cfg(model_path, variant):
     kw = dict(VARIANTS[variant])
-    kw.setdefault("method", variant)
     return TrainConfig(model=model_path, data="-", output_dir="-", num_virtual_tokens=NVT, encoder_hidden_size=ENC,
                        lora_r=R, lora_alpha=8, prompt_text="下面是一条指令", **kw)
 
