@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option, same_as
@@ -72,11 +73,6 @@ class MergeConfig:
     trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
 
 
-_ESTIMATED = ("method", "precision", "quantization", "batch_size", "max_length", "gradient_checkpointing",
-              "fast_loss", "num_virtual_tokens", "encoder", "encoder_hidden_size", "prefix_projection", "lora_r",
-              "lora_dropout", "target_modules")
-
-
 @dataclass
 class EstimateConfig:
     """`llm-tuning estimate`: peak training memory from a model config alone (every option that changes it)."""
@@ -101,7 +97,9 @@ class EstimateConfig:
 
     def train_config(self) -> TrainConfig:
         """The training run this estimates (the method options as `train` reads them)."""
-        return TrainConfig(**{k: getattr(self, k) for k in _ESTIMATED})
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return TrainConfig(**{k: v for k, v in own.items() if k in train_fields})
 
 
 @dataclass
