@@ -4,11 +4,9 @@ sample answers; written as Markdown and as a self-contained HTML page (plots emb
 
 from __future__ import annotations
 
-import base64
-import html
 import os
 
-from . import plots
+from . import page, plots
 from .stats import ALPHA
 
 
@@ -185,63 +183,6 @@ def _samples(summary, base, rows):
     return out
 
 
-def _md_cell(v):
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown(blocks) -> str:
-    md = []
-    for kind, c in blocks:
-        if kind in ("h1", "h2"):
-            md += [("# " if kind == "h1" else "## ") + c, ""]
-        elif kind == "p":
-            md += [c, ""]
-        elif kind == "table":
-            header, rows, _ = c
-            md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            md += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows] + [""]
-        elif kind == "img":
-            md += [f"![{c[0]}]({os.path.basename(c[1])})", ""]
-        elif kind == "samples":
-            md += ["## Sample generations", ""]
-            for instr, ref, preds in c:
-                md += [f"**Instruction:** {_md_cell(instr)}", "", f"- *reference*: {_md_cell(ref)}"]
-                md += [f"- **{name}**: {_md_cell(p) or '(empty)'}" for name, p in preds] + [""]
-    return "\n".join(md) + "\n"
-
-
-def _html(blocks, title) -> str:
-    e = html.escape
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title>",
-         "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px;"
-         "margin-bottom:1em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+3),th"
-         "{text-align:left}.failed{background:#fde0e0}.base{background:#eef3fb}</style></head><body>"]
-    for kind, c in blocks:
-        if kind in ("h1", "h2"):
-            h.append(f"<{kind}>{e(c)}</{kind}>")
-        elif kind == "p":
-            h.append(f"<p>{e(c).replace('**', '')}</p>")
-        elif kind == "table":
-            header, rows, source = c
-            h.append("<table><tr>" + "".join(f"<th>{e(x)}</th>" for x in header) + "</tr>")
-            for i, row in enumerate(rows):
-                r = source[i] if source else {}
-                cls = " class='failed'" if r.get("status") == "failed" else (" class='base'" if r.get("name") == "base" else "")
-                h.append(f"<tr{cls}>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>")
-            h.append("</table>")
-        elif kind == "img":
-            with open(c[1], "rb") as f:
-                data = base64.b64encode(f.read()).decode()
-            h.append(f"<h3>{e(c[0])}</h3><img src=\"data:image/png;base64,{data}\" style=\"max-width:100%\">")
-        elif kind == "samples":
-            h.append("<h2>Sample generations</h2>")
-            for instr, ref, preds in c:
-                h.append(f"<h3>{e(instr)}</h3><ul><li><i>reference</i>: {e(ref)}</li>"
-                         + "".join(f"<li><b>{e(n)}</b>: {e(p) or '(empty)'}</li>" for n, p in preds) + "</ul>")
-    h.append("</body></html>")
-    return "\n".join(h)
-
-
 def write_report(out_dir, summary, base, rows) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     paths = {"loss_curves": os.path.join(out_dir, "loss_curves.png"),
@@ -262,7 +203,7 @@ def write_report(out_dir, summary, base, rows) -> dict:
     blocks = _blocks(summary, base, rows, images)
     paths["md"], paths["html"] = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
     with open(paths["md"], "w", encoding="utf-8") as f:
-        f.write(_markdown(blocks))
+        f.write(page.markdown(blocks))
     with open(paths["html"], "w", encoding="utf-8") as f:
-        f.write(_html(blocks, summary["title"]))
+        f.write(page.html_page(blocks, summary["title"]))
     return paths

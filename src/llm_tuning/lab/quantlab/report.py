@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
 
+from .. import page
 from .weights import WEIGHT_SCHEMES
 
 PNGS = {"weights": "weight_error_per_layer.png", "threshold": "product_error_vs_threshold.png",
@@ -173,10 +172,6 @@ def tables(res) -> list[tuple[str, str, list, list]]:
     return out
 
 
-def _md_row(cells) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
 def write_report(out_dir: str, res: dict) -> dict:
     """Writes report.md, report.html, the PNGs and quantlab.json into `out_dir`; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -189,29 +184,16 @@ def write_report(out_dir: str, res: dict) -> dict:
     intro = (f"Model `{s['model']}`" + (f", adapter `{s['adapter']}`" if s["adapter"] else "") +
              f"; data `{s['data']}`; thresholds {', '.join(f'{t:g}' for t in s['thresholds'])}; bitsandbytes "
              f"{s['bitsandbytes']}, torch {s['torch']}; {s['seconds']:.0f} s.")
-    md = [f"# {title}", "", intro, ""]
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-         "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:12px}"
-         "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child,th{text-align:left}"
-         "</style></head><body>", f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    blocks = [("h1", title), ("p", intro)]
     for name, note, header, rows in tables(res):
-        md += [f"## {name}", "", note, "", _md_row(header), "|" + "---|" * len(header), *map(_md_row, rows), ""]
-        h += [f"<h2>{html.escape(name)}</h2><p>{html.escape(note)}</p><table><tr>",
-              "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>",
-              *("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows), "</table>"]
-    md += ["## Plots", ""] + [f"![{k}]({os.path.basename(p)})" for k, p in paths.items()] + [""]
-    h.append("<h2>Plots</h2>")
-    for p in paths.values():
-        with open(p, "rb") as f:
-            h.append(f'<p><img src="data:image/png;base64,{base64.b64encode(f.read()).decode()}" '
-                     f'style="max-width:100%" alt="{os.path.basename(p)}"></p>')
-    h.append("</body></html>")
+        blocks += [("h2", name), ("p", note), ("table", ([str(c) for c in header], rows, None))]
+    blocks += [("h2", "Plots")] + [("img", (k, p)) for k, p in paths.items()]
     paths["md"], paths["html"], paths["json"] = (os.path.join(out_dir, n) for n in
                                                  ("report.md", "report.html", "quantlab.json"))
     with open(paths["md"], "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
+        f.write(page.markdown(blocks))
     with open(paths["html"], "w", encoding="utf-8") as f:
-        f.write("\n".join(h))
+        f.write(page.html_page(blocks, title))
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(to_json(res), f, indent=1)
     return paths
