@@ -2,7 +2,6 @@
 through the modelscope package; one missing from the cache is one line naming it and how to download it."""
 
 import json
-import os
 import shutil
 
 import pytest
