@@ -4,6 +4,8 @@ import glob
 import json
 import math
 
+import pytest
+
 from conftest import SAMPLE, run_cli
 
 
@@ -45,3 +47,17 @@ def test_report_to_defaults_to_none_and_rejects_an_unknown_tracker(tiny_models, 
     r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--report-to", "comet",
                 "--output-dir", str(tmp_path / "other"))
     assert r.returncode == 2 and "--report-to" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_the_model_loads(tiny_models, tmp_path):
+    import importlib.util
+
+    missing = next((t for t in ("wandb", "mlflow") if importlib.util.find_spec(t) is None), None)
+    if missing is None:
+        pytest.skip("wandb and mlflow are both installed here")
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--report-to", missing,
+                "--output-dir", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"--report-to {missing}: the {missing} package is not installed" in r.stderr
+    assert not out.exists()  # refused before the output folder (and the model) was touched

@@ -22,7 +22,8 @@ class NothingLeftToTrain(Exception):
 
 
 class RunLog(TrainerCallback):
-    """Appends each log entry (loss per step, eval loss) to log.jsonl as it happens (a killed run keeps it)."""
+    """Appends each log entry (loss per step, eval loss) to log.jsonl as it happens (a killed run keeps it), with
+    the seconds since the process started (`time_s`): with the tokens seen, the steady-state speed."""
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, "log.jsonl")
@@ -30,7 +31,7 @@ class RunLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and state.is_world_process_zero:
             with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                f.write(json.dumps({"step": state.global_step, **logs, "time_s": seconds_since_process_start()}) + "\n")
 
 
 class StartupClock(TrainerCallback):

@@ -76,8 +76,19 @@ def _check_inputs(cfg: TrainConfig):
     check_source(cfg.model, "model")
     if cfg.tokenizer:
         check_source(cfg.tokenizer, "tokenizer")
+    _check_report_to(cfg.report_to)
     # under N processes the process group starts here, once the input is known to be good (rundir.py)
     return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
+
+
+def _check_report_to(report_to):
+    """A tracker's package is checked before the model loads, not after minutes of loading."""
+    if report_to and report_to != "none":
+        from transformers.integrations import integration_utils as tracking
+
+        if not getattr(tracking, f"is_{report_to}_available")():
+            raise UserError(f"--report-to {report_to}: the {report_to} package is not installed; "
+                            f"pip install {report_to}, or drop --report-to")
 
 
 def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
@@ -126,12 +137,6 @@ def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool)
     from transformers import TrainingArguments
 
     report_to = cfg.report_to or "none"
-    if report_to != "none":
-        from transformers.integrations import integration_utils as tracking
-
-        if not getattr(tracking, f"is_{report_to}_available")():
-            raise UserError(f"--report-to {report_to}: the {report_to} package is not installed; "
-                            f"pip install {report_to}, or drop --report-to")
     return TrainingArguments(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -244,6 +249,7 @@ def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbac
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from .checkpoint_state import with_method_checkpoints
     from .fastloss import FAST_METHODS, make_trainer_class
 
     fused = cfg.fast_loss and method.name in FAST_METHODS
@@ -251,6 +257,7 @@ def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbac
         trainer_cls = _with_length_grouping(_fused_loss_through_ddp(make_trainer_class()))
     else:
         trainer_cls = _with_length_grouping(make_trainer_class() if fused else Trainer)
+    trainer_cls = with_method_checkpoints(trainer_cls)  # prompt encoders and BitFit (checkpoint_state.py)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, callbacks=callbacks)
     if _sharded(trainer) and method.name == "bitfit":
