@@ -263,7 +263,7 @@ def test_estimate_within_15_percent_of_measured_peak(method, checkpointing, opts
     """lora and full take train.py's fused output layer + loss (fastloss.py), prefix the stock causal-LM loss."""
     measured = measure_peak(method, checkpointing, opts)
     est = estimate(LLAMA, method, "fp32", batch_size=BATCH, max_length=LENGTH, gradient_checkpointing=checkpointing,
-                   opts=opts)["total"]
+                   opts=opts)["tensors"]  # measured: the peak's growth from the RSS before, the runtime excluded
     err = est / measured - 1
     print(f"{method}{' + checkpointing' if checkpointing else ''} {opts or ''}: measured {measured / MiB:.1f} MiB, "
           f"estimated {est / MiB:.1f} MiB ({100 * err:+.1f} %)")
@@ -280,23 +280,25 @@ def _args(**kw):
     return EstimateConfig(**base)
 
 
-def _total(capsys, **kw):
+def _total(capsys, key="total", **kw):
     print_estimate(_args(**kw))
-    return json.loads(capsys.readouterr().out)["total"]
+    return json.loads(capsys.readouterr().out)[key]
 
 
 def test_cli_llama_2_7b_lora(capsys):
     fp16 = _total(capsys)
     assert 13 * GiB <= fp16 <= 20 * GiB, fp16 / GiB  # 12.6 GiB of fp16 weights, plus what training adds
-    int8, nf4 = _total(capsys, quantization="8bit"), _total(capsys, quantization="4bit")
+    int8, nf4 = _total(capsys, "training", quantization="8bit"), _total(capsys, "training", quantization="4bit")
     assert nf4 < int8 < fp16, (nf4 / GiB, int8 / GiB, fp16 / GiB)
+    # quantising the fp16 checkpoint while it loads peaks above training: its pages beside the quantised weights
+    assert _total(capsys, quantization="4bit") == _total(capsys, "loading", quantization="4bit") > fp16
     assert _total(capsys, gradient_checkpointing=True) < fp16
     print_estimate(_args(json=False))
     table = capsys.readouterr().out
     assert "base weights" in table and "GiB" in table and "total" in table
     est = estimate("llama-2-7b", "lora", "fp16", quantization="4bit")
     assert est["quantisation_savings"] > 0
-    assert est["total"] == sum(est[k] for k in ("weights", "trainable_weights", "gradients", "optimizer",
+    assert est["training"] == sum(est[k] for k in ("runtime", "weights", "trainable_weights", "gradients", "optimizer",
                                                 "activations", "overhead", "freed_before_peak"))
 
 
@@ -349,3 +351,39 @@ def test_cli_models_the_encoder_options(method, option, plain):
     for key, per_param in (("trainable_weights", 4), ("gradients", 4), ("optimizer", 8)):
         assert changed[key] - base[key] == per_param * extra_params, key
     assert changed["weights"] == base["weights"]
+
+
+LOAD_SCRIPT = r"""
+import json, sys
+import torch, transformers.models.llama.modeling_llama  # the runtime: imported before the reset
+from llm_tuning.models import load_model
+from llm_tuning.train.memory import peak_rss_mib, reset_peak_rss_mib
+before = reset_peak_rss_mib()  # after the imports: what the load alone adds
+model = load_model(sys.argv[1], precision=sys.argv[2])
+print("RESULT " + json.dumps({"growth_mib": peak_rss_mib() - before}))
+"""
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_loading_peak_of_a_converting_load_is_measured(tmp_path, precision):
+    """A checkpoint stored in fp32 and loaded in bf16 peaks at its mapped file pages plus the bf16 copy (the
+    estimate's `loading`); loaded in fp32 the weights are the mapped file, and nothing more is estimated."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=6,
+                      num_attention_heads=8, num_key_value_heads=8, dtype="float32")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)  # ~146M parameters, 0.54 GiB of fp32
+    r = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(tmp_path), precision], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line is not None, r.stderr[-3000:]
+    growth = json.loads(line[7:])["growth_mib"] * MiB
+    est = estimate(str(tmp_path), "lora", precision, batch_size=1, max_length=8)
+    if precision == "fp32":
+        assert est["loading"] == 0
+        assert growth <= 1.15 * est["weights"], (growth / MiB, est["weights"] / MiB)  # no copy beside the file
+    else:
+        predicted = est["loading"] - est["runtime"]
+        assert abs(predicted / growth - 1) <= 0.15, (predicted / MiB, growth / MiB)
+        assert est["total"] == max(est["training"], est["loading"]) and est["loading"] > est["training"]

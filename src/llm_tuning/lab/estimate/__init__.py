@@ -56,6 +56,9 @@ def print_estimate(cfg) -> None:
         if est[key] or key in ("weights", "activations"):
             print(f"  {LABELS[key]:<{width}}  {_fmt(est[key]):>12}")
     print(f"  {'-' * width}  {'-' * 12}")
+    if est["loading"]:  # converting while loading can peak above training (peak.py, _loading_peak)
+        print(f"  {LABELS['training']:<{width}}  {_fmt(est['training']):>12}")
+        print(f"  {LABELS['loading']:<{width}}  {_fmt(est['loading']):>12}")
     print(f"  {LABELS['total']:<{width}}  {_fmt(est['total']):>12}")
     if est["quantisation_savings"]:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")

@@ -23,7 +23,7 @@ PRESETS = {
     "llama-2-7b": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
                    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-                   "attention_bias": False, "mlp_bias": False},
+                   "attention_bias": False, "mlp_bias": False, "torch_dtype": "float16"},
 }
 
 METHODS = ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "ia3")
@@ -111,6 +111,19 @@ def arch_of(config) -> Arch:
                     bool(_get(config, "attention_bias", default=False)), bool(_get(config, "mlp_bias", default=False)))
     raise EstimateError(f"model type {model_type!r} is not supported by the estimator; "
                         f"supported: {', '.join(LLAMA_TYPES + BLOOM_TYPES)}")
+
+
+STORED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+PRECISION_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def stored_dtype(config) -> str | None:
+    """The dtype the checkpoint's weights are stored in (config.json's dtype / torch_dtype), where it says."""
+    if isinstance(config, str):
+        config = load_config(config)
+    d = _get(config, "dtype", "torch_dtype")
+    d = str(d).replace("torch.", "") if d is not None else None
+    return d if d in STORED_BYTES else None
 
 
 def load_config(model: str):

@@ -27,12 +27,21 @@ from __future__ import annotations
 from ...config import TrainConfig
 from ...train.fastloss import FAST_METHODS, VOCAB_BLOCK, block_rows, chunk_rows
 from .activations import _activations, _Run
-from .arch import DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PEFT_METHODS, Arch, EstimateError, arch_of
+from .arch import (DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PEFT_METHODS, PRECISION_DTYPE, STORED_BYTES, Arch,
+                   EstimateError, arch_of, load_config, stored_dtype)
 from .params import _bitfit_added, _check_method, _opts, count_params, ia3_targets, lora_targets, trainable_params
 
-# What `total` sums; `quantisation_savings` is information (already inside `weights`).
-SUMMED = ("weights", "trainable_weights", "gradients", "optimizer", "activations", "overhead", "freed_before_peak")
+# What `total` sums; `quantisation_savings` is information (already inside `weights`), `tensors` the total less
+# the runtime (the analogue of a GPU allocator's allocated bytes).
+SUMMED = ("runtime", "weights", "trainable_weights", "gradients", "optimizer", "activations", "overhead",
+          "freed_before_peak")
+# The process before the model loads: the interpreter, torch, transformers, PEFT, datasets, the tokenizer and the
+# tokenised data. Measured with `llm-tuning train` (rss_before_model_mib in metrics.json): 473 MiB for the
+# Llama-2 tokenizer and 48 records (benchmarks/real_size.py), 0.53 GiB at the first step. On a GPU the CUDA
+# context takes about as much host memory and a few hundred MiB of the device's.
+RUNTIME = 512 * 2**20
 LABELS = {
+    "runtime": "the process (Python, torch, libraries)",
     "weights": "base weights",
     "trainable_weights": "trainable weights (adapter)",
     "gradients": "gradients",
@@ -40,6 +49,8 @@ LABELS = {
     "activations": "activations kept for backward",
     "overhead": "transient at the peak",
     "freed_before_peak": "not alive at the peak",
+    "training": "training step peak",
+    "loading": "loading peak (checkpoint pages + converted weights)",
     "total": "total (peak)",
     "quantisation_savings": "saved by quantisation",
 }
@@ -168,10 +179,24 @@ def _stock_loss_phases(a: Arch, method, kept, t, act, quantization, p, cache) ->
     ]
 
 
+def _loading_peak(config, a: Arch, precision, quantization, weights) -> float:
+    """The process while the model loads, when it converts: transformers maps every shard of the checkpoint and
+    keeps the mappings until the last tensor is loaded, so the pages read stay resident (and in RSS) beside the
+    converted weights (measured: a 4.85 GiB fp32 Bloom loaded in bf16 peaked at 7.68 GiB, 0.39 + 4.85 + 2.43,
+    then fell to 2.82). Loaded in its stored dtype, a weight is the mapped file itself: no second copy (0 here).
+    Unknown stored dtype (a config without one): 0."""
+    stored = stored_dtype(config) if not isinstance(config, Arch) else None
+    if stored is None or (stored == PRECISION_DTYPE[precision] and not quantization):
+        return 0.0
+    return RUNTIME + count_params(a) * STORED_BYTES[stored] + weights
+
+
 def estimate(config, method: str, precision: str = "fp32", quantization: str | None = None, batch_size: int = 1,
              max_length: int = 512, gradient_checkpointing: bool = False, opts=None) -> dict:
     """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params."""
     _check(method, precision, quantization, batch_size, max_length)
+    if isinstance(config, str):
+        config = load_config(config)  # once: the shapes and the stored dtype come from it
     a, o = arch_of(config), _opts(opts)
     p = DTYPE_BYTES[precision]
     n_train, n_total = trainable_params(a, method, o), count_params(a)
@@ -223,11 +248,14 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
         alive_act, overhead = kept, out_forward  # what the fused head keeps is an activation
     freed = (alive_act - activations) + (alive_grad - gradients)
 
-    out = {"weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
+    out = {"runtime": RUNTIME, "weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
            "optimizer": optimizer, "activations": activations, "overhead": overhead, "freed_before_peak": freed,
            "quantisation_savings": n_total * p - weights if quantization else 0}
     out = {k: int(round(val)) for k, val in out.items()}
-    out["total"] = sum(out[k] for k in SUMMED)
+    out["training"] = sum(out[k] for k in SUMMED)
+    out["tensors"] = out["training"] - out["runtime"]
+    out["loading"] = int(_loading_peak(config, a, precision, quantization, weights))
+    out["total"] = max(out["training"], out["loading"])
     out["trainable_params"] = n_train
     out["total_params"] = n_total
     return out
