@@ -40,8 +40,9 @@ STORIES = os.path.join(SHARED, "models", "stories260K-hf")
 
 # ------------------------------------------------------------------ workers (each runs in its own process)
 
-def recipe_worker(model_dir, data_path, out_json):
-    """The seed's recipe, as the seed's notebooks write it."""
+def recipe_worker(model_dir, data_path, out_json, max_steps=-1, log_path=None):
+    """The seed's recipe, as the seed's notebooks write it. With max_steps (real_size.py), it stops there and
+    logs every step's tokens and seconds to log_path (the Trainer's own token count, a sum of the mask)."""
     import torch  # noqa: F401
     from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
@@ -78,9 +79,16 @@ def recipe_worker(model_dir, data_path, out_json):
         def on_step_begin(self, args, state, control, **kw):
             first.setdefault("t", seconds_since_process_start())
 
+        def on_log(self, args, state, control, logs=None, **kw):
+            if log_path and logs and "loss" in logs:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs, "time_s": seconds_since_process_start()}) + "\n")
+
     args = TrainingArguments(output_dir=os.path.join(os.path.dirname(out_json), "recipe-out"),
                              per_device_train_batch_size=1, gradient_accumulation_steps=8, num_train_epochs=1,
-                             logging_steps=10, save_strategy="no", report_to="none", use_cpu=True)
+                             logging_steps=1 if max_steps > 0 else 10, save_strategy="no", report_to="none",
+                             use_cpu=True, **(dict(max_steps=max_steps, include_num_input_tokens_seen="non_padding")
+                                              if max_steps > 0 else {}))
     trainer = Trainer(model=model, args=args, train_dataset=tokenized, callbacks=[Clock()],
                       data_collator=DataCollatorForSeq2Seq(tokenizer=tokenizer, padding=True))
     out = trainer.train()
