@@ -15,10 +15,12 @@ one decoder layer op by op and asking, for each op, which inputs or outputs auto
 (and only when something upstream or the op's own weight needs a gradient). Checked against autograd's
 saved tensors and against measured peak RSS of real training steps in tests/test_estimate.py.
 
-Not modelled (small, or not tensors of the training step): padding masks (a padded batch gives SDPA a B·L·L
-mask per layer), the p-tuning / prefix-projection encoders' own activations (num_virtual_tokens rows), the
-runtime itself (the CUDA context, the caching allocator's fragmentation, cuBLAS / MKL / oneDNN workspaces and
-caches, typically some tens of MiB), data loading. The optimizer-step transient assumes PyTorch's per-tensor
+The process itself is one measured constant (RUNTIME), and a load that converts the checkpoint has its own
+peak (_loading_peak). Not modelled: padding masks (a padded batch gives SDPA a B·L·L mask per layer), the
+p-tuning / prefix-projection encoders' own activations (num_virtual_tokens rows), the allocators' retained
+memory (on a CPU glibc's heap keeps freed tensors' pages: 0.3-1.4 GiB at Bloom-1b4 with batch 4 x 256, by the
+allocation history, benchmarks/README.md; on a GPU the caching allocator's fragmentation), cuBLAS / MKL / oneDNN
+workspaces. The optimizer-step transient assumes PyTorch's per-tensor
 AdamW (the CPU default); a foreach AdamW makes temporaries of all trainable tensors at once, a fused one none.
 """
 
@@ -31,8 +33,9 @@ from .arch import (DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PEFT_METHODS, 
                    EstimateError, arch_of, load_config, stored_dtype)
 from .params import _bitfit_added, _check_method, _opts, count_params, ia3_targets, lora_targets, trainable_params
 
-# What `total` sums; `quantisation_savings` is information (already inside `weights`), `tensors` the total less
-# the runtime (the analogue of a GPU allocator's allocated bytes).
+# What `training` (the training step's peak) sums; `total` is the larger of it and `loading`;
+# `quantisation_savings` is information (already inside `weights`); `tensors` is `training` less the runtime
+# (the analogue of a GPU allocator's allocated bytes).
 SUMMED = ("runtime", "weights", "trainable_weights", "gradients", "optimizer", "activations", "overhead",
           "freed_before_peak")
 # The process before the model loads: the interpreter, torch, transformers, PEFT, datasets, the tokenizer and the
