@@ -118,9 +118,8 @@ PRECISION_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def stored_dtype(config) -> str | None:
-    """The dtype the checkpoint's weights are stored in (config.json's dtype / torch_dtype), where it says."""
-    if isinstance(config, str):
-        config = load_config(config)
+    """The dtype the checkpoint's weights are stored in (config.json's dtype / torch_dtype), where it says (a
+    loaded config or a config dict; None for an Arch, which has no such field)."""
     d = _get(config, "dtype", "torch_dtype")
     d = str(d).replace("torch.", "") if d is not None else None
     return d if d in STORED_BYTES else None

@@ -188,7 +188,7 @@ def _loading_peak(config, a: Arch, precision, quantization, weights) -> float:
     converted weights (measured: a 4.85 GiB fp32 Bloom loaded in bf16 peaked at 7.68 GiB, 0.39 + 4.85 + 2.43,
     then fell to 2.82). Loaded in its stored dtype, a weight is the mapped file itself: no second copy (0 here).
     Unknown stored dtype (a config without one): 0."""
-    stored = stored_dtype(config) if not isinstance(config, Arch) else None
+    stored = stored_dtype(config)
     if stored is None or (stored == PRECISION_DTYPE[precision] and not quantization):
         return 0.0
     return RUNTIME + count_params(a) * STORED_BYTES[stored] + weights
