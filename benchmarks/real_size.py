@@ -213,6 +213,7 @@ def run_one(name, spec, work, results):
     out = os.path.join(work, "runs", name)
     steps = warmup + measured
     rates = [rate_now()]
+    sequences = 8 if flags == "recipe" else int(flags[flags.index("--batch-size") + 1])  # per optimiser step
     if flags == "recipe":
         cmd, flags = self_call("--recipe", model_dir, data, out, str(steps)), ["--method", "lora", *BLOOM_FP32]
         est_flags = RECIPE_EST
@@ -229,7 +230,7 @@ def run_one(name, spec, work, results):
     code, rss, secs = child(cmd, os.path.join(work, f"{name}.log"), TIMEOUT.get(name, 1800))
     if code == -9 and name in TIMEOUT:
         results[name] = {"stopped": f"stopped after {secs:.0f} s", "peak_rss_mib": rss,
-                         "estimate": est, "flags": flags}
+                         "estimate": est, "model_dir": model_dir, "est_flags": est_flags}
         print(f"  {name}: stopped after {secs:.0f} s, peak RSS so far {rss / 1024:.2f} GiB, estimate "
               f"{est['total'] / GiB:.2f} GiB (loading {est['loading'] / GiB:.2f})", flush=True)
         return
@@ -240,10 +241,9 @@ def run_one(name, spec, work, results):
     rates.append(rate_now())
     s = steady(os.path.join(out, "log.jsonl"), warmup)
     shape = SHAPES[kind]
-    seq = s["tokens_per_step"] / (1 if flags == "recipe" else int(flags[flags.index("--batch-size") + 1]))
     results[name] = {**s, "peak_rss_mib": rss, "wall_s": secs, "rates_gflops": [r / 1e9 for r in rates],
-                     "model_flops_per_token": flops_per_token(est, shape, flags, seq),
-                     "estimate_gib": est["total"] / GiB, "flags": flags}
+                     "model_flops_per_token": flops_per_token(est, shape, flags, s["tokens_per_step"] / sequences),
+                     "estimate_gib": est["total"] / GiB, "model_dir": model_dir, "est_flags": est_flags}
     print(f"  {name}: {s['tokens_per_s']:.1f} tokens/s steady (steps {s['step_seconds']} s), fp32 matmul "
           f"{', '.join(f'{r / 1e9:.0f}' for r in rates)} GFLOP/s before/after, "
           f"peak RSS {rss / 1024:.2f} GiB vs estimate {est['total'] / GiB:.2f} GiB, wall {secs:.0f} s", flush=True)
@@ -253,15 +253,14 @@ def rate_now() -> float:
     return float(subprocess.run(self_call("--rate"), capture_output=True, text=True, cwd=ROOT).stdout.strip())
 
 
-def report(results, work):
+def report(results):
     """The table; each estimate is taken again (the estimator may have changed since the run)."""
-    for name, r in results.items():
-        if "flags" in r:
-            est = estimate(os.path.join(work, f"{name.split('-')[0]}-real-shape"), RECIPE_EST if "recipe" in name else r["flags"])
-            r["estimate_gib"] = est["total"] / GiB
-    # MFU against the median of every rate measured around the runs: one 3 s measurement between two runs
-    # scattered 113-155 GFLOP/s while the runs' own tokens/s hardly moved
-    rate = statistics.median(x for r in results.values() for x in r.get("rates_gflops", [r.get("rate_gflops")]) if x)
+    for r in results.values():
+        if "est_flags" in r:
+            r["estimate_gib"] = estimate(r["model_dir"], r["est_flags"])["total"] / GiB
+    # MFU against the median of every rate measured around the runs: single 3 s measurements between runs
+    # scattered 49-162 GFLOP/s while the runs' own tokens/s hardly moved
+    rate = statistics.median(x for r in results.values() for x in r.get("rates_gflops", []))
     print(f"fp32 1024^3 matmul rate, median around the runs: {rate:.0f} GFLOP/s")
     base = results.get("bloom-fp32-recipe", {}).get("tokens_per_s")
     print("\n| configuration | steady tokens/s | MFU | vs recipe | peak RSS GiB | estimate GiB | estimate off by | step seconds |")
@@ -273,8 +272,7 @@ def report(results, work):
                   f"{r['estimate']['total'] / GiB:.2f} | | |" if "estimate" in r else f"| {name} | {r.get('failed')} |")
             continue
         off = 100 * (r["estimate_gib"] * 1024 - r["peak_rss_mib"]) / r["peak_rss_mib"]
-        fpt = r.get("model_flops_per_token") or r["mfu"] * r["rate_gflops"] * 1e9 / r["tokens_per_s"]  # older runs
-        mfu = r["tokens_per_s"] * fpt / (rate * 1e9)
+        mfu = r["tokens_per_s"] * r["model_flops_per_token"] / (rate * 1e9)
         ratio = f"{r['tokens_per_s'] / base:.2f}x" if base and name.startswith("bloom-fp32") else ""
         print(f"| {name} | {r['tokens_per_s']:.{1 if r['tokens_per_s'] >= 1 else 2}f} | {mfu:.{2 if mfu >= 0.1 else 3}f} | {ratio} | {r['peak_rss_mib'] / 1024:.2f} | "
               f"{r['estimate_gib']:.2f} | {off:+.0f} % | {', '.join(map(str, r['step_seconds']))} |")
@@ -314,7 +312,7 @@ def main():
             run_one(name, todo[name], a.work, results)
             with open(path, "w") as f:
                 json.dump(results, f, indent=1)
-    report(results, a.work)
+    report(results)
 
 
 if __name__ == "__main__":
