@@ -179,9 +179,10 @@ def test_length_grouping_pools_of_fifty_batches():
 
 def test_trainer_batches_come_from_the_length_grouping(tiny_models, tmp_path):
     import datasets
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from llm_tuning.train.loop import _with_length_grouping
+    from llm_tuning.methods import get_method
+    from llm_tuning.train.trainer import LLMTrainer
 
     lengths = _spread_lengths(64)
     ds = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "labels": [[5] * n for n in lengths]})
@@ -190,8 +191,8 @@ def test_trainer_batches_come_from_the_length_grouping(tiny_models, tmp_path):
     for strategy in ("group_by_length", "random"):
         args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to="none",
                                  train_sampling_strategy=strategy, seed=0)
-        trainer = _with_length_grouping(Trainer)(model=model, args=args, train_dataset=ds,
-                                                 data_collator=lambda feats: [len(f["input_ids"]) for f in feats])
+        trainer = LLMTrainer(model=model, args=args, train_dataset=ds, method=get_method("full"), fused_loss=False,
+                             data_collator=lambda feats: [len(f["input_ids"]) for f in feats])
         loaders[strategy] = list(trainer.get_train_dataloader())
     grouped = loaders["group_by_length"]
     assert sorted(n for b in grouped for n in b) == sorted(lengths)

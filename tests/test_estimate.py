@@ -106,16 +106,18 @@ def test_parameter_counts_equal_the_real_models(config):
 def _saved_bytes(config, method, precision, opts):
     """Bytes of the distinct tensors autograd keeps for the backward (parameters excluded), with the loss path
     train.py takes: fastloss.py's fused output layer + loss for full/BitFit/LoRA/IA3 unless fast_loss is off."""
-    from llm_tuning.train.fastloss import FAST_METHODS, response_loss_sum
+    from llm_tuning.methods import get_method
+    from llm_tuning.train.fastloss import response_loss_sum
 
     torch.manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     model = _apply(_build(config).to(dtype), method, opts)
-    if precision != "fp32" and method not in ("full", "bitfit"):  # train._trainable_to_fp32
+    if precision != "fp32" and not get_method(method).in_base_dtype:  # Method.prepare: fp32 adapter weights
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    # weights and frozen adapter tensors (VeRA's shared projections) are memory of their own, not activations
+    params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *model.buffers()]}
     kept = {}
 
     def pack(t):
@@ -127,7 +129,7 @@ def _saved_bytes(config, method, precision, opts):
     model.train()
     ids = torch.randint(3, config["vocab_size"], (2, 64))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        if opts.get("fast_loss", True) and method in FAST_METHODS:
+        if opts.get("fast_loss", True) and get_method(method).fast_loss:
             total, n = response_loss_sum(model, ids, None, ids)
             loss = total / n
         else:
@@ -158,30 +160,29 @@ import gc, json, resource, sys
 import torch
 import peft
 from transformers import AutoConfig, AutoModelForCausalLM
-from llm_tuning.train.checkpointing import enable_after_method, enable_before_method
 from llm_tuning.config import TrainConfig
 from llm_tuning.methods import get_method
-from llm_tuning.train.fastloss import FAST_METHODS, response_loss_sum
-from llm_tuning.train.loop import _trainable_to_fp32
+from llm_tuning.train.fastloss import response_loss_sum
 
 spec = json.loads(sys.argv[1])
 method, ckpt = spec["method"], spec["gradient_checkpointing"]
-cfg = TrainConfig(model="-", data="-", output_dir="-", method=method, precision=spec["precision"], **spec["opts"])
+cfg = TrainConfig(model="-", data="-", output_dir="-", method=method, precision=spec["precision"],
+                  gradient_checkpointing=ckpt, **spec["opts"])
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
 model_type = spec["config"]["model_type"]
-fast = cfg.fast_loss and method in FAST_METHODS
+m = get_method(method)
+fast = cfg.fast_loss and m.fast_loss
 torch.manual_seed(0)
 
 
 def prepare(config):
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config), dtype=dtype)
-    if ckpt:
-        model = enable_before_method(model, method)
-    m = get_method(method)
-    model = m.apply(model, cfg) if method != "prefix" else peft.get_peft_model(model, m.peft_config(model, cfg))
-    if ckpt:
-        model = enable_after_method(model, method)
-    _trainable_to_fp32(model, cfg)
+    if method == "prefix":  # PEFT's own init (ours reads a tokenizer folder), with the method's checkpointing
+        apply = lambda base: peft.get_peft_model(base, m.peft_config(base, cfg))  # noqa: E731
+        model = m.enable_checkpointing(model, apply) if ckpt else apply(model)
+        model.train()
+        return model
+    model = m.prepare(model, cfg)
     model.train()
     return model
 

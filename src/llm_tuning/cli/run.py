@@ -6,13 +6,9 @@ import json
 
 
 def train(cfg):
-    from ..train import train as run_training
+    from ..train.loop import train_process
 
-    if not cfg.quantization:
-        from ..models.load import skip_bitsandbytes
-
-        skip_bitsandbytes()
-    run_training(cfg)
+    train_process(cfg)
 
 
 def _template(cfg, info):

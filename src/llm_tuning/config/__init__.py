@@ -8,13 +8,23 @@ and the other commands borrow the declaration with `same_as`, so its help text e
 Values are layered: defaults < YAML file (`--config`, train only) < flags given on the command line.
 """
 
-from .commands import (ChatConfig, CompareCommand, CompareConfig, DemoConfig, EstimateConfig, EvalConfig,
-                       GenerateConfig, InitModelConfig, LoadConfig, MergeConfig, QuantlabConfig, ServeConfig)
-from .options import (METHOD_NAMES, PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, base_type, build_config, coerce,
+from .options import (PRECISION_DTYPES, PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, base_type, build_config, coerce,
                       load_yaml, option, parse_bool, same_as)
-from .train import FIELDS, TrainConfig
 
-__all__ = ["ChatConfig", "CompareCommand", "CompareConfig", "DemoConfig", "EstimateConfig", "EvalConfig",
-           "GenerateConfig", "InitModelConfig", "LoadConfig", "MergeConfig", "QuantlabConfig", "ServeConfig",
-           "METHOD_NAMES", "PRECISIONS", "QUANTIZATIONS", "TEMPLATE_NAMES", "base_type", "build_config", "coerce",
-           "load_yaml", "option", "parse_bool", "same_as", "FIELDS", "TrainConfig"]
+# TrainConfig takes the methods' own options (methods/), and a method file reads `option` from options.py: the
+# config classes load on first use, so that importing a method first does not run into a half-made registry.
+_TRAIN = ("FIELDS", "TrainConfig", "TrainSettings")
+_COMMANDS = ("ChatConfig", "CompareCommand", "CompareConfig", "DemoConfig", "EstimateConfig", "EvalConfig",
+             "GenerateConfig", "InitModelConfig", "LoadConfig", "MergeConfig", "QuantlabConfig", "ServeConfig",
+             "SamplingConfig")
+
+__all__ = [*_TRAIN, *_COMMANDS, "PRECISION_DTYPES", "PRECISIONS", "QUANTIZATIONS", "TEMPLATE_NAMES", "base_type",
+           "build_config", "coerce", "load_yaml", "option", "parse_bool", "same_as"]
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _TRAIN or name in _COMMANDS:
+        return getattr(importlib.import_module(f".{'train' if name in _TRAIN else 'commands'}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,8 +10,9 @@ from dataclasses import MISSING, field
 
 from ..errors import UserError
 
-METHOD_NAMES = ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "ia3")  # methods/__init__.py registers each
-PRECISIONS = ("fp32", "bf16", "fp16")
+# The one precision table: option value -> (torch dtype name, bytes per element).
+PRECISION_DTYPES = {"fp32": ("float32", 4), "bf16": ("bfloat16", 2), "fp16": ("float16", 2)}
+PRECISIONS = tuple(PRECISION_DTYPES)
 QUANTIZATIONS = ("8bit", "4bit")
 TEMPLATE_NAMES = ("default", "llama2", "auto")  # data/templates.py renders each
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .options import METHOD_NAMES, PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option
+from ..methods import METHODS, option_fields
+from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option
 
-# ---------------------------------------------------------------- train
-
-M, D, MT, T, C, P, L = "model", "data", "method", "training", "checkpoints", "prompt / p-tuning / prefix", "lora"
+M, D, MT, T, C = "model", "data", "method", "training", "checkpoints"
 
 
 @dataclass
-class TrainConfig:
-    """`llm-tuning train`: config -> data -> model -> method -> Trainer -> adapter."""
+class TrainSettings:
+    """`llm-tuning train`'s options but the methods' own (each method declares those in its file: TrainConfig
+    below is these and theirs together)."""
 
     # model
     model: str = option("", "base model: local folder or hub id", group=M, required=True)
@@ -42,23 +42,7 @@ class TrainConfig:
     cache: bool = option(True, "reuse tokenised data across runs ($LLM_TUNING_CACHE)", group=D)
     val_size: float = option(0.0, "held-out split: a fraction (<1) or a count (>=1)", group=D)
     # method
-    method: str = option("lora", "the fine-tuning method", choices=METHOD_NAMES, group=MT)
-    num_virtual_tokens: int = option(10, "virtual tokens (prompt, ptuning, prefix)", group=P)
-    prompt_init: str = option("text", "prompt tuning start: text (hard prompt), vocab (embeddings of sampled "
-                                      "vocabulary tokens) or random (soft); a text the tokenizer cannot spell "
-                                      "starts from the bos token",
-                              choices=("text", "vocab", "random"), group=P)
-    prompt_text: str = option("下面是一条指令，请写出恰当的回答。",
-                              "text whose embeddings start a hard prompt (and prefix tuning's keys/values)", group=P)
-    encoder: str = option("mlp", "p-tuning prompt encoder", choices=("mlp", "lstm"), group=P)
-    encoder_hidden_size: int | None = option(None, "p-tuning encoder / prefix projection width (default: the "
-                                                   "model's hidden size)", group=P)
-    prefix_projection: bool = option(False, "prefix tuning: the prefix through a two-layer MLP", group=P)
-    lora_r: int = option(8, "LoRA rank", group=L)
-    lora_alpha: int = option(16, "LoRA scale numerator (the update is scaled by alpha / r)", group=L)
-    lora_dropout: float = option(0.05, "dropout on the LoRA input", group=L)
-    target_modules: list[str] | None = option(None, "comma-separated module names for LoRA / IA3 (default: PEFT's "
-                                                    "per-architecture choice)", group=L)
+    method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=MT)
     # training
     max_steps: int = option(-1, "stop after this many optimiser steps (overrides --epochs when > 0)", group=T)
     epochs: float = option(1.0, "passes over the data", group=T)
@@ -94,4 +78,7 @@ class TrainConfig:
         return d
 
 
+# `llm-tuning train`: config -> data -> model -> method -> Trainer -> adapter.
+TrainConfig = dataclasses.make_dataclass("TrainConfig", option_fields(), bases=(TrainSettings,))
+TrainConfig.__module__ = __name__
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)}

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-INJECTED = ("lora", "ia3")
-PROMPT_LEARNING = ("prompt", "ptuning", "prefix")
 BASE = "base"
 
 
@@ -34,7 +32,7 @@ class Served:
     method: str  # "base" for the untouched model
     template: str
     model: object  # what generation runs on
-    group: str | None  # the injected group ("lora"/"ia3") the adapter lives in; None: injected layers all off
+    group: str | None  # the injected group (PEFT type: "LORA", "IA3", ...) it lives in; None: injected layers all off
     adapter_name: str | None  # PEFT's name for it inside its group
 
 
@@ -63,7 +61,7 @@ class AdapterSet:
                  quantization: str | None = None, template: str | None = None, trust_remote_code: bool = False,
                  log=print):
         from ..data.tokenize import prepare_tokenizer
-        from ..methods import method_of_adapter
+        from ..methods import METHODS, method_of_adapter
         from ..models.load import load_model, load_tokenizer
         from .load import run_info
 
@@ -73,10 +71,15 @@ class AdapterSet:
         self.base.eval()
         self.tokenizer = prepare_tokenizer(load_tokenizer(model_path, trust_remote_code), log=lambda m: None)
         self.models = {BASE: Served(BASE, BASE, template or "default", self.base, None, None)}
-        self.groups: dict[str, object] = {}  # method -> its PeftModel over self.base
-        # LoRA before IA3 (IA3 layers wrap LoRA layers, never the reverse), then prompt learning, then the rest.
-        order = {m: i for i, m in enumerate(INJECTED + PROMPT_LEARNING)}
-        for i, (name, folder) in enumerate(sorted(pairs, key=lambda p: order.get(methods[p[0]], 99))):
+        self.groups: dict[str, object] = {}  # PEFT type -> its PeftModel over self.base
+        # Injected types in the registry's order (LoRA before IA3: IA3 layers wrap LoRA layers, never the reverse),
+        # then prompt learning, then the methods that change the base's own weights.
+        def order(pair):
+            m = METHODS[methods[pair[0]]]
+            return (0 if getattr(m, "peft_layer", "") else 1 if getattr(m, "prompt_learning", False) else 2,
+                    list(METHODS).index(m.name))
+
+        for i, (name, folder) in enumerate(sorted(pairs, key=order)):
             method = methods[name]
             tmpl = template or run_info(folder).get("template") or "default"
             try:
@@ -93,17 +96,20 @@ class AdapterSet:
         self.activate(BASE)
 
     def _load(self, name, folder, method, template, peft_name, model_path, precision, quantization, trc, log):
-        if method in INJECTED + PROMPT_LEARNING:
-            group = self.groups.get(method)
+        from ..methods import METHODS
+
+        m = METHODS[method]
+        injected = getattr(m, "peft_layer", "")
+        if injected or getattr(m, "prompt_learning", False):
+            group = self.groups.get(m.peft_type)
             if group is None:
                 from peft import PeftModel
 
-                group = self.groups[method] = PeftModel.from_pretrained(self.base, folder, adapter_name=peft_name)
+                group = self.groups[m.peft_type] = PeftModel.from_pretrained(self.base, folder, adapter_name=peft_name)
             else:
                 group.load_adapter(folder, adapter_name=peft_name)
             group.eval()
-            injected = method if method in INJECTED else None
-            return Served(name, method, template, group, injected, peft_name)
+            return Served(name, method, template, group, m.peft_type if injected else None, peft_name)
         from .load import load_for_inference
 
         log(f"{name}: a {method} adapter changes the base's own weights; loaded as a separate model (its own "
@@ -112,10 +118,16 @@ class AdapterSet:
         return Served(name, method, template, model, None, None)
 
     def _injected_layers(self):
-        from peft.tuners.ia3 import IA3Layer
-        from peft.tuners.lora import LoraLayer
+        """PEFT type -> its tuner layers in the base (each method names its layer class: Method.peft_layer)."""
+        import importlib
 
-        kinds = {"lora": LoraLayer, "ia3": IA3Layer}
+        from ..methods import METHODS
+
+        kinds = {}
+        for m in METHODS.values():
+            if getattr(m, "peft_layer", "") and m.peft_type in self.groups:
+                module, cls = m.peft_layer.rsplit(".", 1)
+                kinds[m.peft_type] = getattr(importlib.import_module(module), cls)
         return {g: [m for m in self.base.modules() if isinstance(m, cls)] for g, cls in kinds.items()}
 
     def get(self, name: str) -> Served | None:
@@ -130,6 +142,6 @@ class AdapterSet:
                 layer.enable_adapters(on)
                 if on:
                     layer.set_adapter(served.adapter_name)
-        if served.method in PROMPT_LEARNING:
-            served.model.set_adapter(served.adapter_name)
+        if served.model is not self.base and served.group is None and served.adapter_name is not None:
+            served.model.set_adapter(served.adapter_name)  # a prompt-learning adapter in its PeftModel
         return served

@@ -31,7 +31,7 @@ def load_for_inference(model_path: str, adapter: str | None = None, precision: s
     if adapter:
         method = get_method(method_of_adapter(adapter))
         info.setdefault("method", method.name)
-        if method.name == "full":
+        if method.saves_model:
             model = method.load(None, adapter)
         else:
             if base is None:

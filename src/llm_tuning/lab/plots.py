@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 
-FAMILY_COLORS = {"full": "#9467bd", "bitfit": "#ff7f0e", "prompt": "#2ca02c", "ptuning": "#17becf",
-                 "prefix": "#d62728", "lora": "#1f77b4", "ia3": "#8c564b"}  # tab10 hues, far apart
 BASE_STYLE = dict(color="#444444", linestyle="--", linewidth=1.2)
 EMA_BETA = 0.8  # training-loss smoothing: each step counts 0.2, older steps decay geometrically
 
@@ -25,12 +23,14 @@ def colors(rows) -> dict:
     """Run name -> colour: one hue per method family, lighter and darker shades for its variants."""
     import matplotlib.colors as mc
 
+    from ..methods import METHODS
+
     families = {}
     for r in rows:
         families.setdefault(r["method"], []).append(r["name"])
     out = {}
     for method, names in families.items():
-        h, s, v = mc.rgb_to_hsv(mc.to_rgb(FAMILY_COLORS.get(method, "#7f7f7f")))
+        h, s, v = mc.rgb_to_hsv(mc.to_rgb(METHODS[method].color if method in METHODS else "#7f7f7f"))
         for i, name in enumerate(names):
             shift = 0 if len(names) == 1 else (i / (len(names) - 1) - 0.5) * 0.6  # -0.3 .. +0.3
             out[name] = mc.hsv_to_rgb((h, min(1, max(0.25, s - shift)), min(1, max(0.35, v + shift * 0.5))))

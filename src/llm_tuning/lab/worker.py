@@ -38,12 +38,12 @@ def _output_to(path: str):
 
 
 def _train_one(config_path: str) -> tuple[int, str]:
-    from ..cli.run import train
     from ..config import TrainConfig, build_config, load_yaml
     from ..errors import UserError
+    from ..train.loop import train_process
 
     try:
-        train(build_config(load_yaml(config_path), {}, config_path, TrainConfig))
+        train_process(build_config(load_yaml(config_path), {}, config_path, TrainConfig))
         return 0, ""
     except UserError as e:
         print(f"llm-tuning train: error: {e}", file=sys.stderr)

@@ -1,40 +1,47 @@
-"""Methods, one file each, behind the interface in base.py."""
+"""Methods, one file each: every fact about a method lives in its file (base.py says which); this registry is
+the one list of them. A new method is a new file and one line in MODULES."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
 from ..errors import UserError
-from .bitfit import BitFit
-from .full import Full
-from .ia3 import IA3
-from .lora import LoRA
-from .prefix import PrefixTuning
-from .prompt import PromptTuning
-from .ptuning import PTuning
+from .base import Footprint, Method, PeftMethod
 
-METHODS = {m.name: m for m in (Full(), BitFit(), PromptTuning(), PTuning(), PrefixTuning(), LoRA(), IA3())}
+# The method files, in the order the command line, the docs and a comparison list them. Each defines METHODS,
+# the Method instances it registers.
+MODULES = ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "lora_variants", "ia3", "vera", "oft",
+           "ln_tuning")
+METHODS: dict[str, Method] = {}
+for _module in MODULES:
+    for _method in importlib.import_module(f".{_module}", __name__).METHODS:
+        METHODS[_method.name] = _method
 # Every variant of every method, by name: the TrainConfig options that select it (all else at its defaults).
 # benchmarks/methods_at_defaults.py and tests/test_defaults_learn.py train each of them.
-VARIANTS = {
-    "bitfit": dict(method="bitfit"),
-    "prompt-text": dict(method="prompt", prompt_init="text"),
-    "prompt-random": dict(method="prompt", prompt_init="random"),
-    "ptuning-mlp": dict(method="ptuning", encoder="mlp"),
-    "ptuning-lstm": dict(method="ptuning", encoder="lstm"),
-    "prefix": dict(method="prefix", prefix_projection=False),
-    "prefix-proj": dict(method="prefix", prefix_projection=True),
-    "lora": dict(method="lora"),
-    "ia3": dict(method="ia3"),
-    "full": dict(method="full"),
-}
+VARIANTS = {name: dict(method=m.name, **opts) for m in METHODS.values() for name, opts in m.named_variants().items()}
 RUN_INFO = "llm_tuning.json"  # written beside every adapter: which method, which base, the resolved config
 
-_PEFT_TYPES = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt", "P_TUNING": "ptuning", "PREFIX_TUNING": "prefix"}
+__all__ = ["Footprint", "Method", "PeftMethod", "METHODS", "VARIANTS", "RUN_INFO", "get_method", "method_of_adapter",
+           "option_fields"]
 
 
-def get_method(name: str):
+def option_fields() -> list[tuple]:
+    """(name, type, field) of every method's own options, each declared by exactly one method (a variant class
+    inherits its parent's declarations: the same objects)."""
+    out, owner = [], {}
+    for m in METHODS.values():
+        for name, typ, fld in m.options:
+            if name in owner and owner[name][1] is not fld:
+                raise AssertionError(f"option {name} is declared by both {owner[name][0]} and {m.name}")
+            if name not in owner:
+                owner[name] = (m.name, fld)
+                out.append((name, typ, fld))
+    return out
+
+
+def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
@@ -42,7 +49,7 @@ def get_method(name: str):
 
 
 def method_of_adapter(adapter_dir: str) -> str:
-    """Which method wrote `adapter_dir` (ours, or a plain PEFT adapter folder)."""
+    """Which method wrote `adapter_dir` (ours, or a plain PEFT adapter folder: the first method of its type)."""
     if not os.path.isdir(adapter_dir):
         raise UserError(f"{adapter_dir}: no such adapter folder")
     info = os.path.join(adapter_dir, RUN_INFO)
@@ -53,7 +60,8 @@ def method_of_adapter(adapter_dir: str) -> str:
     if os.path.exists(peft_cfg):
         with open(peft_cfg) as f:
             peft_type = json.load(f).get("peft_type")
-        if peft_type in _PEFT_TYPES:
-            return _PEFT_TYPES[peft_type]
+        match = next((m.name for m in METHODS.values() if getattr(m, "peft_type", None) == peft_type), None)
+        if match:
+            return match
         raise UserError(f"{adapter_dir}: PEFT type {peft_type} is not supported")
     raise UserError(f"{adapter_dir}: not an adapter folder (no {RUN_INFO} or adapter_config.json)")

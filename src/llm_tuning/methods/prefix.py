@@ -1,4 +1,6 @@
-from .base import PeftMethod, encoder_hidden_size, init_token_ids
+from ..config.options import option
+from .base import Footprint, PeftMethod, encoder_hidden_size, init_token_ids
+from .prompt import GROUP
 
 
 class PrefixTuning(PeftMethod):
@@ -18,8 +20,37 @@ class PrefixTuning(PeftMethod):
     """
 
     name = "prefix"
+    trains = "every layer's key/value prefix"
     not_mergeable_reason = "its prefixes are extra attention keys and values, not a change to any weight."
     default_lr = 3e-2
+    lr_reason = ("trained in units of each layer's own key/value spread: 3e-2 suits both variants (1e-1 made the "
+                 "projection diverge)")
+    color = "#d62728"
+    peft_type = "PREFIX_TUNING"
+    prompt_learning = True  # its adapter adds inputs (virtual tokens, a prefix), no layer
+    options = (("prefix_projection", bool, option(False, "prefix tuning: the prefix through a two-layer MLP",
+                                                  group=GROUP)),)
+    variants = {"prefix": {"prefix_projection": False}, "prefix-proj": {"prefix_projection": True}}
+
+    def describe(self, cfg) -> str:
+        return "prefix projection" if cfg.prefix_projection else ""
+
+    def footprint(self, arch, cfg) -> Footprint:
+        n, kv, h = cfg.num_virtual_tokens, arch.kv_dim, arch.hidden
+        width = arch.layers * 2 * kv  # per virtual token: a key and a value for every layer
+        if cfg.prefix_projection:
+            e = cfg.encoder_hidden_size or h
+            trainable, largest = n * kv + (kv * e + e) + (e * width + width), e * width
+        else:
+            trainable = largest = n * width
+        return Footprint(trainable=trainable, largest=largest, in_layers=False, prefix_tokens=n)
+
+    def enable_checkpointing(self, model, apply):
+        """transformers' checkpointing drops the KV cache PEFT feeds the prefix through (models/checkpointing.py):
+        our per-layer checkpointing keeping the cache, on the PEFT model."""
+        from ..models.checkpointing import enable_keeping_prefix
+
+        return enable_keeping_prefix(apply(model))
 
     def peft_config(self, model, cfg):
         from peft import PrefixTuningConfig, TaskType
@@ -104,3 +135,6 @@ def _real_token_key_values(model, cfg):
             return None
         rows += [k[0].transpose(0, 1), v[0].transpose(0, 1)]  # (n, kv_heads, head_dim) each
     return torch.stack(rows, dim=1).reshape(n, -1).float()
+
+
+METHODS = (PrefixTuning(),)

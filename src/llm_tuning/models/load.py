@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 
+from ..config.options import PRECISION_DTYPES, PRECISIONS, QUANTIZATIONS  # the one precision table
 from ..errors import UserError
 from ..paths import looks_like_local_path
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def quiet_libraries():
@@ -47,11 +46,16 @@ def skip_bitsandbytes():
         sys.modules["bitsandbytes"] = None
 
 
+def precision_of(dtype) -> str:
+    """The --precision value of a torch dtype (fp32 for anything else)."""
+    return next((k for k, (name, _) in PRECISION_DTYPES.items() if str(dtype) == f"torch.{name}"), "fp32")
+
+
 def torch_dtype(precision: str):
     import torch
 
     try:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return getattr(torch, PRECISION_DTYPES[precision][0])
     except KeyError:
         raise UserError(f"--precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}") from None
 
@@ -109,9 +113,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(resolve_source(name, "tokenizer"), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _hub_error(name, "tokenizer", e) from None
-
-
-QUANTIZATIONS = ("8bit", "4bit")
 
 
 def quantization_config(quantization: str, precision: str = "fp32", int8_threshold: float = 6.0):

@@ -22,8 +22,6 @@ output layer swapped for the identity, and the virtual positions are dropped.
 
 from __future__ import annotations
 
-FAST_METHODS = ("full", "bitfit", "lora", "ia3", "prompt", "ptuning", "prefix")
-
 
 _TINY = 1e-30  # below this a softmax probability is near fp32's smallest normal number (1.2e-38): digits lost
 VOCAB_BLOCK = 2048  # output-layer rows per block when that layer does not train (see _by_vocabulary_blocks)
@@ -258,21 +256,3 @@ def response_loss_sum(model, input_ids, attention_mask, labels):
     target = labels[:, 1:]
     keep = target != -100
     return linear_cross_entropy_sum(hidden[:, :-1][keep], head, target[keep]), keep.sum()
-
-
-def make_trainer_class():
-    from transformers import Trainer
-
-    class ResponseLogitsTrainer(Trainer):
-        loss_is_scaled_for_ga = True  # we divide by the learned tokens of the whole accumulated batch ourselves
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or backbone_and_head(model) is None:
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                return loss
-            total, n = response_loss_sum(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"])
-            if num_items_in_batch is None:  # not counted by the Trainer: this micro-batch's share of the mean
-                num_items_in_batch = n * self.current_gradient_accumulation_steps
-            return total / num_items_in_batch
-
-    return ResponseLogitsTrainer

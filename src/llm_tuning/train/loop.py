@@ -1,9 +1,12 @@
-"""Training, top to bottom: config -> data -> tokenizer -> model -> method -> Trainer -> adapter.
+"""Training as a recipe, in named phases that can be read and run one by one:
 
-The loop itself is the transformers Trainer. What we add around it: input validation before anything heavy is
-imported or anything is written; resumable checkpoints and atomic final artefacts (rundir.py); the per-step loss
-in log.jsonl as it happens, a non-finite guard and one progress bar (callbacks.py); the fused output layer + loss
-(fastloss.py); length-grouped batches (data/sampling.py); the pre-flight guard (guard.py).
+    check (the input, before anything heavy is imported or written) -> data (tokenizer, tokenised examples) ->
+    model (the base: precision, quantisation) -> method (applied, checkpointing, fp32 adapter) -> fit (the
+    Trainer) -> validate (held-out loss) -> save (adapter, config, metrics)
+
+The loop itself is the transformers Trainer (trainer.py: one declared subclass, its behaviours switched on by the
+config and the method). Around it: resumable checkpoints and atomic final artefacts (rundir.py); the per-step loss
+in log.jsonl as it happens, a non-finite guard and one progress bar (callbacks.py); the pre-flight guard (guard.py).
 """
 
 from __future__ import annotations
@@ -46,19 +49,7 @@ def _choose_epsilon(model, cfg) -> float:
     return 1e-8
 
 
-def _trainable_to_fp32(model, cfg):
-    """Adapter weights train in fp32 over a half-precision base (PEFT methods only: their weights are separate
-    modules; full and BitFit train the base's own tensors, which stay in the chosen precision)."""
-    import torch
-
-    if cfg.precision == "fp32" or cfg.method in ("full", "bitfit"):
-        return
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-
-
-def _check_inputs(cfg: TrainConfig):
+def check(cfg: TrainConfig):
     """Everything that can be checked before heavy imports: method, data, model path, output folder.
     Returns (method, training records, held-out records, checkpoint to resume from)."""
     from ..data.formats import load_records, split_records
@@ -67,8 +58,9 @@ def _check_inputs(cfg: TrainConfig):
 
     method = get_method(cfg.method)
     if cfg.quantization and not method.trains_on_quantized:
-        raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base: its weights "
-                        "are frozen integers; use lora (QLoRA), ia3, prompt, ptuning or prefix, or drop --quantization")
+        raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base (it needs "
+                        "the base's full-precision weights); use lora (QLoRA), ia3, prompt, ptuning or prefix, or "
+                        "drop --quantization")
     data = load_records(cfg.data, skip_bad_records=cfg.skip_bad_records, encoding=cfg.encoding)
     if data.skipped:
         log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
@@ -91,7 +83,7 @@ def _check_report_to(report_to):
                             f"pip install {report_to}, or drop --report-to")
 
 
-def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
+def data(cfg: TrainConfig, tokenizer, train_recs, val_recs):
     from ..data.cache import tokenized_dataset
 
     train_ds, dropped = tokenized_dataset(tokenizer, train_recs, cfg.template, cfg.max_length, cfg.cache, log=log,
@@ -106,30 +98,33 @@ def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
     return train_ds, eval_ds
 
 
-def _model_with_method(cfg: TrainConfig, method, tokenizer):
-    """The base loaded (precision, quantisation), the method applied (with checkpointing where asked)."""
+def model(cfg: TrainConfig, tokenizer):
+    """The base, loaded in its precision or quantised."""
     from ..models.load import load_model
 
-    model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
-                       speedups=cfg.speedups)
+    base = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
+                      speedups=cfg.speedups)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
 
         # Casts the non-quantised weights (norms, embeddings) to fp32 and lets gradients reach the inputs.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
         log(f"base loaded {cfg.quantization} through bitsandbytes"
             + (f" (LLM.int8, outlier threshold {cfg.int8_threshold})" if cfg.quantization == "8bit" else " (NF4, double quantisation)"))
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.gradient_checkpointing:
-        from .checkpointing import enable_after_method, enable_before_method
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = tokenizer.pad_token_id
+    return base
 
-        model = enable_after_method(method.apply(enable_before_method(model, cfg.method), cfg), cfg.method)
-        log("gradient checkpointing on" + (" (per-layer, keeping the prefix cache)" if cfg.method == "prefix" else ""))
-    else:
-        model = method.apply(model, cfg)
-    _trainable_to_fp32(model, cfg)
-    return model
+
+def method(cfg: TrainConfig, chosen, base):
+    """The method applied to the base (with gradient checkpointing where asked), adapter weights in fp32."""
+    from ..models.params import describe_parameters
+
+    tuned = chosen.prepare(base, cfg)
+    if cfg.gradient_checkpointing:
+        log("gradient checkpointing on")
+    log(f"method {chosen.name}: {describe_parameters(tuned)}")
+    return tuned
 
 
 def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool):
@@ -166,72 +161,6 @@ def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool)
     )
 
 
-def _with_length_grouping(trainer_cls):
-    """The Trainer class with data/sampling.py's length grouping in place of transformers' (less padding on small
-    data sets, batches in random order); --group-by-length false keeps the plain random order.
-
-    Under N processes every process draws the same order (same seed) and accelerate deals its batches out in
-    turn (rank r gets batches r, r + N, ...): grouping by N x the per-process batch makes each step's N batches
-    one group, the examples one process with an N times larger batch would take in that step."""
-
-    class LengthGroupedTrainer(trainer_cls):
-        def _get_train_sampler(self, train_dataset=None):
-            ds = self.train_dataset if train_dataset is None else train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in getattr(ds, "column_names", ()):
-                return super()._get_train_sampler(train_dataset)
-            from ..data.sampling import make_sampler
-
-            lengths = [len(x) for x in ds["input_ids"]]
-            return make_sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps
-                                * self.args.world_size)
-
-    return LengthGroupedTrainer
-
-
-def _fused_loss_through_ddp(trainer_cls):
-    """The fused-loss Trainer for N processes. The Trainer hands compute_loss the DDP-wrapped model, and DDP
-    all-reduces the gradients of a backward only from the output of its own forward (that forward arms its
-    reducer): the fused loss, which calls the backbone itself, runs inside DDP's forward, the wrapped model's
-    forward standing in for one call. Its loss is divided by the learned tokens of the global batch (the Trainer
-    sums them over processes), so it is multiplied by N as the Trainer's own loss is: DDP's mean of the
-    gradients is then the gradient of the global batch's token mean, as in one process."""
-    from transformers import Trainer
-
-    from .fastloss import backbone_and_head
-
-    class DDPFusedLossTrainer(trainer_cls):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # sharded weights: the stock loss (_make_trainer)
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            inner = self.accelerator.unwrap_model(model)
-            if return_outputs or inner is model or backbone_and_head(inner) is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            fused = super().compute_loss
-            before = inner.__dict__.get("forward")  # accelerate may have wrapped forward on the instance
-
-            def forward(*_, **__):
-                _restore_forward(inner, before)  # prompt methods call the real forward inside
-                return fused(inner, inputs, False, num_items_in_batch)
-
-            inner.forward = forward
-            try:
-                loss = model()
-            finally:
-                _restore_forward(inner, before)
-            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
-            return loss
-
-    return DDPFusedLossTrainer
-
-
-def _restore_forward(module, before):
-    if before is None:
-        module.__dict__.pop("forward", None)
-    else:
-        module.__dict__["forward"] = before
-
-
 def _sharded(trainer) -> bool:
     """FSDP or DeepSpeed ZeRO-3: each process holds only a shard of the weights."""
     return trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled
@@ -245,35 +174,24 @@ def _gathered_state_dict(trainer):
     return trainer.accelerator.get_state_dict(trainer.model_wrapped) if _sharded(trainer) else None
 
 
-def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbacks):
-    from transformers import Trainer
+def make_trainer(cfg, chosen, tuned, args, train_ds, eval_ds, collator, callbacks):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .checkpoint_state import with_method_checkpoints
-    from .fastloss import FAST_METHODS, make_trainer_class
+    from .trainer import LLMTrainer
 
-    fused = cfg.fast_loss and method.name in FAST_METHODS
-    if fused and args.world_size > 1:
-        trainer_cls = _with_length_grouping(_fused_loss_through_ddp(make_trainer_class()))
-    else:
-        trainer_cls = _with_length_grouping(make_trainer_class() if fused else Trainer)
-    trainer_cls = with_method_checkpoints(trainer_cls)  # prompt encoders and BitFit (checkpoint_state.py)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=collator, callbacks=callbacks)
-    if _sharded(trainer) and method.name == "bitfit":
-        raise UserError("--method bitfit under FSDP or DeepSpeed ZeRO-3: its biases are saved from one process, "
-                        "which holds only a shard of them there; use DDP or ZeRO-2 (examples/accelerate/)")
-    if fused and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        # the fused loss reads the output layer's weight outside that layer's forward, where FSDP / ZeRO-3 hold
-        # only a shard of it: not proven there, so the stock forward and loss (and the Trainer's own GA scaling)
-        trainer.loss_is_scaled_for_ga = None
+    trainer = LLMTrainer(model=tuned, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+                         callbacks=callbacks, method=chosen, fused_loss=cfg.fast_loss and chosen.fast_loss)
+    if _sharded(trainer) and not chosen.shardable:
+        raise UserError(f"--method {chosen.name} under FSDP or DeepSpeed ZeRO-3: its weights are saved from one "
+                        "process, which holds only a shard of them there; use DDP or ZeRO-2 (examples/accelerate/)")
+    if cfg.fast_loss and chosen.fast_loss and not trainer.fused_loss:
         log("FSDP / DeepSpeed: the fused loss steps aside (stock forward and loss)")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
-def _run(trainer, resume_from, callbacks, output_dir):
+def fit(trainer, resume_from, callbacks, output_dir):
     """trainer.train(); returns (mean training loss, training seconds, figures of the process that trained when
     this one had nothing left to train)."""
     from .callbacks import NothingLeftToTrain
@@ -330,12 +248,29 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
     return metrics
 
 
+def validate(cfg: TrainConfig, tuned, tokenizer, val_recs):
+    """The held-out loss over response tokens (None without held-out records)."""
+    if not val_recs:
+        return None
+    from .heldout import response_loss
+
+    loss = response_loss(tuned, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
+    log(f"held-out loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f}) on {len(val_recs)} records")
+    return loss
+
+
+def save(cfg: TrainConfig, chosen, tuned, tokenizer, trainer, metrics):
+    write_final(cfg, chosen, tuned, tokenizer, metrics, _gathered_state_dict(trainer))
+    log(f"saved the {chosen.name} {'model' if chosen.saves_model else 'adapter'}, tokenizer, config.yaml and "
+        f"metrics.json to {cfg.output_dir}")
+
+
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
     t0 = time.time()
     warn_about_launch()
-    method, train_recs, val_recs, resume_from = _check_inputs(cfg)
+    chosen, train_recs, val_recs, resume_from = check(cfg)
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()
@@ -344,41 +279,43 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     from ..data.collate import make_collator
     from ..data.tokenize import prepare_tokenizer
     from ..models.load import load_tokenizer
-    from ..models.params import describe_parameters
     from .callbacks import make_callbacks
     from .guard import preflight
-    from .heldout import response_loss
 
     transformers.logging.set_verbosity_error()
     transformers.set_seed(cfg.seed)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code), log=log)
-    train_ds, eval_ds = _datasets(cfg, tokenizer, train_recs, val_recs)
+    train_ds, eval_ds = data(cfg, tokenizer, train_recs, val_recs)
 
     rss_before_model = reset_peak_rss_mib()
-    model = _model_with_method(cfg, method, tokenizer)
-    log(f"method {method.name}: {describe_parameters(model)}")
-    lr = cfg.lr if cfg.lr is not None else method.default_lr
-    eps = _choose_epsilon(model, cfg)
+    tuned = method(cfg, chosen, model(cfg, tokenizer))
+    lr = cfg.lr if cfg.lr is not None else chosen.default_lr
+    eps = _choose_epsilon(tuned, cfg)
     collator = make_collator(tokenizer)
-    preflight(tokenizer, train_ds, train_ds, model, cfg, eps, collator, log=log)
+    preflight(tokenizer, train_ds, train_ds, tuned, cfg, eps, collator, log=log)
     os.makedirs(cfg.output_dir, exist_ok=True)
 
     run_callbacks = make_callbacks(cfg.output_dir)
-    trainer = _make_trainer(cfg, method, model, _training_arguments(cfg, lr, eps, eval_ds is not None), train_ds,
-                            eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []))
-    train_loss, train_seconds, earlier = _run(trainer, resume_from, run_callbacks, cfg.output_dir)
+    trainer = make_trainer(cfg, chosen, tuned, _training_arguments(cfg, lr, eps, eval_ds is not None), train_ds,
+                           eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []))
+    train_loss, train_seconds, earlier = fit(trainer, resume_from, run_callbacks, cfg.output_dir)
     _raise_if_stopped(run_callbacks["stop"], cfg.output_dir)
     train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
-
-    eval_loss = None
-    if val_recs:
-        eval_loss = response_loss(model, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
-        log(f"held-out loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f}) on {len(val_recs)} records")
+    eval_loss = validate(cfg, tuned, tokenizer, val_recs)
 
     seconds = time.time() - t0
-    metrics = _metrics(method, model, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
+    metrics = _metrics(chosen, tuned, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
                        run_callbacks["clock"].seconds, earlier)
-    write_final(cfg, method, model, tokenizer, metrics, _gathered_state_dict(trainer))
-    log(f"saved the {method.name} {'model' if method.name == 'full' else 'adapter'}, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
-    return TrainResult(cfg.output_dir, method.name, metrics["trainable_params"], metrics["total_params"], train_loss,
+    save(cfg, chosen, tuned, tokenizer, trainer, metrics)
+    return TrainResult(cfg.output_dir, chosen.name, metrics["trainable_params"], metrics["total_params"], train_loss,
                        eval_loss, trainer.state.global_step, seconds, trainer.state.log_history)
+
+
+def train_process(cfg: TrainConfig) -> TrainResult:
+    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): a run that quantises
+    nothing never imports bitsandbytes (models/load.py, skip_bitsandbytes)."""
+    if not cfg.quantization:
+        from ..models.load import skip_bitsandbytes
+
+        skip_bitsandbytes()
+    return train(cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from .arch import PRESETS, Arch, EstimateError, arch_of, load_config
-from .params import count_params, trainable_params
+from .params import count_params, method_of, trainable_params
 from .peak import LABELS, SUMMED, estimate
 
 __all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_params", "trainable_params",
@@ -35,11 +35,8 @@ def _settings(cfg) -> str:
     s += f", batch {cfg.batch_size} x {cfg.max_length} tokens"
     if cfg.gradient_checkpointing:
         s += ", gradient checkpointing"
-    if cfg.method == "prefix" and cfg.prefix_projection:
-        s += ", prefix projection"
-    if cfg.method == "ptuning":
-        s += f", {cfg.encoder} encoder"
-    return s
+    extra = method_of(cfg.method).describe(cfg.train_config())
+    return s + (f", {extra}" if extra else "")
 
 
 def print_estimate(cfg) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .arch import FP32, INT64, Arch
+from ...methods.base import Footprint
+from ...models.arch import Arch
+from .arch import FP32, INT64
 
 
 # ---------------------------------------------------------------- activations
@@ -14,29 +16,29 @@ from .arch import FP32, INT64, Arch
 class _Run:
     """What the activation walk needs to know about one training configuration."""
     arch: Arch
-    method: str
+    fp: Footprint  # the method's terms (methods/base.py)
     act: int  # bytes of the hidden states between layers
     quant: str | None
     gc: bool
     batch: int
     seq: int  # query positions per sequence (prompt / p-tuning: virtual tokens included)
     kv_len: int  # key positions (prefix: virtual tokens included)
-    lora: dict  # target -> True
-    lora_r: int
-    lora_dropout: float
-    ia3: dict  # target -> is_feedforward
     cache: float = 0.0  # per token: tensors the model's cache holds until the forward returns, not kept after
 
     @property
     def tokens(self) -> int:
         return self.batch * self.seq
 
+    @property
+    def prefix(self) -> bool:
+        return self.fp.prefix_tokens > 0
+
     def trains_weight(self, name: str) -> bool:
-        return self.method == "full"  # every linear's weight trains in full fine-tuning, none otherwise
+        return self.fp.linear_weights  # every linear's weight trains in full fine-tuning, none otherwise
 
     def trains_something(self, name: str) -> bool:
         """Does the output of linear `name` need a gradient because of its own trainable parameters?"""
-        return self.method in ("full", "bitfit") or name in self.lora or name in self.ia3
+        return self.fp.linear_outputs or name in self.fp.adapters
 
     def keeps_input(self, name: str, input_rg: bool) -> bool:
         """Does the linear keep its (shared) input tensor? A trainable weight needs it for its gradient;
@@ -44,25 +46,10 @@ class _Run:
         return self.trains_weight(name) or (self.quant == "8bit" and input_rg)
 
     def adapter_bytes(self, name: str, in_f: int, out_f: int, input_rg: bool) -> tuple[float, bool]:
-        """Per token: what LoRA / IA3 on linear `name` keep, and whether the shared input itself must be kept."""
-        kept, keep_input = 0.0, False
-        if name in self.lora:
-            # PEFT casts the input to the fp32 adapter dtype (a new tensor unless it is fp32 already), applies
-            # dropout (a new fp32 tensor, kept by lora_A for its weight gradient; the fp32 dropout mask is kept too
-            # when the input needs a gradient), then lora_B keeps lora_A's r-wide fp32 output.
-            if self.lora_dropout > 0:
-                kept += FP32 * in_f + (FP32 * in_f if input_rg else 0)
-            elif self.act != FP32:
-                kept += FP32 * in_f  # the fp32 copy of the input, kept by lora_A
-            else:
-                keep_input = True  # lora_A keeps the very input tensor
-            kept += FP32 * self.lora_r
-        if name in self.ia3:
-            if self.ia3[name]:
-                kept += FP32 * in_f  # feed-forward: x.to(fp32) * scale keeps the fp32 input
-            else:
-                kept += self.act * out_f  # base output * scale keeps the base output
-        return kept, keep_input
+        """Per token: what the method's adapter on linear `name` keeps, and whether the shared input itself must be
+        kept (each method's file says, Footprint.adapters)."""
+        kept = self.fp.adapters.get(name)
+        return kept(in_f, out_f, self.act, input_rg) if kept else (0.0, False)
 
 
 def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
@@ -70,33 +57,33 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     a, act = r.arch, r.act
     h, qd, kvd, inter = a.hidden, a.q_dim, a.kv_dim, a.intermediate
     kv_ratio = r.kv_len / r.seq
-    full = r.method == "full"
+    full, norms = r.fp.linear_weights, r.fp.norm_weights
     kept = 0.0
 
     def rmsnorm(rg):
         # x.to(fp32) (the fp32 input) kept by pow and by the mul with rsqrt, plus the rsqrt itself (one fp32 per
         # token); with a trainable norm weight, weight * normed keeps normed (hidden dtype).
-        return (FP32 * h + FP32 if rg else 0) + (act * h if full else 0)
+        return (FP32 * h + FP32 if rg else 0) + (act * h if norms else 0)
 
     # input_layernorm; y = its output, the input of q, k, v
-    y_rg = x_rg or full
-    kept += rmsnorm(x_rg or full)
+    y_rg = x_rg or norms
+    kept += rmsnorm(x_rg or norms)
     keep_y = False
     for name in ("q_proj", "k_proj", "v_proj"):
         extra, keep = r.adapter_bytes(name, h, a.linears()[name][1], y_rg)
         kept += extra
         keep_y |= keep or r.keeps_input(name, y_rg)
     kept += act * h if keep_y else 0
-    attn_rg = y_rg or r.method == "prefix" or any(r.trains_something(n) for n in ("q_proj", "k_proj", "v_proj"))
+    attn_rg = y_rg or r.prefix or any(r.trains_something(n) for n in ("q_proj", "k_proj", "v_proj"))
     if attn_rg:
         # Rotary makes new q, k tensors; SDPA (flash / memory-efficient: no score matrix) keeps q, k, v, its output
         # (which is also o_proj's input) and the fp32 logsumexp per head.
-        repeated = r.method == "prefix" and a.heads != a.kv_heads  # a mask stops SDPA's GQA: k, v are repeated
+        repeated = r.prefix and a.heads != a.kv_heads  # a mask stops SDPA's GQA: k, v are repeated
         kv_saved = qd if repeated else kvd
         kept += act * qd + 2 * act * kv_saved * kv_ratio + act * qd + FP32 * a.heads
-        if r.method == "prefix":
+        if r.prefix:
             kept += act * r.kv_len  # the additive mask SDPA builds from the bool prefix mask, per layer
-    if r.method == "prefix" and a.heads != a.kv_heads:
+    if r.prefix and a.heads != a.kv_heads:
         # the DynamicCache's own (unrepeated) prefix + keys and values: alive until the forward returns
         r.cache += 2 * act * kvd * kv_ratio
     extra, keep = r.adapter_bytes("o_proj", qd, h, attn_rg)
@@ -104,8 +91,8 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     h1_rg = attn_rg or r.trains_something("o_proj")
 
     # post_attention_layernorm; y2 = its output, the input of gate and up
-    kept += rmsnorm(h1_rg or full)
-    y2_rg = h1_rg or full
+    kept += rmsnorm(h1_rg or norms)
+    y2_rg = h1_rg or norms
     keep_y2 = False
     for name in ("gate_proj", "up_proj"):
         extra, keep = r.adapter_bytes(name, h, inter, y2_rg)
@@ -127,7 +114,7 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     a, act = r.arch, r.act
     h, nh = a.hidden, a.heads
     kv_ratio = r.kv_len / r.seq
-    ln_trains = r.method in ("full", "bitfit")
+    ln_trains = r.fp.norm_weights or r.fp.norm_biases
     kept = 0.0
 
     def layernorm(rg):
@@ -140,8 +127,8 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     extra, keep = r.adapter_bytes("query_key_value", h, 3 * h, y_rg)
     kept += extra
     kept += act * h if keep or r.keeps_input("query_key_value", y_rg) else 0
-    attn_rg = y_rg or r.method == "prefix" or r.trains_something("query_key_value")
-    if r.method != "prefix" and not r.gc:
+    attn_rg = y_rg or r.prefix or r.trains_something("query_key_value")
+    if not r.prefix and not r.gc:
         # use_cache is on in training: the cache's k, v are views that keep the fused qkv output alive until the
         # forward returns (the cache is not part of the graph)
         r.cache += 3 * act * h
@@ -150,7 +137,7 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
         # cache's contiguous concatenations, kept as they are); baddbmm keeps q and k, bmm keeps v and the
         # probabilities; softmax in fp32 keeps its fp32 output, and the cast back to the hidden dtype is another
         kept += act * h + 2 * act * h * kv_ratio
-        if r.method == "prefix" and not (y_rg or r.trains_something("query_key_value")):
+        if r.prefix and not (y_rg or r.trains_something("query_key_value")):
             # q needs no gradient, so baddbmm does not keep k: the cache holds it until the forward returns
             kept -= act * h * kv_ratio
             r.cache += act * h * kv_ratio
@@ -176,11 +163,12 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
 def _activations(r: _Run) -> dict:
     """Per-phase activation bytes: layers, head, checkpoint stash, one layer's worth, layer backward transient."""
     a, act, t = r.arch, r.act, r.tokens
-    full = r.method == "full"
+    full = r.fp.linear_weights
     layer = _bloom_layer if a.family == "bloom" else _llama_layer
     # Does the first layer's input need a gradient? Trainable embeddings (full), virtual tokens concatenated to
     # the input (prompt, p-tuning), or enable_input_require_grads for checkpointing (every method but prefix).
-    x_rg = full or r.method in ("prompt", "ptuning") or (r.gc and r.method != "prefix")
+    x_rg = full or r.fp.input_tokens > 0 or (r.gc and not r.prefix)
+    x_rg_first = x_rg
     per_layer = []
     r.cache = 0.0
     for _ in range(a.layers):
@@ -193,20 +181,20 @@ def _activations(r: _Run) -> dict:
 
     # Before the layers: embedding indices (int64) for a trainable embedding; Bloom's embedding LayerNorm.
     head = INT64 * t if full else 0
-    if a.family == "bloom" and (full or r.method in ("bitfit", "prompt", "ptuning") or (r.gc and r.method != "prefix")):
+    if a.family == "bloom" and (x_rg_first or r.fp.embedding_norm):
         head += (act * a.hidden + 2 * act) * t
     # After them: the final norm keeps its input (Llama: in fp32) and, when it trains, its normalised output.
     # (The output layer and the loss: see estimate(), they depend on the loss path.)
     if a.family == "bloom":
         head += (act * a.hidden + 2 * act) * t
     else:
-        head += (FP32 * a.hidden + FP32 + (act * a.hidden if full else 0)) * t
+        head += (FP32 * a.hidden + FP32 + (act * a.hidden if r.fp.norm_weights else 0)) * t
     # Checkpointing keeps each layer's input (and, for prefix, the cache's keys and values, which our per-layer
     # checkpointing leaves in the cache until the backward).
     stash = 0.0
     if r.gc:
         stash = act * a.hidden * t * a.layers
-        if r.method == "prefix":
+        if r.prefix:
             stash += 2 * act * a.kv_dim * r.batch * r.kv_len * a.layers
     # While one layer's backward runs: the gradients of its widest intermediates (Llama: of silu(g)*up, of
     # silu(g), up and g; Bloom: of the gelu output and input, and of the score matrix in fp32 and hidden dtype).

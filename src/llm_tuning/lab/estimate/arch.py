@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
-from ...errors import UserError
+from ...config.options import PRECISION_DTYPES
+from ...models.arch import BLOOM_TYPES, LLAMA_TYPES, Arch, EstimateError, _get, arch_of
 
-
-class EstimateError(UserError, ValueError):
-    """Bad input to the estimator: a UserError for the CLI, a ValueError for Python callers."""
+__all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "stored_dtype", "BLOOM_TYPES", "LLAMA_TYPES"]
 
 
 # Real configs (config.json fields) of the models the project is tuned for, usable as `--model NAME`.
@@ -26,95 +24,15 @@ PRESETS = {
                    "attention_bias": False, "mlp_bias": False, "torch_dtype": "float16"},
 }
 
-METHODS = ("full", "bitfit", "prompt", "ptuning", "prefix", "lora", "ia3")
-PEFT_METHODS = ("prompt", "ptuning", "prefix", "lora", "ia3")
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPE_BYTES = {k: nbytes for k, (_, nbytes) in PRECISION_DTYPES.items()}
 FP32 = 4
 INT64 = 8
-LLAMA_TYPES = ("llama", "mistral")  # same decoder layer, same PEFT default targets
-BLOOM_TYPES = ("bloom",)
-# Output-side linears that PEFT's IA3 scales on their *input* (feed-forward modules), as methods/ia3.py.
-IA3_FEEDFORWARD = ("down_proj", "dense_4h_to_h", "fc2", "c_proj", "w2")
 # NF4 with double quantisation (models.quantization_config): 4 bits per weight, an 8-bit absmax per block of
 # 64 weights, and an fp32 absmax per 256 of those blocks.
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 
-# ---------------------------------------------------------------- the architecture
-
-
-@dataclasses.dataclass(frozen=True)
-class Arch:
-    family: str  # "llama" or "bloom"
-    model_type: str
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    tied: bool
-    attention_bias: bool = False
-    mlp_bias: bool = False
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def linears(self) -> dict:
-        """The decoder-block linear layers: name -> (in_features, out_features, has_bias)."""
-        h, i = self.hidden, self.intermediate
-        if self.family == "bloom":
-            return {"query_key_value": (h, 3 * h, True), "dense": (h, h, True),
-                    "dense_h_to_4h": (h, 4 * h, True), "dense_4h_to_h": (4 * h, h, True)}
-        ab, mb = self.attention_bias, self.mlp_bias
-        return {"q_proj": (h, self.q_dim, ab), "k_proj": (h, self.kv_dim, ab), "v_proj": (h, self.kv_dim, ab),
-                "o_proj": (self.q_dim, h, ab), "gate_proj": (h, i, mb), "up_proj": (h, i, mb),
-                "down_proj": (i, h, mb)}
-
-    def norm_params(self) -> int:
-        """Norm parameters of one decoder layer (Bloom LayerNorm: weight + bias; Llama RMSNorm: weight)."""
-        return 2 * (2 * self.hidden) if self.family == "bloom" else 2 * self.hidden
-
-
-def _get(cfg, *names, default=None):
-    for n in names:
-        v = cfg.get(n) if isinstance(cfg, dict) else getattr(cfg, n, None)
-        if v is not None:
-            return v
-    return default
-
-
-def arch_of(config) -> Arch:
-    """An Arch from a transformers config, a config.json dict, a preset name or a model folder."""
-    if isinstance(config, Arch):
-        return config
-    if isinstance(config, str):
-        config = load_config(config)
-    model_type = _get(config, "model_type")
-    if model_type in BLOOM_TYPES:
-        h = int(_get(config, "hidden_size", "n_embed"))
-        heads = int(_get(config, "n_head", "num_attention_heads"))
-        return Arch("bloom", model_type, int(_get(config, "vocab_size")), h, int(_get(config, "n_layer", "num_hidden_layers")),
-                    heads, heads, h // heads, 4 * h, bool(_get(config, "tie_word_embeddings", default=True)))
-    if model_type in LLAMA_TYPES:
-        h = int(_get(config, "hidden_size"))
-        heads = int(_get(config, "num_attention_heads"))
-        return Arch("llama", model_type, int(_get(config, "vocab_size")), h, int(_get(config, "num_hidden_layers")),
-                    heads, int(_get(config, "num_key_value_heads", default=heads)),
-                    int(_get(config, "head_dim", default=h // heads)), int(_get(config, "intermediate_size")),
-                    bool(_get(config, "tie_word_embeddings", default=False)),
-                    bool(_get(config, "attention_bias", default=False)), bool(_get(config, "mlp_bias", default=False)))
-    raise EstimateError(f"model type {model_type!r} is not supported by the estimator; "
-                        f"supported: {', '.join(LLAMA_TYPES + BLOOM_TYPES)}")
-
-
 STORED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-PRECISION_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISION_DTYPE = {k: name for k, (name, _) in PRECISION_DTYPES.items()}
 
 
 def stored_dtype(config) -> str | None:

@@ -26,12 +26,13 @@ AdamW (the CPU default); a foreach AdamW makes temporaries of all trainable tens
 
 from __future__ import annotations
 
-from ...config import TrainConfig
-from ...train.fastloss import FAST_METHODS, VOCAB_BLOCK, block_rows, chunk_rows
+from ...methods.base import Footprint
+from ...models.arch import Arch, arch_of, count_params
+from ...train.fastloss import VOCAB_BLOCK, block_rows, chunk_rows
 from .activations import _activations, _Run
-from .arch import (DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PEFT_METHODS, PRECISION_DTYPE, STORED_BYTES, Arch,
-                   EstimateError, arch_of, load_config, stored_dtype)
-from .params import _bitfit_added, _check_method, _opts, count_params, ia3_targets, lora_targets, trainable_params
+from .arch import (DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PRECISION_DTYPE, STORED_BYTES, EstimateError,
+                   load_config, stored_dtype)
+from .params import method_of, options
 
 # What `training` (the training step's peak) sums; `total` is the larger of it and `loading`;
 # `quantisation_savings` is information (already inside `weights`); `tensors` is `training` less the runtime
@@ -81,60 +82,30 @@ def _weights(a: Arch, base_bytes: int, quant: str | None) -> tuple[float, float]
     return q + FP32 * rest, max(i * o for i, o, _ in lin.values())
 
 
-def _largest_trainable(a: Arch, method: str, o: TrainConfig) -> int:
-    """Elements of the largest trainable tensor (AdamW's per-tensor step makes temporaries of its size)."""
-    if method == "full":
-        return max(a.vocab * a.hidden, max(i * out for i, out, _ in a.linears().values()))
-    if method == "bitfit":
-        return max(out for _, out, _ in a.linears().values())
-    if method == "lora":
-        lin = a.linears()
-        return max(o.lora_r * max(lin[t]) for t in lora_targets(a, o))
-    if method == "ia3":
-        lin = a.linears()
-        names, ff = ia3_targets(a, o)
-        return max(lin[t][0] if t in ff else lin[t][1] for t in names)
-    e = o.encoder_hidden_size or a.hidden
-    if method == "prefix":
-        width = a.layers * 2 * a.kv_dim
-        return e * width if o.prefix_projection else o.num_virtual_tokens * width
-    if method == "ptuning":
-        return max(o.num_virtual_tokens, 2 * e) * a.hidden
-    return o.num_virtual_tokens * a.hidden  # prompt
-
-
 def _check(method, precision, quantization, batch_size, max_length):
-    _check_method(method)
     if precision not in DTYPE_BYTES:
         raise EstimateError(f"--precision {precision!r} is unknown; choose one of {', '.join(DTYPE_BYTES)}")
     if quantization not in (None, "8bit", "4bit"):
         raise EstimateError(f"--quantization {quantization!r} is unknown; choose 8bit or 4bit")
-    if quantization and method in ("full", "bitfit"):
-        raise EstimateError(f"--method {method} cannot train on a --quantization {quantization} base: its weights "
-                            "are frozen integers; use lora, ia3, prompt, ptuning or prefix")
+    if quantization and not method.trains_on_quantized:
+        raise EstimateError(f"--method {method.name} cannot train on a --quantization {quantization} base: its "
+                            "weights are frozen integers; use lora, ia3, prompt, ptuning or prefix")
     if batch_size < 1 or max_length < 1:
         raise EstimateError("--batch-size and --max-length must be at least 1")
 
 
-def _run_for(a: Arch, method, o: TrainConfig, act, quantization, gc, batch_size, max_length) -> _Run:
+def _run_for(a: Arch, fp: Footprint, act, quantization, gc, batch_size, max_length) -> _Run:
     """The activation walk's view of this run: hidden dtype, positions (virtual tokens included), targets."""
-    n = o.num_virtual_tokens
-    seq = max_length + (n if method in ("prompt", "ptuning") else 0)
-    kv_len = seq + (n if method == "prefix" else 0)
-    lora = {t: True for t in lora_targets(a, o)} if method == "lora" else {}
-    ia3 = {}
-    if method == "ia3":
-        names, ff = ia3_targets(a, o)
-        ia3 = {t: t in ff for t in names}
-    return _Run(a, method, act, quantization, gc, batch_size, seq, kv_len, lora, o.lora_r, o.lora_dropout, ia3)
+    seq = max_length + fp.input_tokens
+    return _Run(a, fp, act, quantization, gc, batch_size, seq, seq + fp.prefix_tokens)
 
 
-def _fused_output_layer(a: Arch, method, act, p, batch_size, seq, t) -> tuple[float, float, float]:
+def _fused_output_layer(a: Arch, fp: Footprint, act, p, batch_size, seq, t) -> tuple[float, float, float]:
     """fastloss.py (train's default for every method): the output layer and the cross-entropy run fused, piece
     by piece, on the learned positions only (here every position but the last: an upper bound), their gradients
     formed in the forward. Returns (kept for the backward, forward transient, backward transient)."""
     h, v = a.hidden, a.vocab
-    head_trains = method == "full"  # the output layer's weight (Bloom: tied to the input embedding)
+    head_trains = fp.linear_weights  # the output layer's weight (Bloom: tied to the input embedding)
     learned = batch_size * (seq - 1)
     # Kept: the hidden-state gradient (and, when the output layer trains, its fp32 weight gradient) and the int64
     # row and column indices of the learned positions. The logits never exist whole.
@@ -156,21 +127,19 @@ def _fused_output_layer(a: Arch, method, act, p, batch_size, seq, t) -> tuple[fl
     return kept, forward, backward
 
 
-def _first_layer_grads(a: Arch, method, gradients, p) -> float:
+def _first_layer_grads(a: Arch, fp: Footprint, gradients, p) -> float:
     """Gradients not yet written while the first layer's backward runs (its own; full: also the embedding's)."""
-    if method == "full":
+    if fp.linear_weights:
         layer_params = (count_params(a) - a.vocab * a.hidden * (1 if a.tied else 2)) / a.layers
         return (layer_params + (0 if a.tied else a.vocab * a.hidden)) * p
-    if method in ("bitfit", "lora", "ia3"):
-        return gradients / a.layers
-    return 0
+    return gradients / a.layers if fp.in_layers else 0
 
 
-def _stock_loss_phases(a: Arch, method, kept, t, act, quantization, p, cache) -> list:
+def _stock_loss_phases(a: Arch, fp: Footprint, kept, t, act, quantization, p, cache) -> list:
     """The stock causal-LM loss over B·L·V logits (--fast-loss false)."""
     v, h = a.vocab, a.hidden
     logits_bytes = act if not quantization else FP32  # lm_head output dtype (fp32 lm_head over a quantised base)
-    head_grad = (v * h * p) if method == "full" else 0
+    head_grad = (v * h * p) if fp.linear_weights else 0
     return [
         # the loss is computed: the logits, their fp32 copy for the loss (unless fp32 already), the cache
         (kept, 0, logits_bytes * v * t + (FP32 * v * t if logits_bytes != FP32 else 0) + cache),
@@ -197,46 +166,48 @@ def _loading_peak(config, a: Arch, precision, quantization, weights) -> float:
 def estimate(config, method: str, precision: str = "fp32", quantization: str | None = None, batch_size: int = 1,
              max_length: int = 512, gradient_checkpointing: bool = False, opts=None) -> dict:
     """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params."""
-    _check(method, precision, quantization, batch_size, max_length)
+    m = method_of(method)
+    _check(m, precision, quantization, batch_size, max_length)
     if isinstance(config, str):
         config = load_config(config)  # once: the shapes and the stored dtype come from it
-    a, o = arch_of(config), _opts(opts)
+    a, o = arch_of(config), options(opts)
+    fp = m.footprint(a, o)
     p = DTYPE_BYTES[precision]
-    n_train, n_total = trainable_params(a, method, o), count_params(a)
-    weights, largest_linear = _weights(a, p, quantization)
-    peft = method in PEFT_METHODS
-    # PEFT adapters train in fp32 (train._trainable_to_fp32); full and BitFit train the base's own tensors in its
-    # precision; BitFit's zero biases for Llama are new tensors beside the base weights.
-    train_bytes = FP32 if peft else p
-    trainable_weights = n_train * FP32 if peft else (_bitfit_added(a) * p if method == "bitfit" else 0)
+    n_train, n_total = fp.trainable, count_params(a)
+    base_weights, largest_linear = _weights(a, p, quantization)
+    weights = base_weights + fp.buffers  # the adapter's frozen tensors (VeRA's projections) beside the base's
+    # PEFT adapters train in fp32 (Method.prepare); full and BitFit train the base's own tensors in its precision;
+    # BitFit's zero biases for Llama are new tensors beside the base weights.
+    train_bytes = p if m.in_base_dtype else FP32
+    trainable_weights = n_train * FP32 if not m.in_base_dtype else fp.added * p
     gradients = n_train * train_bytes
     optimizer = 2 * n_train * train_bytes  # AdamW exp_avg and exp_avg_sq, like the parameters
 
     # Hidden-state dtype: the precision, except over a quantised base, where the embeddings and norms are fp32
     # (prepare_model_for_kbit_training) and bitsandbytes returns each matmul in its input's dtype.
     act = FP32 if quantization else p
-    r = _run_for(a, method, o, act, quantization, gradient_checkpointing, batch_size, max_length)
+    r = _run_for(a, fp, act, quantization, gradient_checkpointing, batch_size, max_length)
     ac = _activations(r)
     backbone = ac["layers"] + ac["head"] + ac["stash"]
-    fast = bool(o.fast_loss) and method in FAST_METHODS
+    fast = bool(o.fast_loss) and m.fast_loss
     if fast:
         ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
-        out_kept, out_forward, out_backward = _fused_output_layer(a, method, act, p, batch_size, r.seq, r.tokens)
+        out_kept, out_forward, out_backward = _fused_output_layer(a, fp, act, p, batch_size, r.seq, r.tokens)
     else:
         # The stock causal-LM loss: lm_head keeps its input when it trains; log_softmax keeps its fp32 output.
-        out_kept = (act * a.hidden * r.tokens if method == "full" else 0) + FP32 * a.vocab * r.tokens
+        out_kept = (act * a.hidden * r.tokens if fp.linear_weights else 0) + FP32 * a.vocab * r.tokens
     kept = backbone + out_kept
     # Dequantising: bitsandbytes materialises one linear's weight at a time in the compute dtype (fp32 for 8-bit's
     # input gradient).
     dequant = largest_linear * (FP32 if quantization == "8bit" else p) if quantization else 0
-    step_transient = 2 * _largest_trainable(a, method, o) * train_bytes  # sqrt(exp_avg_sq) and its scaled copy
+    step_transient = 2 * fp.largest * train_bytes  # sqrt(exp_avg_sq) and its scaled copy
     activations = kept + (ac["one_layer"] if gradient_checkpointing else 0)
 
     # The peak is the largest of these moments (activations alive, gradients alive, transient):
     phases = [
         # the first layer's backward (under checkpointing: its recomputation): every gradient written but its own
         # (and, for full fine-tuning, the input embedding's, computed last)
-        (ac["stash"] + ac["one_layer"], gradients - _first_layer_grads(a, method, gradients, p),
+        (ac["stash"] + ac["one_layer"], gradients - _first_layer_grads(a, fp, gradients, p),
          ac["layer_transient"] + dequant),
         # optimizer step: every gradient, no activation
         (0, gradients, step_transient),
@@ -245,19 +216,22 @@ def estimate(config, method: str, precision: str = "fp32", quantization: str | N
         # the backbone returns (its cache still alive); the fused output layer + loss; its backward
         phases += [(backbone, 0, ac["cache"]), (backbone, 0, out_kept + out_forward), (kept, 0, out_backward)]
     else:
-        phases += _stock_loss_phases(a, method, kept, r.tokens, act, quantization, p, ac["cache"])
+        phases += _stock_loss_phases(a, fp, kept, r.tokens, act, quantization, p, ac["cache"])
     alive_act, alive_grad, overhead = max(phases, key=lambda ph: sum(ph))
     if fast and (alive_act, overhead) == (backbone, out_kept + out_forward):
         alive_act, overhead = kept, out_forward  # what the fused head keeps is an activation
     freed = (alive_act - activations) + (alive_grad - gradients)
+    return _totals(config, a, precision, quantization, n_total, n_train, dict(
+        runtime=RUNTIME, weights=weights, trainable_weights=trainable_weights, gradients=gradients,
+        optimizer=optimizer, activations=activations, overhead=overhead, freed_before_peak=freed,
+        quantisation_savings=n_total * p - base_weights if quantization else 0))
 
-    out = {"runtime": RUNTIME, "weights": weights, "trainable_weights": trainable_weights, "gradients": gradients,
-           "optimizer": optimizer, "activations": activations, "overhead": overhead, "freed_before_peak": freed,
-           "quantisation_savings": n_total * p - weights if quantization else 0}
-    out = {k: int(round(val)) for k, val in out.items()}
+
+def _totals(config, a, precision, quantization, n_total, n_train, parts: dict) -> dict:
+    out = {k: int(round(val)) for k, val in parts.items()}
     out["training"] = sum(out[k] for k in SUMMED)
     out["tensors"] = out["training"] - out["runtime"]
-    out["loading"] = int(_loading_peak(config, a, precision, quantization, weights))
+    out["loading"] = int(_loading_peak(config, a, precision, quantization, parts["weights"]))
     out["total"] = max(out["training"], out["loading"])
     out["trainable_params"] = n_train
     out["total_params"] = n_total

@@ -40,10 +40,8 @@ def _checkpoint_keeping_prefix(layer, index: int):
     layer.forward = forward
 
 
-def enable_before_method(model, method: str):
-    """For every method but prefix: the standard transformers mechanism, on the base model."""
-    if method == "prefix":
-        return model
+def enable_standard(model):
+    """The standard transformers mechanism, on the base model (every method but prefix tuning)."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # With frozen embeddings nothing entering the first layer needs a gradient; checkpointing needs one.
     model.enable_input_require_grads()
@@ -51,10 +49,8 @@ def enable_before_method(model, method: str):
     return model
 
 
-def enable_after_method(model, method: str):
-    """Prefix tuning: our own per-layer checkpointing that keeps the prefix cache."""
-    if method != "prefix":
-        return model
+def enable_keeping_prefix(model):
+    """Prefix tuning: our own per-layer checkpointing that keeps the prefix cache (on the PEFT model)."""
     for i, layer in enumerate(_decoder_layers(model)):
         _checkpoint_keeping_prefix(layer, i)
     return model

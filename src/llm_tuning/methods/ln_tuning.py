@@ -1,0 +1,30 @@
+"""LN tuning: only the normalisation layers train (PEFT's LNTuningConfig: a trainable copy of each layer norm of
+the decoder and the final norm), the smallest adapter here after prompt tuning."""
+
+from __future__ import annotations
+
+from .base import Footprint, PeftMethod
+
+
+class LNTuning(PeftMethod):
+    name = "lntuning"
+    trains = "the layer norms' weights (and biases)"
+    mergeable = True
+    default_lr = 1e-2
+    lr_reason = "norm weights start at their trained values near 1: like IA3's scales, they need large steps"
+    color = "#7f7f7f"
+    peft_type = "LN_TUNING"
+    peft_layer = "peft.tuners.ln_tuning.layer.LNTuningLayer"
+
+    def peft_config(self, model, cfg):
+        from peft import LNTuningConfig, TaskType
+
+        return LNTuningConfig(task_type=TaskType.CAUSAL_LM)
+
+    def footprint(self, arch, cfg) -> Footprint:
+        per_norm = 2 * arch.hidden if arch.family == "bloom" else arch.hidden  # LayerNorm: weight + bias
+        return Footprint(trainable=(2 * arch.layers + 1) * per_norm, largest=per_norm, norm_weights=True,
+                         norm_biases=True)
+
+
+METHODS = (LNTuning(),)

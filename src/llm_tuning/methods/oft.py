@@ -1,0 +1,42 @@
+"""OFT: each target layer's input rotated by a trained block-diagonal orthogonal matrix (Cayley-parametrised
+skew-symmetric blocks), so the weights' angles to each other are kept; PEFT's OFTConfig."""
+
+from __future__ import annotations
+
+from ..config.options import option
+from .base import Footprint, PeftMethod
+from .lora import DEFAULT_TARGETS, GROUP
+
+
+class OFT(PeftMethod):
+    name = "oft"
+    trains = "a block-diagonal orthogonal rotation of each target's input"
+    mergeable = True
+    default_lr = 1e-3
+    lr_reason = "the rotation starts at the identity; 1e-3 moves its skew-symmetric blocks as LoRA's rate moves B"
+    color = "#bcbd22"
+    peft_type = "OFT"
+    peft_layer = "peft.tuners.oft.layer.OFTLayer"
+    options = (("oft_block_size", int, option(32, "OFT block size (must divide the target layers' input width)",
+                                              group=GROUP)),)
+
+    def peft_config(self, model, cfg):
+        from peft import OFTConfig, TaskType
+
+        return OFTConfig(task_type=TaskType.CAUSAL_LM, r=0, oft_block_size=cfg.oft_block_size,
+                         target_modules=cfg.target_modules)
+
+    def footprint(self, arch, cfg) -> Footprint:
+        lin, b = arch.linears(), cfg.oft_block_size
+        targets = arch.targets(cfg.target_modules or DEFAULT_TARGETS[arch.family], "OFT")
+        per_target = [lin[t][0] // b * (b * (b - 1) // 2) for t in targets]  # blocks x upper triangle
+        return Footprint(trainable=arch.layers * sum(per_target), largest=max(per_target),
+                         adapters={t: _kept for t in targets})
+
+
+def _kept(in_f, out_f, act, input_rg):
+    """The rotation (an einsum with the trained blocks) keeps its fp32 input: the input itself when fp32."""
+    return (4 * in_f, False) if act != 4 else (0, True)
+
+
+METHODS = (OFT(),)
