@@ -37,6 +37,7 @@ def say(child, line) -> str:
 
 def test_conversation_keeps_history_and_reset_clears_it(tiny_models, lora):
     from llm_tuning.infer import generate, load_for_inference
+    from llm_tuning.infer.engine import Sampling
     from llm_tuning.infer.chat import printable
 
     child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "12")
@@ -47,7 +48,7 @@ def test_conversation_keeps_history_and_reset_clears_it(tiny_models, lora):
     # The second answer continues the conversation: the adapter's answer to the record with that history.
     model, tok, _ = load_for_inference(tiny_models["llama"], lora)
     want = generate(model, tok, [{"instruction": "再说一种。", "input": "", "history": [[QUESTION, earlier]]}],
-                    max_new_tokens=12)[0]
+                    sampling=Sampling(12))[0]
     assert want != alone(tiny_models["llama"], lora, "再说一种。", 12)  # the history does change the answer
     assert second == printable(want)
     assert say(child, "/reset") == "(conversation cleared)"

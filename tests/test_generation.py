@@ -3,6 +3,8 @@ prompt-learning method on Bloom and Llama, batch 1 and a batch of mixed-length p
 against transformers' own `generate`."""
 
 import pytest
+
+from llm_tuning.infer.engine import Sampling
 import torch
 
 from llm_tuning.config import TrainConfig
@@ -133,7 +135,7 @@ def test_stream_yields_one_token_per_row_and_none_after_eos(models, prompts):
 def test_generate_decodes_records(models, sample_records, prompts):
     tok, ids = prompts["llama"]
     model = adapter_model(models["llama"], "ptuning-mlp")
-    answers = generate(model, tok, sample_records[:3], max_new_tokens=NEW, batch_size=2)
+    answers = generate(model, tok, sample_records[:3], sampling=Sampling(NEW), batch_size=2)
     expected = [tok.decode(_generate_without_cache(model, p, tok.eos_token_id, NEW), skip_special_tokens=True).strip()
                 for p in ids[:3]]
     assert answers == expected

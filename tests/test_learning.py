@@ -4,6 +4,8 @@ on the pretrained stories260K model with the English alpaca records."""
 import json
 
 import pytest
+
+from llm_tuning.infer.engine import Sampling
 import torch
 
 from conftest import EN_DATA, LLAMA2_TOKENIZER, STORIES, need_shared
@@ -33,7 +35,7 @@ def test_memorised_answers_stop_at_eos(tmp_path):
                       batch_size=3, lr=3e-3, save_steps=1000, seed=0))
     model, tok, _ = load_for_inference(base, str(tmp_path / "out"))
     max_new = 30
-    answers = generate(model, tok, MEMO, max_new_tokens=max_new)
+    answers = generate(model, tok, MEMO, sampling=Sampling(max_new))
     assert answers == [r["output"] for r in MEMO]
     for rec in MEMO:
         ids = torch.tensor([encode_prompt(tok, format_prompt(rec))])

@@ -1,6 +1,8 @@
 """Every method on tiny Bloom and tiny Llama: closed-form parameter counts, learning, save/load, merge."""
 
 import pytest
+
+from llm_tuning.infer.engine import Sampling
 import torch
 
 from llm_tuning.config import TrainConfig
@@ -174,7 +176,7 @@ def test_generation_follows_the_adapter(variant, arch, tiny_models, batches, sam
     train_steps(model, batch, method.default_lr, steps=3)
     model.eval()
     records = sample_records[:2]
-    answers = generate(model, tok, records, max_new_tokens=4, batch_size=2)
+    answers = generate(model, tok, records, sampling=Sampling(4), batch_size=2)
     for rec, answer in zip(records, answers):
         ids = torch.tensor([encode_prompt(tok, format_prompt(rec))])
         expected = []

@@ -121,7 +121,7 @@ def stories():
 
     model = load_model(STORIES)
     tok = prepare_tokenizer(load_tokenizer(STORIES), log=lambda m: None)
-    inputs = collect_inputs(model, tok, load_records(EN_DATA).records[:3], max_length=96, max_rows=192)
+    inputs = collect_inputs(model, tok, load_records(EN_DATA).records[:3], "default", max_length=96, max_rows=192)
     return model, inputs
 
 

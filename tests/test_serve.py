@@ -5,6 +5,8 @@ import threading
 
 import pytest
 
+from llm_tuning.infer.engine import Sampling
+
 from conftest import run_cli
 from serving import QUESTION, Server, alone, trained_adapters
 
@@ -69,7 +71,7 @@ def test_a_conversation_is_answered_with_its_system_prompt_and_history(server, t
     for m, r in got.items():
         model, tok, _ = load_for_inference(tiny_models["llama"], adapters[m])
         record = {"instruction": "再说一种。", "input": "", "system": "你是一个助手。", "history": [[QUESTION, "苹果。"]]}
-        assert r.choices[0].message.content.strip() == generate(model, tok, [record], max_new_tokens=12)[0], m
+        assert r.choices[0].message.content.strip() == generate(model, tok, [record], sampling=Sampling(12))[0], m
 
 
 @pytest.mark.parametrize("model", ["lora", "base", "prompt"])

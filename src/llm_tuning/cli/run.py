@@ -23,11 +23,11 @@ def _load(cfg):
 
 def generate(cfg):
     from ..infer import generate as answer
+    from ..infer.engine import Sampling
 
     model, tok, info = _load(cfg)
     rec = {"instruction": cfg.prompt, "input": cfg.input, "output": ""}
-    print(answer(model, tok, [rec], _template(cfg, info), cfg.max_new_tokens, do_sample=cfg.sample,
-                 temperature=cfg.temperature, top_p=cfg.top_p)[0])
+    print(answer(model, tok, [rec], _template(cfg, info), Sampling.from_config(cfg))[0])
 
 
 def evaluate(cfg):

@@ -11,7 +11,7 @@ def chat(cfg):
     model, tok, info = load_for_inference(cfg.model, cfg.adapter, cfg.precision, cfg.trust_remote_code,
                                           cfg.quantization)
     template = cfg.template or info.get("template") or "default"
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature if cfg.sample else 0.0, cfg.top_p, (), cfg.seed)
+    sampling = Sampling.from_config(cfg)
     run_chat(model, tok, template, sampling, cfg.system)
 
 

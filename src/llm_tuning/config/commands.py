@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..methods import option_fields
 from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option, same_as
 from .train import C, D, M, T, TrainConfig
 
@@ -74,8 +75,8 @@ class MergeConfig:
 
 
 @dataclass
-class EstimateConfig:
-    """`llm-tuning estimate`: peak training memory from a model config alone (every option that changes it)."""
+class EstimateSettings:
+    """`llm-tuning estimate`'s options but the methods' own (EstimateConfig below adds those)."""
 
     model: str = option("", "a preset (llama-2-7b, bloom-1b4), a model folder, a config.json or a hub id",
                         group=M, required=True)
@@ -86,13 +87,6 @@ class EstimateConfig:
     max_length: int = same_as(TrainConfig, "max_length")
     gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
     fast_loss: bool = same_as(TrainConfig, "fast_loss")
-    num_virtual_tokens: int = same_as(TrainConfig, "num_virtual_tokens")
-    encoder: str = same_as(TrainConfig, "encoder")
-    encoder_hidden_size: int | None = same_as(TrainConfig, "encoder_hidden_size")
-    prefix_projection: bool = same_as(TrainConfig, "prefix_projection")
-    lora_r: int = same_as(TrainConfig, "lora_r")
-    lora_dropout: float = same_as(TrainConfig, "lora_dropout")
-    target_modules: list[str] | None = same_as(TrainConfig, "target_modules")
     json: bool = same_as(EvalConfig, "json")
 
     def train_config(self) -> TrainConfig:
@@ -100,6 +94,15 @@ class EstimateConfig:
         train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return TrainConfig(**{k: v for k, v in own.items() if k in train_fields})
+
+
+# `llm-tuning estimate`: peak training memory from a model config alone (every option that changes it: the methods'
+# own options included, borrowed from TrainConfig).
+EstimateConfig = dataclasses.make_dataclass(
+    "EstimateConfig", [(name, typ, same_as(TrainConfig, name)) for name, typ, _ in option_fields()],
+    bases=(EstimateSettings,))
+EstimateConfig.__module__ = __name__
+EstimateConfig.__doc__ = "`llm-tuning estimate`: peak training memory from a model config alone (every option that changes it)."
 
 
 @dataclass

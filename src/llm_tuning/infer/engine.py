@@ -17,19 +17,32 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+def _declared(name: str):
+    """The default of generation option `name` as the command line declares it (config/commands.py)."""
+    from ..config.commands import GenerateConfig
+
+    return GenerateConfig.__dataclass_fields__[name].default
+
+
 @dataclass
 class Sampling:
-    """How to decode. temperature 0 is greedy; stop strings end the answer (they are not part of it)."""
+    """How to decode: the typed slice of the generation options that library calls take. temperature 0 is greedy
+    (the default, as the commands' without --sample); stop strings end the answer (they are not part of it)."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = _declared("max_new_tokens")
     temperature: float = 0.0
-    top_p: float = 1.0
+    top_p: float = _declared("top_p")
     stop: tuple = ()
     seed: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature < 1e-5
+
+    @classmethod
+    def from_config(cls, cfg) -> "Sampling":
+        """From a command's options (--max-new-tokens, --sample, --temperature, --top-p, --seed)."""
+        return cls(cfg.max_new_tokens, cfg.temperature if cfg.sample else 0.0, cfg.top_p, (), getattr(cfg, "seed", None))
 
 
 @dataclass

@@ -17,16 +17,17 @@ import inspect
 from collections.abc import Iterator
 
 
-def generate(model, tokenizer, records: list[dict], template: str = "default", max_new_tokens: int = 128,
-             batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-             seed: int | None = None) -> list[str]:
+def generate(model, tokenizer, records: list[dict], template: str = "default", sampling=None,
+             batch_size: int = 8) -> list[str]:
     """Answers for records (the `output` field is ignored; `system` and `history` lead, as in training).
-    Greedy by default; stops at eos."""
+    `sampling`: an engine.Sampling (default: greedy, the commands' default length); stops at eos."""
     from ..data.tokenize import prompt_ids
+    from .engine import Sampling
 
+    s = sampling or Sampling()
     prompts = [prompt_ids(tokenizer, r, template) for r in records]
-    outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, batch_size,
-                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+    outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, s.max_new_tokens, batch_size,
+                        do_sample=not s.greedy, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
 
 

@@ -14,7 +14,9 @@ def generation_metrics(model, tokenizer, records, template="default", max_new_to
     from ..infer import generate
     from .metrics import score
 
-    predictions = generate(model, tokenizer, records, template, max_new_tokens, batch_size=batch_size)
+    from ..infer.engine import Sampling
+
+    predictions = generate(model, tokenizer, records, template, Sampling(max_new_tokens), batch_size=batch_size)
     references = [r["output"] for r in records]
     if predictions_path:
         with open(predictions_path, "w", encoding="utf-8") as f:

@@ -43,6 +43,8 @@ class Footprint:
     embedding_norm: bool = False  # Bloom's embedding LayerNorm trains
     input_tokens: int = 0  # virtual tokens added to every sequence (prompt tuning, P-tuning)
     prefix_tokens: int = 0  # key/value positions added to every layer's attention (prefix tuning)
+    layer_constant: int = 0  # bytes each decoder layer keeps for the backward whatever the tokens (OFT's rotations)
+    weight_copies: int = 0  # bytes per layer of fp32 weight copies kept over a half-precision base (DoRA's dropout)
     # decoder linear name -> kept(in_f, out_f, act_bytes, input_rg) -> (bytes per token, keeps the input itself)
     adapters: dict[str, Callable] = dataclasses.field(default_factory=dict)
 

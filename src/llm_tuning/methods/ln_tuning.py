@@ -14,6 +14,9 @@ class LNTuning(PeftMethod):
     lr_reason = "norm weights start at their trained values near 1: like IA3's scales, they need large steps"
     color = "#7f7f7f"
     peft_type = "LN_TUNING"
+    # The norm copies stay in the base's precision: an fp32 norm weight over a half-precision base makes the norm's
+    # output fp32 (weight * normed promotes), and every op after it would then run in fp32.
+    in_base_dtype = True
     peft_layer = "peft.tuners.ln_tuning.layer.LNTuningLayer"
 
     def peft_config(self, model, cfg):
@@ -23,8 +26,8 @@ class LNTuning(PeftMethod):
 
     def footprint(self, arch, cfg) -> Footprint:
         per_norm = 2 * arch.hidden if arch.family == "bloom" else arch.hidden  # LayerNorm: weight + bias
-        return Footprint(trainable=(2 * arch.layers + 1) * per_norm, largest=per_norm, norm_weights=True,
-                         norm_biases=True)
+        n = (2 * arch.layers + 1) * per_norm
+        return Footprint(trainable=n, largest=per_norm, added=n, norm_weights=True, norm_biases=True)
 
 
 METHODS = (LNTuning(),)

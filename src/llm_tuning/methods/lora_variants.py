@@ -32,7 +32,11 @@ class DoRA(LoRA):
 
     def footprint(self, arch, cfg) -> Footprint:
         lin, targets, lora = arch.linears(), self.targets(arch, cfg), super().footprint(arch, cfg)
+        # With dropout PEFT computes the base output again from the dropped-out fp32 input, through an fp32 copy
+        # of the weight (kept for the input's gradient): a layer constant over a half-precision base.
+        copies = 4 * sum(lin[t][0] * lin[t][1] for t in targets) if cfg.lora_dropout > 0 else 0
         return dataclasses.replace(lora, trainable=lora.trainable + arch.layers * sum(lin[t][1] for t in targets),
+                                   weight_copies=copies,
                                    adapters={t: _dora_kept(cfg.lora_r, cfg.lora_dropout) for t in targets})
 
 
@@ -43,7 +47,7 @@ def _dora_kept(r, dropout):
 
     def kept(in_f, out_f, act, input_rg):
         b, keep = lora(in_f, out_f, act, input_rg)
-        return b + act * out_f + 4 * out_f, keep
+        return b + (4 if dropout > 0 else act) * out_f + 4 * out_f, keep
 
     return kept
 

@@ -30,7 +30,10 @@ class OFT(PeftMethod):
         lin, b = arch.linears(), cfg.oft_block_size
         targets = arch.targets(cfg.target_modules or DEFAULT_TARGETS[arch.family], "OFT")
         per_target = [lin[t][0] // b * (b * (b - 1) // 2) for t in targets]  # blocks x upper triangle
+        # Cayley-Neumann: the skew blocks and their powers, kept by the batched products (and the rotation, kept by
+        # the einsum when the input needs a gradient): 4 x [blocks x b x b] fp32 per target, in x b elements each
         return Footprint(trainable=arch.layers * sum(per_target), largest=max(per_target),
+                         layer_constant=sum(4 * 4 * lin[t][0] * b for t in targets),
                          adapters={t: _kept for t in targets})
 
 

@@ -62,12 +62,12 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
 
     def rmsnorm(rg):
         # x.to(fp32) (the fp32 input) kept by pow and by the mul with rsqrt, plus the rsqrt itself (one fp32 per
-        # token); with a trainable norm weight, weight * normed keeps normed (hidden dtype).
+        # token), when the input needs a gradient; with a trainable norm weight, weight * normed keeps normed.
         return (FP32 * h + FP32 if rg else 0) + (act * h if norms else 0)
 
     # input_layernorm; y = its output, the input of q, k, v
     y_rg = x_rg or norms
-    kept += rmsnorm(x_rg or norms)
+    kept += rmsnorm(x_rg)  # a trainable weight alone needs only the normalised output
     keep_y = False
     for name in ("q_proj", "k_proj", "v_proj"):
         extra, keep = r.adapter_bytes(name, h, a.linears()[name][1], y_rg)
@@ -91,7 +91,7 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     h1_rg = attn_rg or r.trains_something("o_proj")
 
     # post_attention_layernorm; y2 = its output, the input of gate and up
-    kept += rmsnorm(h1_rg or norms)
+    kept += rmsnorm(h1_rg)
     y2_rg = h1_rg or norms
     keep_y2 = False
     for name in ("gate_proj", "up_proj"):
@@ -172,12 +172,15 @@ def _activations(r: _Run) -> dict:
     per_layer = []
     r.cache = 0.0
     for _ in range(a.layers):
+        # DoRA with dropout keeps an fp32 copy of the weight over a half base, for its input's gradient only
+        copies = r.fp.weight_copies if x_rg and act != FP32 else 0
         kept, x_rg = layer(r, x_rg)
-        per_layer.append(kept * t)
+        per_layer.append(kept * t + copies)
     cache = r.cache * t
     one_layer = max(per_layer)  # recomputed under checkpointing: that layer as if not checkpointed, inputs needing grad
     if r.gc:
-        one_layer = layer(r, True)[0] * t
+        one_layer = layer(r, True)[0] * t + (r.fp.weight_copies if act != FP32 else 0)
+    one_layer += r.fp.layer_constant
 
     # Before the layers: embedding indices (int64) for a trainable embedding; Bloom's embedding LayerNorm.
     head = INT64 * t if full else 0
@@ -202,5 +205,6 @@ def _activations(r: _Run) -> dict:
         transient = (2 * act * 4 * a.hidden + a.heads * r.kv_len * (FP32 + 2 * act)) * t
     else:
         transient = (4 * act * a.intermediate + 2 * act * a.hidden) * t
-    return {"layers": 0.0 if r.gc else sum(per_layer), "head": head, "stash": stash, "one_layer": one_layer,
+    constant = r.fp.layer_constant  # what a layer keeps whatever the tokens (every layer's, or one recomputed)
+    return {"layers": 0.0 if r.gc else sum(per_layer) + a.layers * constant, "head": head, "stash": stash, "one_layer": one_layer,
             "layer_transient": transient, "cache": 0.0 if r.gc else cache}

@@ -163,14 +163,20 @@ def _loading_peak(config, a: Arch, precision, quantization, weights) -> float:
     return RUNTIME + count_params(a) * STORED_BYTES[stored] + weights
 
 
-def estimate(config, method: str, precision: str = "fp32", quantization: str | None = None, batch_size: int = 1,
-             max_length: int = 512, gradient_checkpointing: bool = False, opts=None) -> dict:
-    """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params."""
-    m = method_of(method)
+def estimate(config, method: str, precision: str | None = None, quantization: str | None = None,
+             batch_size: int | None = None, max_length: int | None = None, gradient_checkpointing: bool | None = None,
+             opts=None) -> dict:
+    """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params. A setting
+    not given is `train`'s default (TrainConfig), as the command's is."""
+    m, o = method_of(method), options(opts)
+    precision = o.precision if precision is None else precision
+    batch_size = o.batch_size if batch_size is None else batch_size
+    max_length = o.max_length if max_length is None else max_length
+    gradient_checkpointing = o.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     _check(m, precision, quantization, batch_size, max_length)
     if isinstance(config, str):
         config = load_config(config)  # once: the shapes and the stored dtype come from it
-    a, o = arch_of(config), options(opts)
+    a = arch_of(config)
     fp = m.footprint(a, o)
     p = DTYPE_BYTES[precision]
     n_train, n_total = fp.trainable, count_params(a)

@@ -25,7 +25,7 @@ def threshold_key(t: float) -> str:
     return f"{t:g}"
 
 
-def collect_inputs(model, tokenizer, records, template="default", max_length=512, max_rows=8192) -> dict:
+def collect_inputs(model, tokenizer, records, template, max_length, max_rows) -> dict:
     """{linear layer name: float32 tensor [rows, in_features]}: its inputs over the records' tokens (prompt and
     response, one record per forward pass), at most `max_rows` rows per layer."""
     import torch
