@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
 from dataclasses import dataclass
 
 from . import openai_schema as S
@@ -167,10 +166,3 @@ def make_server(app, host: str, port: int, limits: Limits, worker):
                             timeout_graceful_shutdown=limits.shutdown_timeout + 2)
     return Server(config)
 
-
-def retry_after_header(seconds: int) -> dict:
-    return {"Retry-After": str(int(seconds))}
-
-
-def monotonic_deadline(timeout: float) -> float | None:
-    return time.monotonic() + timeout if timeout else None
