@@ -91,7 +91,7 @@ class Server:
 
         return OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "unused", max_retries=0, timeout=120)
 
-    def http(self, method, path, body=None, key="default", raw: bytes | None = None):
+    def http(self, method, path, body=None, key="default", raw: bytes | None = None, headers: dict | None = None):
         """(status, parsed JSON) of a plain HTTP request; key None: no Authorization header."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -99,6 +99,8 @@ class Server:
         key = self.api_key if key == "default" else key
         if key:
             req.add_header("Authorization", f"Bearer {key}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 status, text = r.status, r.read()

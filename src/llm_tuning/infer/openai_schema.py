@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+def _unicode(v: str) -> str:
+    """JSON may carry a lone surrogate (\\ud800), which is no character: the tokenizer would fail on it."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate such as \\ud800)") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_unicode)]  # every string the server reads from a request
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")  # fields we do not implement (logprobs, user, ...) are ignored
 
-    model: str
+    model: Text
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    stop: Optional[Union[Text, list[Text]]] = None
+    seed: Optional[int] = Field(None, ge=-2**63, lt=2**64)  # what torch's generator takes
     stream: bool = False
     stream_options: Optional[dict] = None
     n: int = Field(1, ge=1, le=1, description="one answer per request")
@@ -38,12 +50,12 @@ class _Request(BaseModel):
 
 class _TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: Union[str, list[_TextPart]]
+    content: Union[Text, list[_TextPart]]
 
     def as_dict(self) -> dict:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -56,7 +68,7 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: Union[str, list[str]]
+    prompt: Union[Text, list[Text]]
 
     @field_validator("prompt")
     @classmethod

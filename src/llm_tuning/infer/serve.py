@@ -3,60 +3,85 @@
 Scheduling: every generation runs on one worker thread, one at a time, in arrival order (engine.Worker).
 Switching adapters is global state of the shared base model, so two generations never overlap and a request's
 tokens can never mix with another's. The asyncio side only parses, queues and streams: tokens travel from the
-worker to the request's asyncio queue, and from there to the client as server-sent events.
+worker to the request's asyncio queue, and from there to the client as server-sent events. Prompts are
+tokenised on a thread of their own (before queueing), so a long one never holds the generation worker.
+
+Abuse (infer/guards.py, docs/serving.md "Limits"): bounded body, queue, request time, connections and
+shutdown; a request whose client went away is stopped at its next token, streamed or not.
 """
 
 from __future__ import annotations
 
-import hmac
+import logging
 import os
 import re
 import sys
 import time
 
+from starlette.requests import Request  # at module level: FastAPI resolves the endpoints' annotations here
+
 from ..errors import UserError
 from .adapters import AdapterSet
-from .engine import ContextTooLong, Sampling, Worker, check_context, stream_generate
+from .engine import (ContextTooLong, QueueFull, Sampling, ShuttingDown, Stopped, Worker, check_context,
+                     context_limit, stream_generate, surely_too_long)
+from .guards import BodyLimit, KeyCheck, Limits, make_server
 from . import openai_schema as S
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-KEY_COOKIE = "llm_tuning_key"
+log_errors = logging.getLogger("llm_tuning.serve")
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
+                 headers: dict | None = None):
         super().__init__(message)
-        self.status, self.body = status, S.error_body(message, type_, param, code)
+        self.status, self.body, self.headers = status, S.error_body(message, type_, param, code), headers
 
 
-def _as_api_error(e: Exception, param: str) -> APIError:
+def _as_api_error(e: Exception, param: str | None) -> APIError:
+    """The answer to a request whose work ended in `e`. Only the client's own errors carry their text; a
+    failure of the server is logged here and answered without it."""
     if isinstance(e, APIError):
         return e
     if isinstance(e, ContextTooLong):
         return APIError(400, str(e), param=param, code="context_length_exceeded")
     if isinstance(e, UserError):
         return APIError(400, str(e), param=param)
-    return APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
+    if isinstance(e, QueueFull):
+        return APIError(429, "too many requests are waiting; retry later", "rate_limit_error",
+                        code="queue_full", headers={"Retry-After": str(e.retry_after)})
+    if isinstance(e, ShuttingDown):
+        return APIError(503, "the server is shutting down", "server_error", code="shutting_down")
+    if isinstance(e, Stopped) and e.reason == "timeout":
+        return APIError(504, "the request ran past --request-timeout", "server_error", code="timeout")
+    if isinstance(e, Stopped):  # the client went away: nobody reads this (499: nginx's "client closed request")
+        return APIError(499, "the client closed the connection", code="client_closed")
+    log_errors.error("generation failed", exc_info=e)
+    return APIError(500, "generation failed (the server log has the details)", "server_error")
 
 
 def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | None = None,
-               max_new_tokens: int = 128):
+               max_new_tokens: int = 128, limits: Limits | None = None):
     """The FastAPI application: /v1/models, /v1/chat/completions, /v1/completions, the playground at /,
     compare reports under /reports/ (only inside the `reports` folder)."""
     from fastapi import FastAPI
     from fastapi.responses import FileResponse
 
+    limits = limits or Limits()
     app = FastAPI(title="llm-tuning", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.worker = Worker()
+    app.state.worker = Worker(limits.max_queue or None)
     _error_handlers(app)
-    _key_check(app, api_key)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.receive_timeout)
+    if api_key:  # added last, so it runs first: no body is read for a client without the key
+        app.add_middleware(KeyCheck, api_key=api_key)
     _model_routes(app, adapters)
-    _completion_routes(app, adapters, app.state.worker, max_new_tokens)
+    _completion_routes(app, adapters, app.state.worker, max_new_tokens, limits.request_timeout)
 
     @app.get("/health")
     async def health():
         worker = app.state.worker
-        return {"status": "ok", "models": adapters.names, "queued": worker.jobs.qsize(), **worker.counts}
+        return {"status": "ok", "models": adapters.names, "queued": len(worker.waiting),
+                "running": worker.running is not None, **worker.counts}
 
     @app.get("/")
     async def playground():
@@ -64,6 +89,11 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
 
     _report_routes(app, reports, FileResponse)
     return app
+
+
+# pydantic names the member of a Union in an error's location ("str", "function-after[...]", "list[str]"):
+# not part of the parameter's name
+_TYPE_TAG = re.compile(r"[\[(]|^(str|int|float|bool|list|dict|none)$")
 
 
 def _error_handlers(app):
@@ -74,12 +104,12 @@ def _error_handlers(app):
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
-        return JSONResponse(e.body, status_code=e.status)
+        return JSONResponse(e.body, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
         err = (e.errors() or [{}])[0]
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not _TYPE_TAG.search(str(x))]
         if err.get("type") == "json_invalid":
             return JSONResponse(S.error_body("the request body is not valid JSON", code="invalid_json"), 400)
         param = ".".join(loc) or None
@@ -93,24 +123,10 @@ def _error_handlers(app):
 
     @app.exception_handler(Exception)
     async def _crash(request, e: Exception):
-        return JSONResponse(S.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
-
-
-def _key_check(app, api_key: str | None):
-    """With a key: the API and the reports need `Authorization: Bearer KEY` (or the playground's cookie)."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        path = request.url.path
-        if api_key and (path.startswith("/v1/") or path.startswith("/reports")):
-            given = request.headers.get("authorization", "")
-            given = given[7:].strip() if given.lower().startswith("bearer ") else request.cookies.get(KEY_COOKIE, "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                why = "wrong API key" if given else "missing API key (send the header Authorization: Bearer KEY)"
-                return JSONResponse(S.error_body(why, code="invalid_api_key"), status_code=401)
-        return await call_next(request)
+        # the exception's text may hold paths or the client's input: the log gets it, the client does not
+        log_errors.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return JSONResponse(S.error_body("internal server error (the server log has the details)",
+                                         "server_error"), 500)
 
 
 def _served(adapters, name):
@@ -138,54 +154,112 @@ def _model_routes(app, adapters):
         return model_card(name)
 
 
-def _completion_routes(app, adapters, worker, max_new_tokens):
+def _completion_routes(app, adapters, worker, max_new_tokens, request_timeout: float):
     from fastapi.responses import StreamingResponse
 
-    async def run(req, chat: bool):
+    async def run(request, req, chat: bool):
         served = _served(adapters, req.model)
+        deadline = time.monotonic() + request_timeout if request_timeout else None
+        param = "messages" if chat else "prompt"
+        ids = await _prompt_ids(served, adapters.tokenizer, req, chat, param)
         limit = req.max_tokens or (req.max_completion_tokens if chat else None) or max_new_tokens
         sampling = Sampling(limit, req.temperature, req.top_p, tuple(req.stop or ()), req.seed)
-        messages = [m.as_dict() for m in req.messages] if chat else None
-        param = "messages" if chat else "prompt"
 
         def work(job):
-            from ..data.tokenize import encode_prompt
-            from .chat import prompt_ids_from_messages
-
             adapters.activate(served.name)
-            tok = adapters.tokenizer
-            ids = (prompt_ids_from_messages(messages, served.template, tok) if chat
-                   else encode_prompt(tok, req.prompt))
-            check_context(served.model, tok, ids)
+            check_context(served.model, adapters.tokenizer, ids)  # exact: the adapter's virtual tokens count
             job.emit("start", None)
-            return stream_generate(served.model, tok, ids, sampling, lambda piece: job.emit("text", piece),
-                                   lambda: job.cancelled, lstrip=chat)
+            return stream_generate(served.model, adapters.tokenizer, ids, sampling,
+                                   lambda piece: job.emit("text", piece), job.stopped, lstrip=chat)
 
-        job = worker.submit(work)
-        kind, value = await job.events.get()
+        try:
+            job = worker.submit(work, deadline)
+        except (QueueFull, ShuttingDown) as e:
+            raise _as_api_error(e, None) from None
+        rid = S.new_id("chatcmpl" if chat else "cmpl")
+        kind, value = await _until(request, job, worker, ("done", "error") if not req.stream else ("start", "error"))
         if kind == "error":
             raise _as_api_error(value, param)
-        rid = S.new_id("chatcmpl" if chat else "cmpl")
         if not req.stream:
-            while kind != "done":
-                kind, value = await job.events.get()
-                if kind == "error":
-                    raise _as_api_error(value, param)
             return (S.chat_response if chat else S.completion_response)(rid, req.model, value)
-        return StreamingResponse(_events(job, rid, req, chat), media_type="text/event-stream",
+        return StreamingResponse(_events(job, worker, rid, req, chat), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: S.ChatRequest):
-        return await run(req, chat=True)
+    async def chat_completions(req: S.ChatRequest, request: Request):
+        return await run(request, req, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(req: S.CompletionRequest):
-        return await run(req, chat=False)
+    async def completions(req: S.CompletionRequest, request: Request):
+        return await run(request, req, chat=False)
 
 
-async def _events(job, rid, req, chat):
+# Prompts are tokenised here, one at a time (a fast tokenizer is not safe to share between threads, and it lets
+# go of the GIL while it works), never on the generation worker nor on the event loop.
+_TOKENISER = None
+
+
+async def _prompt_ids(served, tok, req, chat: bool, param: str) -> list[int]:
+    """The prompt's token ids, computed off the event loop and off the generation worker; a prompt that
+    cannot fit the context whatever it says is refused before it is tokenised."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _TOKENISER
+    messages = [m.as_dict() for m in req.messages] if chat else None
+    chars = sum(len(m["content"]) for m in messages) if chat else len(req.prompt)
+    limit = context_limit(served.model, tok)
+    if surely_too_long(tok, chars, limit):
+        raise APIError(400, f"the prompt is {chars} characters, far more than the {limit} tokens this model "
+                            "attends to", param=param, code="context_length_exceeded")
+
+    def encode():
+        from ..data.tokenize import encode_prompt
+        from .chat import prompt_ids_from_messages
+
+        return (prompt_ids_from_messages(messages, served.template, tok) if chat else encode_prompt(tok, req.prompt))
+
+    _TOKENISER = _TOKENISER or ThreadPoolExecutor(1, thread_name_prefix="llm-tuning-tokenise")
+    try:
+        ids = await asyncio.get_running_loop().run_in_executor(_TOKENISER, encode)
+    except (UserError, ContextTooLong) as e:
+        raise _as_api_error(e, param) from None
+    if not ids:  # nothing to continue from (an empty prompt, with no bos token)
+        raise APIError(400, "the prompt is empty", param=param, code="invalid_value")
+    return ids
+
+
+async def _until(request, job, worker, kinds: tuple):
+    """The job's first event of one of `kinds` (others are dropped). The job is stopped, and ("error",
+    Stopped(...)) returned, if first the client goes away or the request's deadline passes (plus a second, so
+    that the worker, which checks it after every token, usually says so itself)."""
+    import asyncio
+
+    async def gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def wanted():
+        while True:
+            kind, value = await job.events.get()
+            if kind in kinds:
+                return kind, value
+
+    timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic()) + 1.0
+    got, left = asyncio.ensure_future(wanted()), asyncio.ensure_future(gone())
+    done, _ = await asyncio.wait({got, left}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in (got, left):
+        task.cancel()
+    if got in done:
+        return got.result()
+    reason = "client" if left in done else "timeout"
+    worker.stop(job, reason)
+    return "error", Stopped(reason)
+
+
+async def _events(job, worker, rid, req, chat):
     """The server-sent events of one streamed answer, ending with `data: [DONE]`."""
+    import asyncio
     import json
 
     def sse(body):
@@ -195,7 +269,12 @@ async def _events(job, rid, req, chat):
         if chat:
             yield sse(S.chunk(rid, req.model, chat, role=True))
         while True:
-            kind, value = await job.events.get()
+            timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic()) + 1.0
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout)
+            except asyncio.TimeoutError:
+                worker.stop(job, "timeout")
+                kind, value = "error", Stopped("timeout")
             if kind == "text":
                 yield sse(S.chunk(rid, req.model, chat, text=value))
             elif kind == "done":
@@ -208,7 +287,7 @@ async def _events(job, rid, req, chat):
                 break
         yield "data: [DONE]\n\n"
     finally:
-        job.cancelled = True  # the client hung up (or we are done): the worker stops at the next token
+        worker.stop(job, "client")  # the client hung up (or we are done): the worker stops at the next token
 
 
 def _report_routes(app, reports: str | None, FileResponse):
@@ -223,14 +302,25 @@ def _report_routes(app, reports: str | None, FileResponse):
     async def report_file(path: str):
         if not root:
             raise APIError(404, "no reports folder: start the server with --reports DIR", code="not_found")
-        full = os.path.realpath(os.path.join(root, path))
-        if os.path.commonpath([root, full]) != root:
-            raise APIError(404, f"{path}: not inside the reports folder", code="not_found")
-        if os.path.isdir(full):
-            full = os.path.join(full, "report.html")
-        if not os.path.isfile(full):
-            raise APIError(404, f"{path}: no such report file", code="not_found")
+        full = report_path(root, path)
+        if full is None:
+            raise APIError(404, "no such report file inside the reports folder", code="not_found")
         return FileResponse(full)
+
+
+def _inside(root: str, path: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def report_path(root: str, path: str) -> str | None:
+    """The file `path` names under `root` (a folder: its report.html), resolved after its last component is
+    joined (symbolic links, `..`, absolute paths), or None when that is not a file inside `root`."""
+    if "\0" in path:
+        return None
+    full = os.path.realpath(os.path.join(root, path))
+    if os.path.isdir(full):
+        full = os.path.realpath(os.path.join(full, "report.html"))
+    return full if _inside(root, full) and os.path.isfile(full) else None
 
 
 def list_reports(root: str, depth: int = 3) -> list[dict]:
@@ -241,8 +331,9 @@ def list_reports(root: str, depth: int = 3) -> list[dict]:
         if rel.count(os.sep) >= depth:
             dirs[:] = []
         dirs.sort()
-        if "report.html" in files:
-            with open(os.path.join(folder, "report.html"), encoding="utf-8", errors="replace") as f:
+        page = os.path.realpath(os.path.join(folder, "report.html"))
+        if "report.html" in files and _inside(root, page):  # a link to a file elsewhere is not listed
+            with open(page, encoding="utf-8", errors="replace") as f:
                 m = re.search(r"<title>(.*?)</title>", f.read(4096), re.S)
             found.append({"path": "" if rel == "." else rel.replace(os.sep, "/"),
                           "title": m.group(1).strip() if m else rel})
@@ -251,17 +342,17 @@ def list_reports(root: str, depth: int = 3) -> list[dict]:
 
 def serve(cfg, log=print) -> None:
     """Load the base and every adapter, then answer HTTP until interrupted."""
-    import uvicorn
-
     if cfg.reports and not os.path.isdir(cfg.reports):
         raise UserError(f"--reports {cfg.reports}: not a folder")
     api_key = cfg.api_key or os.environ.get("LLM_TUNING_API_KEY") or None
     adapters = AdapterSet(cfg.model, cfg.adapter, cfg.precision, cfg.quantization, cfg.template,
                           cfg.trust_remote_code, log=log)
-    app = create_app(adapters, api_key, cfg.reports, cfg.max_new_tokens)
+    limits = Limits(cfg.max_queue, cfg.request_timeout, cfg.max_body_bytes, cfg.receive_timeout,
+                    cfg.keep_alive_timeout, cfg.max_connections, cfg.shutdown_timeout)
+    app = create_app(adapters, api_key, cfg.reports, cfg.max_new_tokens, limits)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this port can use it")
     log(f"serving {', '.join(adapters.names)} at http://{cfg.host}:{cfg.port}/v1 (playground: "
         f"http://{cfg.host}:{cfg.port}/)")
     sys.stdout.flush()
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    make_server(app, cfg.host, cfg.port, limits, app.state.worker).run()

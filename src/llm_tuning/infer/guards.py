@@ -1,0 +1,168 @@
+"""What keeps `llm-tuning serve` standing when clients misbehave: the limits, and the few pieces no library
+provides (uvicorn gives the keep-alive timeout, the header size bound, the connection bound and the graceful
+shutdown bound; the rest is here).
+
+- `BodyLimit` (ASGI middleware): a body over `max_body_bytes` is answered 413 before it is read or parsed
+  (from Content-Length, or while it arrives); a body that does not arrive within `receive_timeout` gets 408.
+- `KeyCheck` (ASGI middleware): the API and the reports need `Authorization: Bearer KEY`; there is no cookie.
+- `protocol_class`: uvicorn's h11 protocol with a deadline for the request head. uvicorn's own
+  `timeout_keep_alive` only runs between requests, so a connection that never sends a complete request line
+  and headers would stay open for ever.
+- `Server`: uvicorn's server whose first SIGTERM/SIGINT also empties the generation queue (each waiting
+  request answered 503) and gives the running generation `shutdown_timeout` seconds; a second signal of
+  either kind exits at once (uvicorn forces only on a second SIGINT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from dataclasses import dataclass
+
+from . import openai_schema as S
+
+
+@dataclass
+class Limits:
+    """The server's bounds; the `serve` options of the same names set them (0: no bound where allowed)."""
+
+    max_queue: int = 32  # generations waiting behind the running one; more get 429
+    request_timeout: float = 600.0  # seconds from a request's arrival to the end of its answer
+    max_body_bytes: int = 4 * 1024 * 1024
+    receive_timeout: float = 10.0  # seconds for a request's head (from connection or last answer) and its body
+    keep_alive_timeout: float = 5.0  # an idle connection between requests (uvicorn's timeout_keep_alive)
+    max_connections: int = 64  # uvicorn's limit_concurrency: past it, requests get 503
+    shutdown_timeout: float = 10.0  # after SIGTERM, for the running generation to finish
+
+
+async def _send_error(send, status: int, message: str, code: str, headers=()) -> None:
+    body = json.dumps(S.error_body(message, code=code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Reads the whole body (at most `max_bytes`, within `timeout` seconds) before the application sees it, and
+    hands it on in one piece; after it, `receive` is the server's own (so a disconnect is still noticed)."""
+
+    def __init__(self, app, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._too_large(send)
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.timeout or None)
+        except asyncio.TimeoutError:
+            return await _send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s",
+                                     "request_timeout", [(b"connection", b"close")])
+        if body is None:
+            return await self._too_large(send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _too_large(self, send):
+        # the rest of the body is never read: the connection is closed after this answer
+        await _send_error(send, 413, f"the request body is over {self.max_bytes} bytes (--max-body-bytes)",
+                          "request_too_large", [(b"connection", b"close")])
+
+
+class KeyCheck:
+    """With a key: /v1/... and /reports... need `Authorization: Bearer KEY`, compared in constant time."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path.startswith("/v1/") or path.startswith("/reports")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            token = given[7:].strip() if given[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.key):
+                why = "wrong API key" if token else "missing API key (send the header Authorization: Bearer KEY)"
+                return await _send_error(send, 401, why, "invalid_api_key")
+        await self.app(scope, receive, send)
+
+
+def protocol_class(head_timeout: float):
+    """uvicorn's h11 protocol, closing a connection whose request head has not arrived `head_timeout` seconds
+    after it opened or after its last answer (a request being answered is never cut)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        _head_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            if head_timeout:
+                self._head_timer = self.loop.call_later(head_timeout, self._head_late)
+
+        def _head_late(self):
+            # no request in progress (none yet, or the last one answered): the head never came in time
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadDeadline
+
+
+def make_server(app, host: str, port: int, limits: Limits, worker):
+    """The uvicorn server with the limits: uvicorn's own settings where they exist."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if self.should_exit:  # the second signal: do not wait for anything
+                self.force_exit = True
+            else:
+                worker.drain(limits.shutdown_timeout)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol_class(limits.receive_timeout),
+                            timeout_keep_alive=limits.keep_alive_timeout, h11_max_incomplete_event_size=16 * 1024,
+                            limit_concurrency=limits.max_connections or None,
+                            # a backstop: the worker stops the running generation after shutdown_timeout
+                            timeout_graceful_shutdown=limits.shutdown_timeout + 2)
+    return Server(config)
+
