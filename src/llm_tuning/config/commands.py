@@ -118,6 +118,7 @@ class InitModelConfig:
     num_kv_heads: int | None = option(None, "Llama key/value heads (default 2)", group=M, range="[1, inf)")
     intermediate_size: int | None = option(None, "Llama MLP width (default 128)", group=M, range="[1, inf)")
     seed: int = same_as(TrainConfig, "seed", default=0)
+    overwrite: bool = same_as(MergeConfig, "overwrite")
 
 
 @dataclass
