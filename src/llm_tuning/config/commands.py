@@ -138,6 +138,8 @@ class CompareCommand:
     config: str = option("", "compare YAML: model, data, output_dir, budget_tokens, runs (see docs/compare.md)",
                          group=C, required=True)
     force: bool = option(False, "rerun runs that already have a result.json", group=C)
+    output_dir: str | None = option(None, "write the report here instead of the YAML's output_dir (a committed "
+                                          "example's folder is never rewritten unless named here)", group=C)
 
 
 @dataclass
