@@ -87,13 +87,39 @@ def resolve_source(name: str, what: str = "model") -> str:
                         "(same MODELSCOPE_CACHE)") from None
 
 
+# What a tokenizer folder holds (one of these): fast, sentencepiece, BPE / WordPiece vocabularies, the config.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
+                   "tokenizer_config.json")
+
+
 def check_source(name: str, what: str = "model"):
-    """Fail early, before heavy imports, on a local path that is not there (or a ModelScope id not in its cache)."""
+    """Fail early, before heavy imports, on a local path that is not there (or a ModelScope id not in its cache),
+    a folder that lacks what `what` needs, or a hub id when no hub can be reached."""
     name = resolve_source(name, what)
     if looks_like_local_path(name) and not os.path.exists(name):
         raise UserError(f"{name}: no such {what} folder")
     if os.path.isfile(name):
         raise UserError(f"{name}: is a file; expected a {what} folder or a hub id")
+    if os.path.isdir(name):
+        _check_folder(name, what)
+    else:
+        from ..hub import check_reachable
+
+        check_reachable(name, f"{what} folder", f"Give a {what} folder (as save_pretrained or init-model write it)")
+
+
+def _check_folder(name: str, what: str):
+    """A model folder needs config.json; a tokenizer one any of TOKENIZER_FILES (named, so the user sees what
+    was looked for; the library's own message lists nothing here: "from one of: ")."""
+    files = set(os.listdir(name))
+    if what == "model" and "config.json" not in files:
+        raise UserError(f"{name}: no config.json in this folder, so it is not a model folder (save_pretrained "
+                        "and init-model write config.json beside the weights); give the folder that holds it")
+    if what == "tokenizer" and not files & set(TOKENIZER_FILES):
+        model = " (it has config.json: a model without its tokenizer)" if "config.json" in files else ""
+        raise UserError(f"{name}: no tokenizer in this folder{model}; looked for {', '.join(TOKENIZER_FILES)}. "
+                        "Copy the model's tokenizer files into it, or (train) pass --tokenizer DIR: a folder or hub "
+                        "id with the tokenizer")
 
 
 def _hub_error(name: str, what: str, e: Exception) -> UserError:

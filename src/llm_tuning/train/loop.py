@@ -74,8 +74,7 @@ def _check_inputs(cfg: TrainConfig):
         log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
     train_recs, val_recs = split_records(data.records, cfg.val_size, cfg.seed)
     check_source(cfg.model, "model")
-    if cfg.tokenizer:
-        check_source(cfg.tokenizer, "tokenizer")
+    check_source(cfg.tokenizer or cfg.model, "tokenizer")  # a model folder without one: say so before any work
     _check_report_to(cfg.report_to)
     # under N processes the process group starts here, once the input is known to be good (rundir.py)
     return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
