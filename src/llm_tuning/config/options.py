@@ -18,15 +18,16 @@ TEMPLATE_NAMES = ("default", "llama2", "auto")  # data/templates.py renders each
 
 
 def option(default, help: str, *, choices=None, group: str = "general", required: bool = False, cli: bool = True,
-           range: str | None = None, also: tuple = ()):
+           range: str | None = None, also: tuple = (), hints: dict | None = None):
     """A dataclass field carrying its command-line help. cli=False: settable from YAML / Python only.
 
     range: a numeric option's valid values as an interval, "[1, inf)", "(0, 1]", ... (square bracket: the bound
     is allowed; round: it is not); also: values allowed outside it (-1 where it means "not set"). Flags, YAML
     and Python construction all refuse a value outside before any work (`check_range`), and --help and the
-    docs show it (`range_text`)."""
+    docs show it (`range_text`). hints: {a value users type that is not a choice: what they mean}, said in
+    the refusal ("qlora" -> "--method lora --quantization 4bit")."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "group": group, "required": required,
-            "cli": cli, "range": parse_range(range) if range else None, "also": tuple(also)}
+            "cli": cli, "range": parse_range(range) if range else None, "also": tuple(also), "hints": hints or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -150,7 +151,9 @@ def coerce(f: dataclasses.Field, value, source: str):
         raise UserError(f"{source}: {f.name!r} has a bad value {value!r} (expected {f.type})") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise UserError(f"{flag} {value!r} is unknown; choose one of {', '.join(choices)}")
+        hint = (f.metadata.get("hints") or {}).get(value)
+        raise UserError(f"{flag} {value!r} is unknown; " + (f"{hint} (the choices: {', '.join(choices)})" if hint
+                                                           else f"choose one of {', '.join(choices)}"))
     if isinstance(value, (int, float)):
         check_range(f, value, f"{flag} {value}" if source == "flag" else f"{source}: {f.name} {value}")
     return value

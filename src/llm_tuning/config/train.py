@@ -42,7 +42,9 @@ class TrainConfig:
     cache: bool = option(True, "reuse tokenised data across runs ($LLM_TUNING_CACHE)", group=D)
     val_size: float = option(0.0, "held-out split: a fraction (<1) or a count (>=1)", group=D, range="[0, inf)")
     # method
-    method: str = option("lora", "the fine-tuning method", choices=METHOD_NAMES, group=MT)
+    method: str = option("lora", "the fine-tuning method", choices=METHOD_NAMES, group=MT,
+                         hints={"qlora": "QLoRA is LoRA on a quantised base: --method lora --quantization 4bit (or "
+                                         "8bit)"})
     num_virtual_tokens: int = option(10, "virtual tokens (prompt, ptuning, prefix)", group=P, range="[1, inf)")
     prompt_init: str = option("text", "prompt tuning start: text (hard prompt), vocab (embeddings of sampled "
                                       "vocabulary tokens) or random (soft); a text the tokenizer cannot spell "
@@ -90,6 +92,8 @@ class TrainConfig:
                             choices=("none", "tensorboard", "wandb", "mlflow"), group=C)
     resume: bool = option(False, "continue from the last complete checkpoint in --output-dir", group=C)
     overwrite: bool = option(False, "replace a non-empty --output-dir", group=C)
+    quiet: bool = option(False, "warnings and errors only: no progress bar or log lines (log.jsonl and metrics.json "
+                                "are written all the same)", group=C)
     extra: dict = option({}, "free-form settings for Python callers", cli=False)
 
     def __post_init__(self):

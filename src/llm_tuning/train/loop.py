@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..models.load import quiet_libraries
 from .memory import peak_rss_mib, reset_peak_rss_mib
-from .rundir import (TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
+from .rundir import (QUIET, TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
                      warn_about_launch, write_final)
 
 
@@ -333,6 +333,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
     t0 = time.time()
+    QUIET["on"] = cfg.quiet
     warn_about_launch()
     method, train_recs, val_recs, resume_from = _check_inputs(cfg)
 

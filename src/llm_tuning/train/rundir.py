@@ -34,8 +34,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK") or 0) == 0
 
 
+QUIET = {"on": False}  # train(quiet=True) / --quiet: log() and the progress bar say nothing
+
+
 def log(msg: str):
-    if is_main_process():
+    if is_main_process() and not QUIET["on"]:
         print(f"[llm-tuning] {msg}", flush=True)
 
 
