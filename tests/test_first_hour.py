@@ -107,3 +107,36 @@ def test_compare_never_rewrites_a_committed_example(capsys):
                     "regenerate the reference)"]
     assert _output_dir(example, example, said.append) == example
     assert _output_dir("runs/mine", None, said.append) == "runs/mine" and len(said) == 1
+
+
+def test_qlora_is_pointed_to_lora_on_a_quantised_base(tmp_path):
+    r = run_cli("train", "--model", "m", "--data", SAMPLE, "--output-dir", str(tmp_path / "out"), "--method", "qlora")
+    assert r.returncode == 2 and r.stderr == (
+        "llm-tuning train: error: --method 'qlora' is unknown; QLoRA is LoRA on a quantised base: --method lora "
+        "--quantization 4bit (or 8bit) (the choices: full, bitfit, prompt, ptuning, prefix, lora, ia3)\n")
+
+
+FP16_HINT = ("[llm-tuning] hint: --precision fp16 on a CPU halves the weights' memory but runs slower than fp32 (CPUs "
+             "have no fast fp16 arithmetic; ~4x slower in training here); for speed use fp32, or bf16 on a CPU with "
+             "bf16 instructions\n")
+
+
+def test_quiet_fp16_hint_and_no_dataset_bars(tmp_path):
+    """Without --quiet: no datasets 'Saving the dataset' bars (a fresh tokenisation is saved to the cache); with
+    --quiet and --precision fp16 on a CPU: nothing on stdout, the fp16 hint once on stderr, and the run written."""
+    import torch
+
+    from llm_tuning.models import init_model
+
+    if torch.cuda.is_available():
+        pytest.skip("the fp16 hint is for CPU runs")
+    model = str(tmp_path / "tiny")
+    init_model("llama", model, vocab_size=300, hidden_size=16, num_heads=2, num_kv_heads=1, intermediate_size=32,
+               log=lambda m: None)
+    common = ("train", "--model", model, "--data", SAMPLE, "--max-steps", "1", "--save-steps", "1")
+    r = run_cli(*common, "--output-dir", str(tmp_path / "loud"))
+    assert r.returncode == 0 and "[llm-tuning] data:" in r.stdout and "Saving the dataset" not in r.stderr, r.stderr
+    r = run_cli(*common, "--output-dir", str(tmp_path / "quiet"), "--quiet", "--precision", "fp16")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr == FP16_HINT
+    assert (tmp_path / "quiet" / "llm_tuning.json").exists() and (tmp_path / "quiet" / "log.jsonl").exists()

@@ -7,6 +7,7 @@ runs). Both passes: ~80 s of CPU time (measured at 164 s of wall time on 2 cores
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,10 @@ def test_readme_tour_runs_twice_in_a_fresh_folder(tmp_path):
         assert (clone / path).exists(), path
     assert yaml.safe_load((clone / "runs/yaml/config.yaml").read_text())["lr"] == 3e-4  # the flag won
     second = _replay(clone, todo)
-    assert "done already (result.json), skipped" in second.stdout  # the comparison resumed, nothing retrained
+    skipped = [line for line in second.stdout.splitlines() if "done already" in line]
+    assert skipped, second.stdout  # the comparison resumed, nothing retrained
+    # two runs at once (parallel: 2), each line whole: none ran into another ("...skipped[2/2] ...")
+    assert all(re.fullmatch(r"\[\d/\d\] \S+ lr \S+ seed 0: done already \(result.json\), skipped", line)
+               for line in skipped), skipped
     assert _files(clone, "examples") + _files(clone, "src") == before  # the tour writes under runs/ only
     assert "Traceback" not in first.stderr + second.stderr
