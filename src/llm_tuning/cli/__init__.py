@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import config as C
-from ..errors import UserError
+from ..errors import UserError, on_command_line
 from . import lab, quantlab, run, serve, starter
 from .flags import add_options, config_from_args
 
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     quiet_libraries()
     command = BY_NAME[args.command]
     try:
-        command.run(_config(command, args))
+        with on_command_line():
+            command.run(_config(command, args))
     except UserError as e:
         import os
 

@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..config import CompareConfig
+from ..config.options import range_text
 from .flags import cli_fields, flag_name, show_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -50,13 +51,13 @@ def _choices(f) -> str:
 
 
 def options_table(cls, groups=None, name=flag_name, heading="option") -> str:
-    rows = [f"| {heading} | default | choices | what it does |", "|---|---|---|---|"]
+    rows = [f"| {heading} | default | choices or range | what it does |", "|---|---|---|---|"]
     for f in cli_fields(cls):
         if groups and f.metadata.get("group") not in groups:
             continue
         default = show_default(f)
-        rows.append(f"| `{name(f.name)}` | {_cell(default) if default else ''} | {_cell(_choices(f))} | "
-                    f"{_cell(f.metadata['help'])} |")
+        rows.append(f"| `{name(f.name)}` | {_cell(default) if default else ''} | {_cell(_choices(f) or range_text(f))} "
+                    f"| {_cell(f.metadata['help'])} |")
     return "\n".join(rows)
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from ..config import base_type, build_config, parse_bool
+from ..config.options import range_text
 
 
 def flag_name(name: str) -> str:
@@ -25,10 +26,11 @@ def show_default(f: dataclasses.Field) -> str:
 
 
 def help_text(f: dataclasses.Field) -> str:
-    shown = show_default(f)
-    if shown == "required":
-        return f"{f.metadata['help']} (required)"
-    return f"{f.metadata['help']}" + (f" (default: {shown})" if shown else "")
+    shown, valid = show_default(f), range_text(f)
+    notes = ["required" if shown == "required" else f"default: {shown}" if shown else "",
+             f"range: {valid}" if valid else ""]
+    notes = "; ".join(n for n in notes if n)
+    return f"{f.metadata['help']}" + (f" ({notes})" if notes else "")
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:

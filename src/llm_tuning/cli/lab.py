@@ -12,4 +12,4 @@ def estimate(cfg):
 def compare(cfg):
     from ..lab.compare import run_compare
 
-    run_compare(cfg.config, cfg.force)
+    run_compare(cfg.config, cfg.force, output_dir=cfg.output_dir)

@@ -8,7 +8,7 @@ def init_model(cfg):
 
     build(cfg.arch, cfg.output, tokenizer=cfg.tokenizer, train_text=cfg.train_text, vocab_size=cfg.vocab_size,
           seed=cfg.seed, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-          num_kv_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size)
+          num_kv_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size, overwrite=cfg.overwrite)
 
 
 def demo(cfg):

@@ -33,11 +33,11 @@ class GenerateConfig(LoadConfig):
 
     prompt: str = option("", "the instruction", group=G, required=True)
     input: str = option("", "optional input for the instruction", group=G)
-    max_new_tokens: int = option(128, "answer length limit in tokens", group=G)
+    max_new_tokens: int = option(128, "answer length limit in tokens", group=G, range="[1, inf)")
     sample: bool = option(False, "sample instead of greedy decoding", group=G)
-    temperature: float = option(0.7, "sampling temperature (with --sample)", group=G)
+    temperature: float = option(0.7, "sampling temperature (with --sample)", group=G, range="(0, inf)")
     top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this much probability",
-                          group=G)
+                          group=G, range="(0, 1]")
 
 
 @dataclass
@@ -47,8 +47,8 @@ class EvalConfig(LoadConfig):
     data: str = same_as(TrainConfig, "data")
     encoding: str | None = same_as(TrainConfig, "encoding")
     max_length: int = same_as(TrainConfig, "max_length")
-    batch_size: int = option(8, "records per forward pass", group=E)
-    limit: int | None = option(None, "evaluate only the first N records", group=E)
+    batch_size: int = option(8, "records per forward pass", group=E, range="[1, inf)")
+    limit: int | None = option(None, "evaluate only the first N records", group=E, range="[1, inf)")
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
     generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
                                    "BLEU-4 on characters", group=E)
@@ -114,13 +114,14 @@ class InitModelConfig:
     tokenizer: str | None = option(None, "existing tokenizer folder (default: train a byte-level BPE)", group=M)
     train_text: str | None = option(None, "alpaca data to train the BPE on (default: the bundled Chinese sample)",
                                     group=M)
-    vocab_size: int = option(2000, "BPE vocabulary size", group=M)
-    hidden_size: int | None = option(None, "hidden size (default 64)", group=M)
-    num_layers: int | None = option(None, "decoder layers (default 2)", group=M)
-    num_heads: int | None = option(None, "attention heads (default 4)", group=M)
-    num_kv_heads: int | None = option(None, "Llama key/value heads (default 2)", group=M)
-    intermediate_size: int | None = option(None, "Llama MLP width (default 128)", group=M)
+    vocab_size: int = option(2000, "BPE vocabulary size", group=M, range="[259, inf)")
+    hidden_size: int | None = option(None, "hidden size (default 64)", group=M, range="[1, inf)")
+    num_layers: int | None = option(None, "decoder layers (default 2)", group=M, range="[1, inf)")
+    num_heads: int | None = option(None, "attention heads (default 4)", group=M, range="[1, inf)")
+    num_kv_heads: int | None = option(None, "Llama key/value heads (default 2)", group=M, range="[1, inf)")
+    intermediate_size: int | None = option(None, "Llama MLP width (default 128)", group=M, range="[1, inf)")
     seed: int = same_as(TrainConfig, "seed", default=0)
+    overwrite: bool = same_as(MergeConfig, "overwrite")
 
 
 @dataclass
@@ -128,9 +129,9 @@ class DemoConfig:
     """`llm-tuning demo`: the embedded default job (tiny model, bundled sample, no network)."""
 
     output_dir: str = option("runs/demo", "folder for the demo's models", group=C)
-    steps: int = option(100, "LoRA steps on the 20 records set aside", group=T)
+    steps: int = option(100, "LoRA steps on the 20 records set aside", group=T, range="[1, inf)")
     pretrain_steps: int = option(600, "steps of the stand-in pre-training (a full fine-tune of the random model on "
-                                      "the other records)", group=T)
+                                      "the other records)", group=T, range="[1, inf)")
 
 
 @dataclass
@@ -140,6 +141,8 @@ class CompareCommand:
     config: str = option("", "compare YAML: model, data, output_dir, budget_tokens, runs (see docs/compare.md)",
                          group=C, required=True)
     force: bool = option(False, "rerun runs that already have a result.json", group=C)
+    output_dir: str | None = option(None, "write the report here instead of the YAML's output_dir (a committed "
+                                          "example's folder is never rewritten unless named here)", group=C)
 
 
 @dataclass
@@ -152,20 +155,20 @@ class CompareConfig:
     runs: list = option([], "the runs: a list of mappings, each with a name, a method and any train option",
                         group=C, required=True)
     budget_tokens: int | None = option(None, "training tokens per run; the steps follow from the records' mean "
-                                             "length", group=T)
-    max_steps: int | None = option(None, "steps per run instead of budget_tokens", group=T)
-    eval_records: int = option(20, "held-out records answered for ROUGE / BLEU", group=E)
-    max_new_tokens: int = option(64, "answer length limit for ROUGE / BLEU", group=E)
-    samples: int = option(3, "sample answers shown in the report", group=E)
+                                             "length", group=T, range="[1, inf)")
+    max_steps: int | None = option(None, "steps per run instead of budget_tokens", group=T, range="[1, inf)")
+    eval_records: int = option(20, "held-out records answered for ROUGE / BLEU", group=E, range="[0, inf)")
+    max_new_tokens: int = option(64, "answer length limit for ROUGE / BLEU", group=E, range="[1, inf)")
+    samples: int = option(3, "sample answers shown in the report", group=E, range="[0, inf)")
     title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=E)
     common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=T)
     heldout_size: float = option(0.1, "held-out records of the table (a fraction or a count): every run and the "
-                                      "base are scored on them, nothing is chosen on them", group=D)
+                                      "base are scored on them, nothing is chosen on them", group=D, range="(0, inf)")
     val_size: float = option(0.1, "validation records (a fraction or a count), apart from the held-out ones: "
                                   "the learning rate is chosen on them, the loss during training measured on them",
-                             group=D)
+                             group=D, range="[0, inf)")
     split_seed: int = option(0, "seed of the held-out / validation / training split (one split for every run)",
-                             group=D)
+                             group=D, range="[0, 4294967295]")
     seeds: list = option([], "training seeds: each run is repeated per seed, the table shows mean ± std "
                              "(default: the train option seed alone)", group=T)
     lr: object = option(None, "learning rate of the runs that set none: a number, a list of rates to sweep, or "
@@ -174,13 +177,13 @@ class CompareConfig:
     lr_factors: list = option([1 / 3, 1, 3], "lr: auto sweeps the method's default rate times these factors "
                                              "(default 1/3, 1, 3)", group=T)
     sweep_seeds: int | None = option(None, "a sweep trains each rate on the first N seeds only (default: all); "
-                                           "the chosen rate then trains on every seed", group=T)
+                                           "the chosen rate then trains on every seed", group=T, range="[1, inf)")
     eval_every: int | None = option(None, "validation loss every N steps during training (default: 8 points "
-                                          "per run)", group=E)
+                                          "per run)", group=E, range="[1, inf)")
     parallel: int = option(1, "runs trained at once, each in its own process (with threads: 1, as many as cores "
-                              "saves the threads' synchronisation on small models)", group=T)
+                              "saves the threads' synchronisation on small models)", group=T, range="[1, inf)")
     threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
-                                       "choice, one per core)", group=T)
+                                       "choice, one per core)", group=T, range="[1, inf)")
 
 
 Q = "quantisation lab"
@@ -198,14 +201,17 @@ class QuantlabConfig:
     template: str | None = same_as(LoadConfig, "template")
     max_length: int = same_as(TrainConfig, "max_length")
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
-    records: int = option(32, "records run through the model for the activations and the held-out losses", group=Q)
+    records: int = option(32, "records run through the model for the activations and the held-out losses", group=Q,
+                          range="[1, inf)")
     thresholds: list[str] = option(["0", "3", "6", "8"], "LLM.int8 outlier thresholds to measure, comma-separated "
                                                          "(0 = no decomposition)", group=Q)
-    max_rows: int = option(4096, "token rows of each linear layer's input kept for the product errors", group=Q)
+    max_rows: int = option(4096, "token rows of each linear layer's input kept for the product errors", group=Q,
+                           range="[1, inf)")
     demo_outliers: int = option(0, "DEMONSTRATION: also measure with K feature dimensions of every linear "
                                    "layer's input scaled by --demo-scale, as large models' emergent outliers are",
-                                group=Q)
-    demo_scale: float = option(20.0, "the factor --demo-outliers multiplies its dimensions by", group=Q)
+                                group=Q, range="[0, inf)")
+    demo_scale: float = option(20.0, "the factor --demo-outliers multiplies its dimensions by", group=Q,
+                               range="(0, inf)")
     output_dir: str = option("", "folder for report.md, report.html, the PNGs and quantlab.json", group=C,
                              required=True)
     json: bool = same_as(EvalConfig, "json")
@@ -223,7 +229,8 @@ class ChatConfig(LoadConfig):
     sample: bool = same_as(GenerateConfig, "sample")
     temperature: float = same_as(GenerateConfig, "temperature")
     top_p: float = same_as(GenerateConfig, "top_p")
-    seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=G)
+    seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=G,
+                              range="[0, 4294967295]")
 
 
 @dataclass
@@ -240,7 +247,7 @@ class ServeConfig:
     trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface; set --api-key then)",
                        group=S_)
-    port: int = option(8000, "TCP port to listen on", group=S_)
+    port: int = option(8000, "TCP port to listen on", group=S_, range="[1, 65535]")
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on the API (default: "
                                        "$LLM_TUNING_API_KEY; unset: no key)", group=S_)
     reports: str | None = option(None, "folder of `compare` reports the playground may open (nothing outside it "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import MISSING, field
@@ -17,10 +18,17 @@ QUANTIZATIONS = ("8bit", "4bit")
 TEMPLATE_NAMES = ("default", "llama2", "auto")  # data/templates.py renders each
 
 
-def option(default, help: str, *, choices=None, group: str = "general", required: bool = False, cli: bool = True):
-    """A dataclass field carrying its command-line help. cli=False: settable from YAML / Python only."""
+def option(default, help: str, *, choices=None, group: str = "general", required: bool = False, cli: bool = True,
+           range: str | None = None, also: tuple = (), hints: dict | None = None):
+    """A dataclass field carrying its command-line help. cli=False: settable from YAML / Python only.
+
+    range: a numeric option's valid values as an interval, "[1, inf)", "(0, 1]", ... (square bracket: the bound
+    is allowed; round: it is not); also: values allowed outside it (-1 where it means "not set"). Flags, YAML
+    and Python construction all refuse a value outside before any work (`check_range`), and --help and the
+    docs show it (`range_text`). hints: {a value users type that is not a choice: what they mean}, said in
+    the refusal ("qlora" -> "--method lora --quantization 4bit")."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "group": group, "required": required,
-            "cli": cli}
+            "cli": cli, "range": parse_range(range) if range else None, "also": tuple(also), "hints": hints or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,6 +42,65 @@ def same_as(cls, name: str, default=MISSING, required: bool | None = None):
         meta["required"] = required
     value = f.default if default is MISSING else default
     return field(default=value, metadata=meta)
+
+
+# ---------------------------------------------------------------- ranges
+
+
+def parse_range(spec: str) -> tuple:
+    """"[1, inf)" -> (1, True, inf, False): (low, low allowed, high, high allowed). A bad spec fails at import."""
+    spec = spec.strip()
+    low, high = (x.strip() for x in spec[1:-1].split(","))
+    assert spec[0] in "[(" and spec[-1] in ")]", spec
+    return float(low), spec[0] == "[", float(high), spec[-1] == "]"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def range_text(f: dataclasses.Field) -> str:
+    """The range as a user reads it: ">= 1", "> 0", "0 to 1", ">= 0 and < 1", "-1, or >= 1"; "" if none."""
+    r = f.metadata.get("range")
+    if not r:
+        return ""
+    low, low_in, high, high_in = r
+    if low_in and high_in and math.isfinite(low) and math.isfinite(high):
+        text = f"{_num(low)} to {_num(high)}"
+    else:
+        parts = []
+        if math.isfinite(low):
+            parts.append(f"{'>=' if low_in else '>'} {_num(low)}")
+        if math.isfinite(high):
+            parts.append(f"{'<=' if high_in else '<'} {_num(high)}")
+        text = " and ".join(parts)
+    also = f.metadata.get("also") or ()
+    return ", ".join(_num(a) for a in also) + ", or " + text if also else text
+
+
+def in_range(f: dataclasses.Field, value) -> bool:
+    r = f.metadata.get("range")
+    if not r or value is None or isinstance(value, bool) or value in (f.metadata.get("also") or ()):
+        return True
+    low, low_in, high, high_in = r
+    return (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+
+
+def check_range(f: dataclasses.Field, value, spelled: str):
+    """A UserError naming the option as the user spelled it (`--max-length -5`, `train.yaml: max_length -5`,
+    `TrainConfig(max_length=-5)`) when `value` is outside the declared range (NaN included)."""
+    if isinstance(value, float) and math.isnan(value) or not in_range(f, value):
+        raise UserError(f"{spelled}: out of range (must be {range_text(f)})")
+
+
+def check_ranges(obj, cls_name: str | None = None):
+    """Every field of a config dataclass instance against its range; for Python callers (__post_init__), so a
+    value refused on the command line is refused from Python too, with the Python spelling."""
+    name = cls_name or type(obj).__name__
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("range") and isinstance(value, (int, float)):
+            check_range(f, value, f"{name}({f.name}={value!r})")
 
 
 # ---------------------------------------------------------------- reading values
@@ -85,7 +152,11 @@ def coerce(f: dataclasses.Field, value, source: str):
         raise UserError(f"{source}: {f.name!r} has a bad value {value!r} (expected {f.type})") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise UserError(f"{flag} {value!r} is unknown; choose one of {', '.join(choices)}")
+        hint = (f.metadata.get("hints") or {}).get(value)
+        raise UserError(f"{flag} {value!r} is unknown; " + (f"{hint} (the choices: {', '.join(choices)})" if hint
+                                                           else f"choose one of {', '.join(choices)}"))
+    if isinstance(value, (int, float)):
+        check_range(f, value, f"{flag} {value}" if source == "flag" else f"{source}: {f.name} {value}")
     return value
 
 

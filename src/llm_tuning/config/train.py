@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..methods import METHODS, option_fields
-from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option
+from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, check_ranges, option
 
 M, D, MT, T, C = "model", "data", "method", "training", "checkpoints"
 
@@ -23,7 +23,7 @@ class TrainSettings:
     quantization: str | None = option(None, "load the base 8bit (LLM.int8) or 4bit (NF4) through bitsandbytes",
                                       choices=QUANTIZATIONS, group=M)
     int8_threshold: float = option(6.0, "LLM.int8 outlier threshold: larger |activations| go through 16-bit",
-                                   group=M)
+                                   group=M, range="[0, inf)")
     speedups: bool = option(True, "Bloom: SDPA attention and torch's tanh-GeLU in place of transformers' eager "
                                   "ones (equal values)", group=M)
     trust_remote_code: bool = option(False, "allow the model's own Python code to run", group=M)
@@ -37,40 +37,51 @@ class TrainSettings:
                            choices=TEMPLATE_NAMES, group=D)
     train_on: str = option("all", "multi-turn records: learn every assistant turn, or the last only",
                            choices=("all", "last"), group=D)
-    max_length: int = option(512, "truncate examples to this many tokens", group=D)
+    max_length: int = option(512, "truncate examples to this many tokens", group=D, range="[1, inf)")
     skip_bad_records: bool = option(False, "drop invalid records (counted) instead of failing", group=D)
     cache: bool = option(True, "reuse tokenised data across runs ($LLM_TUNING_CACHE)", group=D)
-    val_size: float = option(0.0, "held-out split: a fraction (<1) or a count (>=1)", group=D)
+    val_size: float = option(0.0, "held-out split: a fraction (<1) or a count (>=1)", group=D, range="[0, inf)")
     # method
-    method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=MT)
+    method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=MT,
+                         hints={"qlora": "QLoRA is LoRA on a quantised base: --method lora --quantization 4bit (or "
+                                         "8bit)"})
     # training
-    max_steps: int = option(-1, "stop after this many optimiser steps (overrides --epochs when > 0)", group=T)
-    epochs: float = option(1.0, "passes over the data", group=T)
-    lr: float | None = option(None, "learning rate (default: the method's own, see docs/methods.md)", group=T)
-    batch_size: int = option(4, "examples per device step", group=T)
-    grad_accum: int = option(1, "gradient accumulation steps", group=T)
-    warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up", group=T)
-    weight_decay: float = option(0.0, "AdamW weight decay", group=T)
+    max_steps: int = option(-1, "stop after this many optimiser steps (overrides --epochs when > 0)", group=T,
+                            range="[1, inf)", also=(-1,))
+    epochs: float = option(1.0, "passes over the data", group=T, range="(0, inf)")
+    lr: float | None = option(None, "learning rate (default: the method's own, see docs/methods.md)", group=T,
+                              range="(0, inf)")
+    batch_size: int = option(4, "examples per device step", group=T, range="[1, inf)")
+    grad_accum: int = option(1, "gradient accumulation steps", group=T, range="[1, inf)")
+    warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up", group=T, range="[0, 1)")
+    weight_decay: float = option(0.0, "AdamW weight decay", group=T, range="[0, inf)")
     lr_scheduler: str = option("linear", "transformers scheduler name", group=T)
-    seed: int = option(42, "random seed (data split, order, initialisation)", group=T)
+    seed: int = option(42, "random seed (data split, order, initialisation)", group=T, range="[0, 4294967295]")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory "
                                                  "(every method, prefix included)", group=T)
     group_by_length: bool = option(True, "batch examples of similar length together (less padding)", group=T)
     fast_loss: bool = option(True, "the output layer only on learned positions, fused with the loss", group=T)
     adam_epsilon: float | None = option(None, "AdamW epsilon (default 1e-8; 1e-4 when fp16 weights train)",
-                                        group=T)
+                                        group=T, range="(0, inf)")
     # checkpoints and logs
     output_dir: str = option("", "where the adapter, checkpoints, config and metrics go", group=C, required=True)
-    save_steps: int = option(50, "checkpoint every N steps", group=C)
-    save_total_limit: int = option(2, "checkpoints kept (at least 2, so a complete one survives a kill)", group=C)
-    eval_steps: int | None = option(None, "held-out loss every N steps (default: at each save)", group=C)
-    logging_steps: int = option(1, "log the training loss every N steps", group=C)
+    save_steps: int = option(50, "checkpoint every N steps", group=C, range="[1, inf)")
+    save_total_limit: int = option(2, "checkpoints kept (at least 2, so a complete one survives a kill)", group=C,
+                                   range="[2, inf)")
+    eval_steps: int | None = option(None, "held-out loss every N steps (default: at each save)", group=C,
+                                    range="[1, inf)")
+    logging_steps: int = option(1, "log the training loss every N steps", group=C, range="[1, inf)")
     report_to: str = option("none", "also send the logs to a tracker through the Trainer's own integration "
                                     "(tensorboard: event files in OUTPUT_DIR/runs/)",
                             choices=("none", "tensorboard", "wandb", "mlflow"), group=C)
     resume: bool = option(False, "continue from the last complete checkpoint in --output-dir", group=C)
     overwrite: bool = option(False, "replace a non-empty --output-dir", group=C)
+    quiet: bool = option(False, "warnings and errors only: no progress bar or log lines (log.jsonl and metrics.json "
+                                "are written all the same)", group=C)
     extra: dict = option({}, "free-form settings for Python callers", cli=False)
+
+    def __post_init__(self):
+        check_ranges(self)  # Python callers: the flags' checks, with the Python spelling
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

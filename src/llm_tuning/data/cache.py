@@ -64,7 +64,7 @@ def tokenized_dataset(tokenizer, records, template: str, max_length: int, use_ca
     ds = to_dataset(enc)
     tmp = path + f".tmp-{os.getpid()}"
     try:
-        ds.save_to_disk(tmp)
+        _save_quietly(ds, tmp)
         with open(os.path.join(tmp, "llm_tuning_meta.json"), "w") as f:
             json.dump({"dropped": enc.dropped, "records": len(records), "template": template,
                        "train_on": train_on, "max_length": max_length}, f)
@@ -75,3 +75,17 @@ def tokenized_dataset(tokenizer, records, template: str, max_length: int, use_ca
         if not os.path.exists(meta):
             log(f"could not write the tokenisation cache ({e}); continuing without it")
     return ds, enc.dropped
+
+
+def _save_quietly(ds, path: str):
+    """save_to_disk without datasets' "Saving the dataset (1/1 shards)" bars: a cache write of a second or less,
+    noise beside the training's own bar. The caller's setting is restored."""
+    from datasets.utils import logging as ds_logging
+
+    was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        ds.save_to_disk(path)
+    finally:
+        if was_on:
+            ds_logging.enable_progress_bar()

@@ -222,6 +222,10 @@ def _read_saved_dataset(path: str) -> _Raw:
 
 
 def _read_hub(name: str) -> _Raw:
+    from ..hub import check_reachable
+
+    check_reachable(name, "file or folder", "Give a data file (.json, .jsonl, .csv, .parquet) or a save_to_disk "
+                                            "folder")
     import datasets
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..errors import UserError
+from ..errors import UserError, spell
 from .load import load_for_inference, run_info
 
 
@@ -69,7 +69,7 @@ def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, t
     method = get_method(method_of_adapter(adapter))
     method.check_mergeable()
     if os.path.exists(output) and os.listdir(output) and not overwrite:
-        raise UserError(f"--output {output}: not empty; choose a new folder or pass --overwrite")
+        raise UserError(f"{spell('output', output)}: not empty; choose a new folder or pass {spell('overwrite')}")
     info = run_info(adapter)
     info["quantization"] = info.get("config", {}).get("quantization")
     base = _base_for_merge(model_path, info, merge_base, trust_remote_code, log)

@@ -78,11 +78,12 @@ def _steps_for_budget(cc, shared: dict, train_records: list[dict]) -> int:
 class _Comparison:
     """The state of one `compare` invocation: settings, split, data files, counters and timings."""
 
-    def __init__(self, config_path: str, force: bool, log):
+    def __init__(self, config_path: str, force: bool, log, output_dir: str | None = None):
         from ..data.formats import load_records
 
         t = time.time()
         self.cc, self.shared = load_compare_config(config_path)
+        self.cc.output_dir = _output_dir(self.cc.output_dir, output_dir, log)
         self.force, self.log, self.out = force, log, self.cc.output_dir
         records = load_records(self.cc.data, self.shared.get("skip_bad_records", False),
                                encoding=self.shared.get("encoding")).records
@@ -273,9 +274,37 @@ def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:
             "held-out evaluation (loss, ROUGE / BLEU)": eval_s}
 
 
-def run_compare(config_path: str, force: bool = False, log=print) -> dict:
+def _output_dir(from_yaml: str, given: str | None, log) -> str:
+    """The report folder: the one given (--output-dir), else the YAML's; a committed example's report (a
+    reference, tracked by git) is not rewritten by whoever runs its YAML: the run goes to runs/NAME and says so."""
+    from ..paths import is_committed_example
+
+    if given:
+        return given
+    if not is_committed_example(from_yaml):
+        return from_yaml
+    mine = os.path.join("runs", os.path.basename(os.path.normpath(from_yaml)))
+    log(f"compare: {from_yaml} is a committed reference report, left as it is; writing to {mine} instead "
+        f"(--output-dir DIR to choose; --output-dir {from_yaml} --force to regenerate the reference)")
+    return mine
+
+
+def _line_logger(log):
+    """`log` one whole line at a time: with `parallel` > 1 several threads report at once, and print() writes a
+    message and its newline separately, so two lines could run together ("...skipped[4/55] ...")."""
+    lock = threading.Lock()
+
+    def say(message: str):
+        with lock:
+            log(message)
+
+    return say
+
+
+def run_compare(config_path: str, force: bool = False, log=print, output_dir: str | None = None) -> dict:
     t0 = time.time()
-    cmp = _Comparison(config_path, force, log)
+    log = _line_logger(log)
+    cmp = _Comparison(config_path, force, log, output_dir)
     cmp.prepare_folders()
     cc = cmp.cc
     log(f"compare: {len(cc.runs)} runs x {len(cc.seeds)} seeds on {cc.model}, {len(cmp.train)} training / "

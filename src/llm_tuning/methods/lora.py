@@ -22,10 +22,11 @@ class LoRA(PeftMethod):
     peft_type = "LORA"
     peft_layer = "peft.tuners.lora.layer.LoraLayer"
     options = (
-        ("lora_r", int, option(8, "LoRA rank (and the rank of DoRA, rsLoRA, PiSSA)", group=GROUP)),
+        ("lora_r", int, option(8, "LoRA rank (and the rank of DoRA, rsLoRA, PiSSA)", group=GROUP,
+                                     range="[1, inf)")),
         ("lora_alpha", int, option(16, "LoRA scale numerator (the update is scaled by alpha / r; rslora: alpha / "
-                                        "sqrt(r))", group=GROUP)),
-        ("lora_dropout", float, option(0.05, "dropout on the LoRA input", group=GROUP)),
+                                        "sqrt(r))", group=GROUP, range="[1, inf)")),
+        ("lora_dropout", float, option(0.05, "dropout on the LoRA input", group=GROUP, range="[0, 1)")),
         ("target_modules", "list[str] | None", option(None, "comma-separated module names for the LoRA family, "
                                                             "VeRA, OFT and IA3 (default: PEFT's per-architecture "
                                                             "choice)", group=GROUP)),

@@ -18,7 +18,7 @@ class OFT(PeftMethod):
     peft_type = "OFT"
     peft_layer = "peft.tuners.oft.layer.OFTLayer"
     options = (("oft_block_size", int, option(32, "OFT block size (must divide the target layers' input width)",
-                                              group=GROUP)),)
+                                              group=GROUP, range="[2, inf)")),)
 
     def peft_config(self, model, cfg):
         from peft import OFTConfig, TaskType

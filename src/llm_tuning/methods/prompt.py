@@ -32,7 +32,8 @@ class PromptTuning(PeftMethod):
     peft_type = "PROMPT_TUNING"
     prompt_learning = True  # its adapter adds inputs (virtual tokens, a prefix), no layer
     options = (
-        ("num_virtual_tokens", int, option(10, "virtual tokens (prompt, ptuning, prefix)", group=GROUP)),
+        ("num_virtual_tokens", int, option(10, "virtual tokens (prompt, ptuning, prefix)", group=GROUP,
+                                           range="[1, inf)")),
         ("prompt_init", str, option("text", "prompt tuning start: text (hard prompt), vocab (embeddings of sampled "
                                             "vocabulary tokens) or random (soft); a text the tokenizer cannot spell "
                                             "starts from the bos token", choices=INITS, group=GROUP)),

@@ -18,7 +18,8 @@ class PTuning(PeftMethod):
     options = (
         ("encoder", str, option("mlp", "p-tuning prompt encoder", choices=("mlp", "lstm"), group=GROUP)),
         ("encoder_hidden_size", "int | None", option(None, "p-tuning encoder / prefix projection width (default: "
-                                                           "the model's hidden size)", group=GROUP)),
+                                                           "the model's hidden size)", group=GROUP,
+                                                           range="[1, inf)")),
     )
     variants = {"ptuning-mlp": {"encoder": "mlp"}, "ptuning-lstm": {"encoder": "lstm"}}
 

@@ -17,7 +17,8 @@ class VeRA(PeftMethod):
     color = "#e377c2"
     peft_type = "VERA"
     peft_layer = "peft.tuners.vera.layer.VeraLayer"
-    options = (("vera_r", int, option(256, "VeRA rank: the shared random projections' width", group=GROUP)),)
+    options = (("vera_r", int, option(256, "VeRA rank: the shared random projections' width", group=GROUP,
+                                      range="[1, inf)")),)
 
     def peft_config(self, model, cfg):
         from peft import TaskType, VeraConfig

@@ -6,7 +6,7 @@ import json
 import os
 
 from ..data import SAMPLE_DATA
-from ..errors import UserError
+from ..errors import UserError, spell
 from .load import load_tokenizer
 
 TINY_DEFAULTS = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
@@ -57,14 +57,19 @@ def tiny_config(arch: str, vocab_size: int, tokenizer=None, init_std: float = 0.
 
 
 def init_model(arch: str, output: str, tokenizer: str | None = None, train_text: str | None = None,
-               vocab_size: int = 2000, seed: int = 0, init_std: float = 0.02, log=print, **sizes):
-    """Build a small random model of `arch` with a tokenizer, and save both to `output`.
+               vocab_size: int = 2000, seed: int = 0, init_std: float = 0.02, log=print, overwrite: bool = False,
+               **sizes):
+    """Build a small random model of `arch` with a tokenizer, and save both to `output` (overwrite: replace
+    what is there, once the tokenizer is ready, so a bad --tokenizer leaves the old model in place).
 
     The tokenizer is either an existing folder (`tokenizer`) or a byte-level BPE trained on
     `train_text` (an alpaca data file; default: the bundled Chinese sample).
     """
-    if os.path.exists(output) and os.listdir(output):
-        raise UserError(f"{output}: exists and is not empty; choose a new --output")
+    if os.path.isfile(output):
+        raise UserError(f"{spell('output', output)}: is a file; choose a folder")
+    if os.path.exists(output) and os.listdir(output) and not overwrite:
+        raise UserError(f"{spell('output', output)}: exists and is not empty; choose a new folder or pass "
+                        f"{spell('overwrite')}")
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
         source = tokenizer
@@ -79,6 +84,10 @@ def init_model(arch: str, output: str, tokenizer: str | None = None, train_text:
     torch.manual_seed(seed)
     config = tiny_config(arch, len(tok), tok, init_std=init_std, **sizes)
     model = AutoModelForCausalLM.from_config(config)
+    if overwrite and os.path.isdir(output):
+        import shutil
+
+        shutil.rmtree(output)
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
     tok.save_pretrained(output)

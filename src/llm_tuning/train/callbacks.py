@@ -114,7 +114,9 @@ class Progress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         from tqdm.auto import tqdm
 
-        if not state.is_world_process_zero:
+        from .rundir import QUIET
+
+        if not state.is_world_process_zero or QUIET["on"]:
             return
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
                         dynamic_ncols=True)

@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..models.load import quiet_libraries
 from .memory import peak_rss_mib, reset_peak_rss_mib
-from .rundir import (TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
+from .rundir import (QUIET, TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
                      warn_about_launch, write_final)
 
 
@@ -66,8 +66,7 @@ def check(cfg: TrainConfig):
         log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
     train_recs, val_recs = split_records(data.records, cfg.val_size, cfg.seed)
     check_source(cfg.model, "model")
-    if cfg.tokenizer:
-        check_source(cfg.tokenizer, "tokenizer")
+    check_source(cfg.tokenizer or cfg.model, "tokenizer")  # a model folder without one: say so before any work
     _check_report_to(cfg.report_to)
     # under N processes the process group starts here, once the input is known to be good (rundir.py)
     return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
@@ -269,6 +268,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
     t0 = time.time()
+    QUIET["on"] = cfg.quiet
     warn_about_launch()
     chosen, train_recs, val_recs, resume_from = check(cfg)
 

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from ..errors import UserError
+from ..errors import UserError, spell
 from ..methods import RUN_INFO
 
 COMPLETE = "COMPLETE"
@@ -34,8 +34,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK") or 0) == 0
 
 
+QUIET = {"on": False}  # train(quiet=True) / --quiet: log() and the progress bar say nothing
+
+
 def log(msg: str):
-    if is_main_process():
+    if is_main_process() and not QUIET["on"]:
         print(f"[llm-tuning] {msg}", flush=True)
 
 
@@ -136,7 +139,8 @@ def prepare_output_dir(out: str, resume: bool, overwrite: bool) -> str | None:
         return ckpts[-1]
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
-            raise UserError(f"--output-dir {out}: not empty; pass --resume to continue the run in it, or --overwrite to replace it")
+            raise UserError(f"{spell('output_dir', out)}: not empty; pass {spell('resume')} to continue the run in it, "
+                            f"or {spell('overwrite')} to replace it")
         shutil.rmtree(out)
     return None
 

@@ -52,7 +52,7 @@ LABELS = {
     "optimizer": "optimizer (AdamW, 2 states)",
     "activations": "activations kept for backward",
     "overhead": "transient at the peak",
-    "freed_before_peak": "not alive at the peak",
+    "freed_before_peak": "less: of those, freed before the peak",  # a negative line: said so
     "training": "training step peak",
     "loading": "loading peak (checkpoint pages + converted weights)",
     "total": "total (peak)",
