@@ -254,17 +254,19 @@ class ServeConfig:
                                        "is served)", group=S_)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
     max_queue: int = option(32, "requests that may wait for the generation worker; past it 429 with Retry-After "
-                                "(0: no bound)", group=S_)
+                                "(0: no bound)", group=S_, range="[0, inf)")
     request_timeout: float = option(600.0, "seconds from a request's arrival to the end of its answer (queue "
                                            "included); past it the generation stops and the answer is 504 "
-                                           "(0: none)", group=S_)
+                                           "(0: none)", group=S_, range="[0, inf)")
     max_body_bytes: int = option(4 * 1024 * 1024, "largest request body; a larger one gets 413 before it is read",
-                                 group=S_)
+                                 group=S_, range="[1, inf)")
     receive_timeout: float = option(10.0, "seconds for a request's line and headers (from the connection or the "
                                           "last answer) and for its body; then the connection is closed (408 for "
-                                          "a body)", group=S_)
-    keep_alive_timeout: float = option(5.0, "seconds an idle connection stays open between requests", group=S_)
-    max_connections: int = option(64, "connections and requests in flight; past it 503 (0: no bound)", group=S_)
+                                          "a body)", group=S_, range="(0, inf)")
+    keep_alive_timeout: float = option(5.0, "seconds an idle connection stays open between requests", group=S_,
+                                       range="(0, inf)")
+    max_connections: int = option(64, "connections and requests in flight; past it 503 (0: no bound)", group=S_,
+                                 range="[0, inf)")
     shutdown_timeout: float = option(10.0, "after SIGTERM / Ctrl-C: seconds the running generation has to finish "
                                            "(waiting requests get 503 at once; a second signal exits at once)",
-                                     group=S_)
+                                     group=S_, range="[0, inf)")

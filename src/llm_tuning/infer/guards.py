@@ -23,17 +23,29 @@ from dataclasses import dataclass
 from . import openai_schema as S
 
 
+def _declared(name: str):
+    """The default of `serve` option `name` as config/commands.py declares it (with its help)."""
+    from ..config.commands import ServeConfig
+
+    return ServeConfig.__dataclass_fields__[name].default
+
+
 @dataclass
 class Limits:
-    """The server's bounds; the `serve` options of the same names set them (0: no bound where allowed)."""
+    """The server's bounds: the typed slice of the `serve` options of the same names, their defaults the options'
+    (0: no bound where allowed)."""
 
-    max_queue: int = 32  # generations waiting behind the running one; more get 429
-    request_timeout: float = 600.0  # seconds from a request's arrival to the end of its answer
-    max_body_bytes: int = 4 * 1024 * 1024
-    receive_timeout: float = 10.0  # seconds for a request's head (from connection or last answer) and its body
-    keep_alive_timeout: float = 5.0  # an idle connection between requests (uvicorn's timeout_keep_alive)
-    max_connections: int = 64  # uvicorn's limit_concurrency: past it, requests get 503
-    shutdown_timeout: float = 10.0  # after SIGTERM, for the running generation to finish
+    max_queue: int = _declared("max_queue")  # generations waiting behind the running one; more get 429
+    request_timeout: float = _declared("request_timeout")  # from a request's arrival to the end of its answer
+    max_body_bytes: int = _declared("max_body_bytes")
+    receive_timeout: float = _declared("receive_timeout")  # a request's head (from connection or last answer), body
+    keep_alive_timeout: float = _declared("keep_alive_timeout")  # uvicorn's timeout_keep_alive
+    max_connections: int = _declared("max_connections")  # uvicorn's limit_concurrency: past it, requests get 503
+    shutdown_timeout: float = _declared("shutdown_timeout")  # after SIGTERM, for the running generation to finish
+
+    @classmethod
+    def from_config(cls, cfg) -> "Limits":
+        return cls(**{name: getattr(cfg, name) for name in cls.__dataclass_fields__})
 
 
 async def _send_error(send, status: int, message: str, code: str, headers=()) -> None:

@@ -347,8 +347,7 @@ def serve(cfg, log=print) -> None:
     api_key = cfg.api_key or os.environ.get("LLM_TUNING_API_KEY") or None
     adapters = AdapterSet(cfg.model, cfg.adapter, cfg.precision, cfg.quantization, cfg.template,
                           cfg.trust_remote_code, log=log)
-    limits = Limits(cfg.max_queue, cfg.request_timeout, cfg.max_body_bytes, cfg.receive_timeout,
-                    cfg.keep_alive_timeout, cfg.max_connections, cfg.shutdown_timeout)
+    limits = Limits.from_config(cfg)
     app = create_app(adapters, api_key, cfg.reports, cfg.max_new_tokens, limits)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this port can use it")

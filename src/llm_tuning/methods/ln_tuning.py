@@ -11,7 +11,8 @@ class LNTuning(PeftMethod):
     trains = "the layer norms' weights (and biases)"
     mergeable = True
     default_lr = 1e-2
-    lr_reason = "norm weights start at their trained values near 1: like IA3's scales, they need large steps"
+    lr_reason = ("norm weights start near their trained values: IA3's rate for its scales; stories260K, 60 "
+                 "steps: 1e-2 -0.49, best 3e-2 to 1e-1 -0.54, 3e-1 -0.28")
     color = "#7f7f7f"
     peft_type = "LN_TUNING"
     # The norm copies stay in the base's precision: an fp32 norm weight over a half-precision base makes the norm's

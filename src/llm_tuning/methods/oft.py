@@ -13,7 +13,8 @@ class OFT(PeftMethod):
     trains = "a block-diagonal orthogonal rotation of each target's input"
     mergeable = True
     default_lr = 1e-3
-    lr_reason = "the rotation starts at the identity; 1e-3 moves its skew-symmetric blocks as LoRA's rate moves B"
+    lr_reason = ("the rotation starts at the identity and moves like LoRA's B: LoRA's rate; stories260K, 60 steps: "
+                 "1e-3 -0.53, best 3e-3 -0.61, 3e-2 -0.41")
     color = "#bcbd22"
     peft_type = "OFT"
     peft_layer = "peft.tuners.oft.layer.OFTLayer"

@@ -13,7 +13,8 @@ class VeRA(PeftMethod):
     trains = "two scaling vectors per layer over shared frozen random projections"
     mergeable = True
     default_lr = 1e-2
-    lr_reason = "the VeRA paper trains its vectors at rates 10x LoRA's and more: few parameters, each starting small"
+    lr_reason = ("few vectors, each starting small: 10x LoRA's rate, as the VeRA paper trains; stories260K, 60 "
+                 "steps: 1e-2 -0.46, best 3e-2 to 1e-1 -0.51, 3e-1 -0.04")
     color = "#e377c2"
     peft_type = "VERA"
     peft_layer = "peft.tuners.vera.layer.VeraLayer"

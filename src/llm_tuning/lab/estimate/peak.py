@@ -169,10 +169,10 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params. A setting
     not given is `train`'s default (TrainConfig), as the command's is."""
     m, o = method_of(method), options(opts)
-    precision = o.precision if precision is None else precision
-    batch_size = o.batch_size if batch_size is None else batch_size
-    max_length = o.max_length if max_length is None else max_length
-    gradient_checkpointing = o.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    precision, batch_size, max_length, gradient_checkpointing = (
+        getattr(o, k) if v is None else v for k, v in (("precision", precision), ("batch_size", batch_size),
+                                                       ("max_length", max_length),
+                                                       ("gradient_checkpointing", gradient_checkpointing)))
     _check(m, precision, quantization, batch_size, max_length)
     if isinstance(config, str):
         config = load_config(config)  # once: the shapes and the stored dtype come from it
@@ -183,11 +183,10 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     base_weights, largest_linear = _weights(a, p, quantization)
     weights = base_weights + fp.buffers  # the adapter's frozen tensors (VeRA's projections) beside the base's
     # PEFT adapters train in fp32 (Method.prepare); full and BitFit train the base's own tensors in its precision;
-    # BitFit's zero biases for Llama are new tensors beside the base weights.
+    # BitFit's zero biases for Llama are new tensors beside the base weights. AdamW: exp_avg and exp_avg_sq.
     train_bytes = p if m.in_base_dtype else FP32
     trainable_weights = n_train * FP32 if not m.in_base_dtype else fp.added * p
-    gradients = n_train * train_bytes
-    optimizer = 2 * n_train * train_bytes  # AdamW exp_avg and exp_avg_sq, like the parameters
+    gradients, optimizer = n_train * train_bytes, 2 * n_train * train_bytes
 
     # Hidden-state dtype: the precision, except over a quantised base, where the embeddings and norms are fp32
     # (prepare_model_for_kbit_training) and bitsandbytes returns each matmul in its input's dtype.
@@ -199,8 +198,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     if fast:
         ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
         out_kept, out_forward, out_backward = _fused_output_layer(a, fp, act, p, batch_size, r.seq, r.tokens)
-    else:
-        # The stock causal-LM loss: lm_head keeps its input when it trains; log_softmax keeps its fp32 output.
+    else:  # the stock causal-LM loss: lm_head keeps its input when it trains; log_softmax keeps its fp32 output
         out_kept = (act * a.hidden * r.tokens if fp.linear_weights else 0) + FP32 * a.vocab * r.tokens
     kept = backbone + out_kept
     # Dequantising: bitsandbytes materialises one linear's weight at a time in the compute dtype (fp32 for 8-bit's
@@ -212,12 +210,9 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     # The peak is the largest of these moments (activations alive, gradients alive, transient):
     phases = [
         # the first layer's backward (under checkpointing: its recomputation): every gradient written but its own
-        # (and, for full fine-tuning, the input embedding's, computed last)
+        # (and, for full fine-tuning, the input embedding's, computed last); the optimizer step: every gradient
         (ac["stash"] + ac["one_layer"], gradients - _first_layer_grads(a, fp, gradients, p),
-         ac["layer_transient"] + dequant),
-        # optimizer step: every gradient, no activation
-        (0, gradients, step_transient),
-    ]
+         ac["layer_transient"] + dequant), (0, gradients, step_transient)]
     if fast:
         # the backbone returns (its cache still alive); the fused output layer + loss; its backward
         phases += [(backbone, 0, ac["cache"]), (backbone, 0, out_kept + out_forward), (kept, 0, out_backward)]
