@@ -26,11 +26,9 @@ CONFIGS = [(p, q) for p, q in (("fp32", None), ("bf16", None), ("fp16", None), (
 def worker(args):
     import torch
 
-    from llm_tuning.train.checkpointing import enable_after_method, enable_before_method
     from llm_tuning.config import TrainConfig
     from llm_tuning.methods import get_method
     from llm_tuning.models import load_model
-    from llm_tuning.train.loop import _trainable_to_fp32
 
     cuda = torch.cuda.is_available()
     model = load_model(args.model_dir, args.precision, quantization=args.quantization or None)
@@ -43,11 +41,8 @@ def worker(args):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     cfg = TrainConfig(model=args.model_dir, data="-", output_dir="-", method="lora", precision=args.precision,
-                      lora_dropout=0.0, quantization=args.quantization or None)
-    if args.gc:
-        model = enable_before_method(model, "lora")
-    model = enable_after_method(get_method("lora").apply(model, cfg), "lora") if args.gc else get_method("lora").apply(model, cfg)
-    _trainable_to_fp32(model, cfg)
+                      lora_dropout=0.0, quantization=args.quantization or None, gradient_checkpointing=args.gc)
+    model = get_method("lora").prepare(model, cfg)
     device = next(model.parameters()).device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.seq_len), device=device)

@@ -150,7 +150,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_models, tmp_path):
 def test_resume_from_a_method_checkpoint_matches_uninterrupted_run(tiny_models, tmp_path, method, saved):
     """PEFT's adapter file holds a prompt encoder's output, which cannot be resumed from (prefix projection: a size
     mismatch; P-tuning: loaded into the embedding, silently wrong), so the checkpoint holds the whole encoder;
-    BitFit's checkpoint holds its biases, not the whole model (train/checkpoint_state.py)."""
+    BitFit's checkpoint holds its biases, not the whole model (BitFit.save_checkpoint)."""
     import shutil
 
     args = ["train", "--model", tiny_models["llama"], "--data", SAMPLE, "--max-steps", "4", "--save-steps", "2",

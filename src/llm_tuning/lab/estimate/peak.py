@@ -3,7 +3,7 @@
 No weights are read: the numbers follow from the tensor shapes of the architecture, the method, the
 precision, the quantisation, the batch and the sequence length. The estimate models what *this project's*
 training does (see train.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over a
-half base (`_trainable_to_fp32`); `prepare_model_for_kbit_training` over a quantised base (which casts the
+half base (`Method.prepare`); `prepare_model_for_kbit_training` over a quantised base (which casts the
 non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for Bloom (train.py
 replaces it with SDPA by default, speedups.py, which keeps less: one shared bias instead of each layer's
 [B, heads, L, L] probabilities, so for Bloom the estimate is an upper bound; modelling the SDPA path is still
