@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from llm_tuning.methods import METHODS
+
 from conftest import ROOT, SAMPLE, run_cli
 from llm_tuning.errors import UserError
 
@@ -113,7 +115,7 @@ def test_qlora_is_pointed_to_lora_on_a_quantised_base(tmp_path):
     r = run_cli("train", "--model", "m", "--data", SAMPLE, "--output-dir", str(tmp_path / "out"), "--method", "qlora")
     assert r.returncode == 2 and r.stderr == (
         "llm-tuning train: error: --method 'qlora' is unknown; QLoRA is LoRA on a quantised base: --method lora "
-        "--quantization 4bit (or 8bit) (the choices: full, bitfit, prompt, ptuning, prefix, lora, ia3)\n")
+        f"--quantization 4bit (or 8bit) (the choices: {', '.join(METHODS)})\n")
 
 
 FP16_HINT = ("[llm-tuning] hint: --precision fp16 on a CPU halves the weights' memory but runs slower than fp32 (CPUs "
