@@ -13,6 +13,10 @@ elementwise kernels each way. On this CPU those two were ~15 % of a LoRA step, a
   replacement does not cover (attention weights requested, Bloom's slow-but-exact tensor-parallel path, no
   mask) falls back to the original method.
 
+- Packing (`--packing`, data/packing.py): Bloom takes no position ids, so the packed row's `position_ids` are
+  caught by a forward pre-hook and the shared bias becomes block-diagonal: causal inside each example, nothing
+  across examples, ALiBi from each key's position inside its own example (the padded batch's values exactly).
+
 Both swaps leave the state dict, the saved adapters and merged models exactly as they were; tests compare
 logits and gradients with the stock modules (tests/test_speedups.py).
 """
@@ -20,6 +24,50 @@ logits and gradients with the stock modules (tests/test_speedups.py).
 from __future__ import annotations
 
 import types
+import weakref
+
+# Packed rows: the position ids given to the forward now running (set by a pre-hook, cleared after it), and for
+# each ALiBi tensor a forward built while they were set, those position ids. Keyed by the ALiBi tensor because
+# gradient checkpointing (non-reentrant, train/checkpointing.py) reruns the layers in the backward, after the
+# forward has returned, with the same tensor objects.
+_PENDING = [None]
+_PACKED = weakref.WeakKeyDictionary()
+
+
+def _stash_position_ids(module, args, kwargs):
+    if kwargs.get("position_ids") is not None:
+        _PENDING[0] = kwargs["position_ids"]
+
+
+def _clear_position_ids(module, args, kwargs, output):
+    _PENDING[0] = None
+
+
+def _packed_positions(alibi):
+    pos = _PACKED.get(alibi)
+    if pos is None and _PENDING[0] is not None:
+        pos = _PACKED[alibi] = _PENDING[0]
+    return pos
+
+
+def _packed_bias(pos, heads, dtype):
+    """[batch, heads, q, kv] for rows of examples packed end to end (`pos` [batch, len] restarting at 0 for each):
+    ALiBi slope x the key's position inside its example, plus the mask (0 where the key is in the query's own
+    example and not after it, the dtype's minimum elsewhere) - the padded batch's bias for each example."""
+    import torch
+    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+
+    pos = pos.to(torch.long)
+    first = pos[:, :1] - 1
+    segment = (torch.diff(pos, prepend=first, dim=-1) != 1).cumsum(-1)  # which example each token belongs to
+    n = pos.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=pos.device).tril()
+    allowed = (segment[:, :, None] == segment[:, None, :]) & causal  # [batch, q, kv]
+    slopes = _get_alibi_slopes(heads, pos.device).float()
+    alibi = slopes[None, :, None, None] * pos[:, None, None, :].float()  # [batch, heads, 1, kv]
+    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=pos.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return (alibi + mask[:, None]).to(dtype)
 
 
 def _shared_bias(alibi, mask, batch, heads):
@@ -28,7 +76,11 @@ def _shared_bias(alibi, mask, batch, heads):
     if cached is not None and cached[0] is alibi and cached[1] is mask:
         return cached[2]
     kv = alibi.shape[-1]
-    bias = alibi.view(batch, heads, 1, kv).to(mask.dtype) + mask
+    pos = _packed_positions(alibi)
+    if pos is not None and pos.shape[-1] == kv == mask.shape[-2]:  # a packed row (no cache, no prefix)
+        bias = _packed_bias(pos.expand(batch, -1), heads, mask.dtype)
+    else:
+        bias = alibi.view(batch, heads, 1, kv).to(mask.dtype) + mask
     _shared_bias.last = (alibi, mask, bias)  # replaced at the next forward; keeps at most one bias alive
     return bias
 
@@ -66,11 +118,16 @@ def speed_up(model) -> int:
     import torch.nn as nn
 
     try:
-        from transformers.models.bloom.modeling_bloom import BloomAttention, BloomGelu
+        from transformers.models.bloom.modeling_bloom import BloomAttention, BloomForCausalLM, BloomGelu, BloomModel
     except ImportError:  # pragma: no cover - transformers without Bloom
         return 0
     changed = 0
     for module in model.modules():
+        if isinstance(module, (BloomForCausalLM, BloomModel)) and not getattr(module, "_packing_hooks", False):
+            # BloomForCausalLM does not pass position_ids on to BloomModel: both catch them (--packing)
+            module.register_forward_pre_hook(_stash_position_ids, with_kwargs=True)
+            module.register_forward_hook(_clear_position_ids, with_kwargs=True)
+            module._packing_hooks = True
         if isinstance(getattr(module, "gelu_impl", None), BloomGelu):
             module.gelu_impl = nn.GELU(approximate="tanh")
             changed += 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..config import TrainConfig
 from ..errors import UserError
 from ..models.load import quiet_libraries
+from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from .memory import peak_rss_mib, reset_peak_rss_mib
 from .rundir import (TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
                      warn_about_launch, write_final)
@@ -66,6 +67,10 @@ def _check_inputs(cfg: TrainConfig):
     from ..models.load import check_source
 
     method = get_method(cfg.method)
+    if cfg.packing:  # --- GPU path (issue 21): one line where packing cannot apply (data/packing.py)
+        from ..data.packing import check_packing
+
+        check_packing(cfg.method)
     if cfg.quantization and not method.trains_on_quantized:
         raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base: its weights "
                         "are frozen integers; use lora (QLoRA), ia3, prompt, ptuning or prefix, or drop --quantization")
@@ -106,12 +111,13 @@ def _datasets(cfg: TrainConfig, tokenizer, train_recs, val_recs):
     return train_ds, eval_ds
 
 
-def _model_with_method(cfg: TrainConfig, method, tokenizer):
+def _model_with_method(cfg: TrainConfig, method, tokenizer, loss_path: str = "fused"):
     """The base loaded (precision, quantisation), the method applied (with checkpointing where asked)."""
     from ..models.load import load_model
 
     model = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
                        speedups=cfg.speedups)
+    _gpu_path_model_hooks(cfg, model, loss_path)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -130,6 +136,20 @@ def _model_with_method(cfg: TrainConfig, method, tokenizer):
         model = method.apply(model, cfg)
     _trainable_to_fp32(model, cfg)
     return model
+
+
+def _gpu_path_model_hooks(cfg, model, loss_path):
+    """--- GPU path (issue 21): Liger's layer kernels on the base (train/kernels.py); packing's model checks."""
+    if loss_path == "liger":
+        from .kernels import apply_liger
+
+        log(apply_liger(model))
+    if cfg.packing:
+        from ..data.packing import check_packing, prepare_model_for_packing
+
+        check_packing(cfg.method, model.config.model_type, cfg.speedups, model.config._attn_implementation)
+        prepare_model_for_packing(model)
+        log("packing: each micro-batch's examples in one row, attention kept inside each example")
 
 
 def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool):
@@ -245,18 +265,22 @@ def _gathered_state_dict(trainer):
     return trainer.accelerator.get_state_dict(trainer.model_wrapped) if _sharded(trainer) else None
 
 
-def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbacks):
+def _make_trainer(cfg, method, model, args, train_ds, eval_ds, collator, callbacks, loss_path="fused"):
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from .checkpoint_state import with_method_checkpoints
     from .fastloss import FAST_METHODS, make_trainer_class
 
-    fused = cfg.fast_loss and method.name in FAST_METHODS
+    # --- GPU path (issue 21): the loss path from --kernels (train/kernels.py): liger, fused (CPU) or stock
+    fused = loss_path in ("fused", "liger") and method.name in FAST_METHODS
+    linear_ce = None
+    if loss_path == "liger":
+        from .kernels import liger_linear_cross_entropy_sum as linear_ce
     if fused and args.world_size > 1:
-        trainer_cls = _with_length_grouping(_fused_loss_through_ddp(make_trainer_class()))
+        trainer_cls = _with_length_grouping(_fused_loss_through_ddp(make_trainer_class(linear_ce)))
     else:
-        trainer_cls = _with_length_grouping(make_trainer_class() if fused else Trainer)
+        trainer_cls = _with_length_grouping(make_trainer_class(linear_ce) if fused else Trainer)
     trainer_cls = with_method_checkpoints(trainer_cls)  # prompt encoders and BitFit (checkpoint_state.py)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, callbacks=callbacks)
@@ -322,6 +346,7 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         "peak_rss_mib": round(peak_rss_mib(), 1),  # peak RSS (MiB) from then on
         "startup_seconds": startup,
         "log_history": trainer.state.log_history,
+        **gpu_peaks(),  # --- GPU path (issue 21): CUDA only (train/gpu_memory.py)
     }
     if earlier:
         # nothing trained in this process: the training figures are those of the process that did (a comparison
@@ -330,12 +355,29 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
     return metrics
 
 
+def _loss_path(cfg) -> str:
+    """--- GPU path (issue 21): --kernels resolved for this device (train/kernels.py), logged once."""
+    import torch
+
+    from .kernels import resolve
+
+    cuda = torch.cuda.is_available()
+    path = resolve(cfg.kernels, cfg.fast_loss, cuda)
+    if cuda or cfg.kernels != "auto":  # the CPU's default (the fused loss) goes unsaid, as before
+        log({"liger": "kernels: Liger (fused linear cross-entropy and layer kernels)",
+             "fused": "kernels: the project's fused output layer + loss (CPU)",
+             "stock": "kernels: transformers' stock forward and loss"
+                      + (" (the CPU fused loss steps aside on CUDA)" if cuda and cfg.fast_loss else "")}[path])
+    return path
+
+
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
     t0 = time.time()
     warn_about_launch()
     method, train_recs, val_recs, resume_from = _check_inputs(cfg)
+    loss_path = _loss_path(cfg)  # --- GPU path (issue 21): --kernels liger on a CPU stops here, in one line
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()
@@ -355,17 +397,22 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     train_ds, eval_ds = _datasets(cfg, tokenizer, train_recs, val_recs)
 
     rss_before_model = reset_peak_rss_mib()
-    model = _model_with_method(cfg, method, tokenizer)
+    reset_peak_gpu()
+    model = _model_with_method(cfg, method, tokenizer, loss_path)
     log(f"method {method.name}: {describe_parameters(model)}")
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     eps = _choose_epsilon(model, cfg)
     collator = make_collator(tokenizer)
     preflight(tokenizer, train_ds, train_ds, model, cfg, eps, collator, log=log)
+    if cfg.packing:  # --- GPU path (issue 21): the padded collator above is the one the guard checks
+        from ..data.packing import packing_collator, uses_flash_attention
+
+        collator = packing_collator(uses_flash_attention(model))
     os.makedirs(cfg.output_dir, exist_ok=True)
 
     run_callbacks = make_callbacks(cfg.output_dir)
     trainer = _make_trainer(cfg, method, model, _training_arguments(cfg, lr, eps, eval_ds is not None), train_ds,
-                            eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []))
+                            eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []), loss_path)
     train_loss, train_seconds, earlier = _run(trainer, resume_from, run_callbacks, cfg.output_dir)
     _raise_if_stopped(run_callbacks["stop"], cfg.output_dir)
     train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
@@ -378,6 +425,8 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     seconds = time.time() - t0
     metrics = _metrics(method, model, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
                        run_callbacks["clock"].seconds, earlier)
+    if describe_gpu_peaks(metrics):  # --- GPU path (issue 21)
+        log(describe_gpu_peaks(metrics))
     write_final(cfg, method, model, tokenizer, metrics, _gathered_state_dict(trainer))
     log(f"saved the {method.name} {'model' if method.name == 'full' else 'adapter'}, tokenizer, config.yaml and metrics.json to {cfg.output_dir}")
     return TrainResult(cfg.output_dir, method.name, metrics["trainable_params"], metrics["total_params"], train_loss,
