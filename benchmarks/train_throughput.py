@@ -157,7 +157,7 @@ def worker(args):
     # measured before any evaluation loads a second copy of the model
     result = {"tokens": r["tokens"], "seconds": r["seconds"], "startup": r["startup"],
               "peak_rss_mib": r.get("peak_rss_mib") or _peak_rss_mib(),
-              "rate": (rate_before + matmul_flops_per_s(1.5)) / 2}
+              "rate": (rate_before + matmul_flops_per_s(1.5)) / 2, "train_loss": r.get("train_loss")}
     if args.heldout:
         sys.path.insert(0, os.path.join(ROOT, "src"))
         from llm_tuning.train.heldout import response_loss

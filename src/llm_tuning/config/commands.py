@@ -86,6 +86,10 @@ class EstimateConfig:
     max_length: int = same_as(TrainConfig, "max_length")
     gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
     fast_loss: bool = same_as(TrainConfig, "fast_loss")
+    # --- GPU path (issue 21): lab/estimate/gpu.py
+    device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
+                         choices=("cpu", "cuda"), group=M)
+    kernels: str = same_as(TrainConfig, "kernels")
     num_virtual_tokens: int = same_as(TrainConfig, "num_virtual_tokens")
     encoder: str = same_as(TrainConfig, "encoder")
     encoder_hidden_size: int | None = same_as(TrainConfig, "encoder_hidden_size")
