@@ -7,7 +7,7 @@ import torch
 
 from conftest import SAMPLE, run_cli
 from llm_tuning.data.collate import make_collator
-from llm_tuning.data.packing import PACKING_METHODS, check_packing, packing_collator, prepare_model_for_packing
+from llm_tuning.data.packing import PACKING_METHODS, check_packing, packing_collator
 from llm_tuning.data.tokenize import encode_records, prepare_tokenizer
 from llm_tuning.errors import UserError
 from llm_tuning.methods import get_method
@@ -37,7 +37,6 @@ def _loss_and_grads(path, method, batch, fused, checkpointing=False):
         model = enable_after_method(get_method(method).apply(enable_before_method(model, method), cfg), method)
     else:
         model = get_method(method).apply(model, cfg)
-    prepare_model_for_packing(model)
     model.train()
     if fused:
         total, n = response_loss_sum(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
@@ -73,17 +72,16 @@ def test_bloom_packing_survives_checkpointing_recompute(tiny_models, sample_reco
                  _loss_and_grads(path, "lora", packed, True, checkpointing=True))
 
 
-def test_packed_row_without_the_cache_fix_would_leak_across_examples(tiny_models, sample_records):
-    """Why prepare_model_for_packing exists: with use_cache on, transformers reads the row as one sequence."""
+def test_packed_batch_turns_the_cache_off_or_examples_would_see_each_other(tiny_models, sample_records):
+    """Why the collator passes use_cache=False: with a cache, transformers reads the row as one sequence."""
     path = tiny_models["llama"]
     padded, packed = _batches(path, sample_records)
+    assert packed["use_cache"] is False
     model = load_model(path).eval()
     with torch.no_grad():
-        model.config.use_cache = True
-        leaky = model(**packed).loss.item()
-        prepare_model_for_packing(model)
         right, want = model(**packed).loss.item(), model(**padded).loss.item()
-    assert abs(right - want) <= 2e-5 and abs(leaky - want) > 1e-3
+        leaky = model(**{k: v for k, v in packed.items() if k != "use_cache"}).loss.item()
+    assert model.config.use_cache and abs(right - want) <= 2e-5 and abs(leaky - want) > 1e-3
 
 
 @pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])

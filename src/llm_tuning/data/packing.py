@@ -39,24 +39,28 @@ def check_packing(method: str, model_type: str | None = None, speedups: bool = T
 
 
 def packing_collator(flash_attention: bool = False):
-    """transformers' flattening collator: input_ids, labels, position_ids of shape [1, total tokens].
-    flash_attention: also the cumulative lengths flash attention reads (cu_seq_lens_q/k, max_length_q/k)."""
+    """transformers' flattening collator: input_ids, labels, position_ids of shape [1, total tokens], and
+    use_cache=False for the forward (see _no_cache). flash_attention: also the cumulative lengths flash attention
+    reads (cu_seq_lens_q/k, max_length_q/k)."""
     from transformers import DataCollatorWithFlattening
 
-    return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100,
-                                      return_flash_attn_kwargs=flash_attention)
+    class PackingCollator(DataCollatorWithFlattening):
+        def __call__(self, features, return_tensors=None, separator_id=None):
+            return _no_cache(super().__call__(features, return_tensors, separator_id))
+
+    return PackingCollator(return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=flash_attention)
+
+
+def _no_cache(batch):
+    """No KV cache in the forward: transformers reads packed position ids as separate examples only when no cache
+    is given (masking_utils._preprocess_mask_arguments), and a model whose config says use_cache=True makes one;
+    every example would then attend to those before it in the row (seen: logits off by 4.6 on a tiny Llama).
+    Passed with the batch rather than set on the config, which a full fine-tune saves with the model."""
+    batch["use_cache"] = False
+    return batch
 
 
 def uses_flash_attention(model) -> bool:
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
     return impl.startswith("flash_attention")
 
-
-def prepare_model_for_packing(model):
-    """No KV cache in the training forward: transformers reads packed position ids as separate examples only
-    when no cache is given (masking_utils._preprocess_mask_arguments); with the config's use_cache=True the stock
-    forward makes one, and every example would attend to the ones before it in the row (seen: logits off by 4.6
-    on a tiny Llama)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.config.use_cache = False
-    return model

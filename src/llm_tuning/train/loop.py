@@ -145,10 +145,9 @@ def _gpu_path_model_hooks(cfg, model, loss_path):
 
         log(apply_liger(model))
     if cfg.packing:
-        from ..data.packing import check_packing, prepare_model_for_packing
+        from ..data.packing import check_packing
 
         check_packing(cfg.method, model.config.model_type, cfg.speedups, model.config._attn_implementation)
-        prepare_model_for_packing(model)
         log("packing: each micro-batch's examples in one row, attention kept inside each example")
 
 
