@@ -7,7 +7,7 @@ import torch
 
 from conftest import SAMPLE, run_cli
 from llm_tuning.data.collate import make_collator
-from llm_tuning.data.packing import PACKING_METHODS, check_packing, packing_collator
+from llm_tuning.data.packing import PACKING_METHODS, check_packing, packing_collator, prepare_model
 from llm_tuning.data.tokenize import encode_records, prepare_tokenizer
 from llm_tuning.errors import UserError
 from llm_tuning.methods import get_method
@@ -31,6 +31,8 @@ def _loss_and_grads(path, method, batch, fused, checkpointing=False):
     cfg = make_cfg(path, method)
     cfg.lora_dropout = 0.0  # the same dropout draws cannot fall on the same tokens in two layouts
     model = load_model(path)
+    if "position_ids" in batch:  # as train() does with --packing
+        prepare_model(model)
     if checkpointing:
         from llm_tuning.train.checkpointing import enable_after_method, enable_before_method
 
@@ -64,9 +66,10 @@ def test_packed_row_gives_the_padded_loss_and_gradients(method, arch, fused, tin
                  _loss_and_grads(tiny_models[arch], method, packed, fused))
 
 
-def test_bloom_packing_survives_checkpointing_recompute(tiny_models, sample_records):
-    """The backward reruns each layer after the forward returned: the block-diagonal bias must come back too."""
-    path = tiny_models["bloom"]
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+def test_packing_survives_checkpointing_recompute(arch, tiny_models, sample_records):
+    """The backward reruns each layer after the forward returned: the examples' spans must come back too."""
+    path = tiny_models[arch]
     padded, packed = _batches(path, sample_records)
     _assert_same(_loss_and_grads(path, "lora", padded, True, checkpointing=True),
                  _loss_and_grads(path, "lora", packed, True, checkpointing=True))
@@ -89,6 +92,25 @@ def test_prompt_methods_refuse_packing_in_one_line(method):
     with pytest.raises(UserError) as e:
         check_packing(method)
     assert "\n" not in str(e.value) and f"--method {method}" in str(e.value)
+
+
+def test_llama_attends_each_example_alone(tiny_models, sample_records, monkeypatch):
+    """The packed row does not go through transformers' whole-row mask: SDPA runs once per example."""
+    import transformers.integrations.sdpa_attention as sd
+
+    import llm_tuning.models.packed_attention as pa
+
+    calls = []
+    real = sd.sdpa_attention_forward
+    monkeypatch.setattr(sd, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].shape[2]) or real(*a, **k))
+    path = tiny_models["llama"]
+    padded, packed = _batches(path, sample_records)
+    model = load_model(path)
+    assert "per example" in prepare_model(model) and model.config._attn_implementation == pa.NAME
+    with torch.no_grad():
+        model(**packed)
+    lengths = (padded["attention_mask"].sum(1)).tolist()
+    assert calls == lengths * model.config.num_hidden_layers  # each example alone, in every layer
 
 
 def test_bloom_packing_needs_the_speedups_attention():

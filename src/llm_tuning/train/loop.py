@@ -145,10 +145,10 @@ def _gpu_path_model_hooks(cfg, model, loss_path):
 
         log(apply_liger(model))
     if cfg.packing:
-        from ..data.packing import check_packing
+        from ..data.packing import check_packing, prepare_model
 
         check_packing(cfg.method, model.config.model_type, cfg.speedups, model.config._attn_implementation)
-        log("packing: each micro-batch's examples in one row, attention kept inside each example")
+        log(f"packing: each micro-batch's examples in one row; {prepare_model(model)}")
 
 
 def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool):
