@@ -40,8 +40,10 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     if len(spans) == 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    outs = [sdpa_attention_forward(module, query[:, :, s:s + n], key[:, :, s:s + n], value[:, :, s:s + n], None,
-                                   dropout=dropout, scaling=scaling, **kwargs)[0] for s, n in spans]
+    # split, not slices: a slice's backward writes into a zero tensor of the whole row, once per example
+    lengths = [n for _, n in spans]
+    outs = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, **kwargs)[0]
+            for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))]
     return torch.cat(outs, dim=1), None  # [batch, length, heads, head_dim], as sdpa_attention_forward returns
 
 

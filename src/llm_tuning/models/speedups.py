@@ -100,9 +100,12 @@ def _attend_per_example(query, key, value, segments, dropout_p, scale):
     import torch
     import torch.nn.functional as F
 
-    return torch.cat([F.scaled_dot_product_attention(query[:, :, s:s + n], key[:, :, s:s + n], value[:, :, s:s + n],
-                                                     attn_mask=bias.to(query.dtype), dropout_p=dropout_p, scale=scale)
-                      for s, n, bias in segments], dim=2)
+    # split, not slices: a slice's backward writes its gradient into a zero tensor of the whole row, once per
+    # example and per q, k, v; split's backward is one concatenation
+    lengths = [n for _, n, _ in segments]
+    parts = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), segments)
+    return torch.cat([F.scaled_dot_product_attention(q, k, v, attn_mask=seg[2].to(q.dtype), dropout_p=dropout_p,
+                                                     scale=scale) for q, k, v, seg in parts], dim=2)
 
 
 def _shared_bias(alibi, mask, batch, heads):
