@@ -232,12 +232,12 @@ def build_setup(tmp, records=64):
             "lengths": lengths, "flops_token": flops_token}
 
 
-def packing_pairs(bloom, data, tmp, reps, tps):
+def packing_pairs(bloom, data, tmp, reps, tps, extra):
     """llm-tuning LoRA on the throughput workload without and with --packing, alternating; the ratio is the
     median of the per-pair ratios. The training losses should agree (packing changes no example's loss)."""
     ratios = []
     for i in range(reps):
-        r = {p: run("ours", bloom, data, tmp, extra={"packing": p}) for p in (False, True)}
+        r = {p: run("ours", bloom, data, tmp, extra={"packing": p, **extra}) for p in (False, True)}
         ratios.append(tps(r[True]) / tps(r[False]))
         print(f"  rep {i + 1}: padded {tps(r[False]):.0f} tokens/s (loss {r[False]['train_loss']:.6f}), packed "
               f"{tps(r[True]):.0f} tokens/s (loss {r[True]['train_loss']:.6f}), {r[True]['tokens']} = "
@@ -253,6 +253,8 @@ def main():
     ap.add_argument("--skip-methods", action="store_true")
     ap.add_argument("--packing", action="store_true", help="only: llm-tuning LoRA with --packing false / true, "
                                                            "alternating pairs, tokens/s and training loss")
+    ap.add_argument("--no-grouping", action="store_true", help="with --packing: both sides --group-by-length false "
+                                                               "(random batches, the padding packing removes)")
     for a in ("--worker",):
         ap.add_argument(a, action="store_true", help=argparse.SUPPRESS)
     for a in ("--kind", "--model-dir", "--data", "--out", "--method", "--extra", "--heldout"):
@@ -275,7 +277,7 @@ def main():
             return r["tokens"] / r["seconds"]
 
         if args.packing:
-            return packing_pairs(bloom, data, tmp, args.reps, tps)
+            return packing_pairs(bloom, data, tmp, args.reps, tps, {"group_by_length": False} if args.no_grouping else {})
 
         def mfu(r, kind="frozen"):
             return tps(r) * flops_token[kind] / r["rate"]
