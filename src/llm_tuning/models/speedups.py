@@ -93,19 +93,21 @@ def _segments(alibi, q_len, heads, dtype):
     return entry
 
 
-def _attend_per_example(query, key, value, segments, dropout_p, scale):
+def _attend_per_example(fused, segments, hidden_size, dropout_p, scale):
     """SDPA on each example of a packed row alone: no padding in the linear layers, and the attention costs the sum
-    of the examples' squared lengths (a block-diagonal mask over the whole row would cost the row's length squared:
-    on the CPU's throughput workload that made packing 0.93x the padded batch instead of faster)."""
+    of the examples' squared lengths (a block-diagonal mask over the whole row costs the row's length squared:
+    on the CPU's throughput workload that made packing 0.92-0.94x the padded batch). The fused q/k/v output
+    [1, len, heads, 3, head_dim] is split along the row, where each example is one contiguous block, so the
+    backward joins contiguous blocks (splitting q, k, v after the transpose made strided copies: 0.71x)."""
     import torch
     import torch.nn.functional as F
 
-    # split, not slices: a slice's backward writes its gradient into a zero tensor of the whole row, once per
-    # example and per q, k, v; split's backward is one concatenation
-    lengths = [n for _, n, _ in segments]
-    parts = zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), segments)
-    return torch.cat([F.scaled_dot_product_attention(q, k, v, attn_mask=seg[2].to(q.dtype), dropout_p=dropout_p,
-                                                     scale=scale) for q, k, v, seg in parts], dim=2)
+    parts = []
+    for f, (_, n, bias) in zip(fused.split([n for _, n, _ in segments], dim=1), segments):
+        q, k, v = (x.transpose(1, 2) for x in f.unbind(3))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, scale=scale)
+        parts.append(out.transpose(1, 2).reshape(1, n, hidden_size))
+    return torch.cat(parts, dim=1)
 
 
 def _shared_bias(alibi, mask, batch, heads):
@@ -136,19 +138,20 @@ def _bloom_attention_forward(self, hidden_states, residual, alibi, attention_mas
                                   output_attentions, **kwargs)
     batch, q_len, _ = hidden_states.shape
     fused = self.query_key_value(hidden_states).view(batch, q_len, self.num_heads, 3, self.head_dim)
+    dropout_p = self.attention_dropout.p if self.training else 0.0
+    segments = _segments(alibi, q_len, self.num_heads, attention_mask.dtype) if layer_past is None else None
+    if segments is not None:  # --packing: one row of examples end to end
+        context = _attend_per_example(fused, segments, self.hidden_size, dropout_p, self.inv_norm_factor)
+        output = dropout_add(self.dense(context), residual, self.hidden_dropout, self.training)
+        return output, None
     # views [batch, heads, len, dim]; unbind's backward stacks the three gradients into one tensor, where three
     # separate index views would each zero a whole fused-size gradient and add them up
     query, key, value = (x.transpose(1, 2) for x in fused.unbind(3))
     if layer_past is not None:  # generation, or prefix tuning's virtual keys/values
         key, value = layer_past.update(key, value, self.layer_idx)
-    dropout_p = self.attention_dropout.p if self.training else 0.0
-    segments = _segments(alibi, q_len, self.num_heads, attention_mask.dtype) if layer_past is None else None
-    if segments is not None:  # --packing: one row of examples end to end
-        context = _attend_per_example(query, key, value, segments, dropout_p, self.inv_norm_factor)
-    else:
-        bias = _shared_bias(alibi, attention_mask, batch, self.num_heads)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
-                                                 dropout_p=dropout_p, scale=self.inv_norm_factor)
+    bias = _shared_bias(alibi, attention_mask, batch, self.num_heads)
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
+                                             dropout_p=dropout_p, scale=self.inv_norm_factor)
     context = context.transpose(1, 2).reshape(batch, q_len, self.hidden_size)
     output = dropout_add(self.dense(context), residual, self.hidden_dropout, self.training)
     return output, None
