@@ -1,11 +1,15 @@
 # Two commands for a bare machine: `make demo` (the embedded default job) and `make test` (the whole suite).
 PYTHON ?= python3
 VENV := .venv
+# pyproject.toml asks for a torch range (a user's CUDA torch stays); here the CPU build is pinned. Its wheel lies
+# in this machine's /opt/wheels; elsewhere: make demo TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
+TORCH_CONSTRAINT := constraints/torch-cpu.txt
+TORCH_INDEX ?=
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(TORCH_CONSTRAINT)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]' -c $(TORCH_CONSTRAINT) $(TORCH_INDEX)
 	touch $@
 
 demo: $(VENV)/.installed

@@ -16,6 +16,7 @@ full) plus attention (QK^T and AV: 4*layers*hidden*context forward, doubled with
 Learning: stories260K on the 900 English records, one epoch each, held-out loss on 90 of them.
 
     .venv/bin/python benchmarks/train_throughput.py [--reps 5] [--skip-learning] [--skip-methods]
+    .venv/bin/python benchmarks/train_throughput.py --packing [--reps 3]   # --packing false/true pairs only
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def ours_worker(model_dir, data_path, out_json, method, extra, evaluate=False):
         model, tok = load_for_inference(model_dir, out_dir)[:2]
     return {"tokens": m["train_tokens"], "seconds": m["train_seconds"], "startup": m["startup_seconds"],
             "model": model, "tokenizer": tok, "steps": m["steps"],
-            "peak_rss_mib": m["peak_rss_mib"]}  # the command's own VmHWM (train.py)
+            "peak_rss_mib": m["peak_rss_mib"], "train_loss": m["train_loss"]}  # VmHWM: the command's own (train.py)
 
 
 def _peak_rss_mib():
@@ -156,7 +157,7 @@ def worker(args):
     # measured before any evaluation loads a second copy of the model
     result = {"tokens": r["tokens"], "seconds": r["seconds"], "startup": r["startup"],
               "peak_rss_mib": r.get("peak_rss_mib") or _peak_rss_mib(),
-              "rate": (rate_before + matmul_flops_per_s(1.5)) / 2}
+              "rate": (rate_before + matmul_flops_per_s(1.5)) / 2, "train_loss": r.get("train_loss")}
     if args.heldout:
         sys.path.insert(0, os.path.join(ROOT, "src"))
         from llm_tuning.train.heldout import response_loss
@@ -231,12 +232,29 @@ def build_setup(tmp, records=64):
             "lengths": lengths, "flops_token": flops_token}
 
 
+def packing_pairs(bloom, data, tmp, reps, tps, extra):
+    """llm-tuning LoRA on the throughput workload without and with --packing, alternating; the ratio is the
+    median of the per-pair ratios. The training losses should agree (packing changes no example's loss)."""
+    ratios = []
+    for i in range(reps):
+        r = {p: run("ours", bloom, data, tmp, extra={"packing": p, **extra}) for p in (False, True)}
+        ratios.append(tps(r[True]) / tps(r[False]))
+        print(f"  rep {i + 1}: padded {tps(r[False]):.0f} tokens/s (loss {r[False]['train_loss']:.6f}), packed "
+              f"{tps(r[True]):.0f} tokens/s (loss {r[True]['train_loss']:.6f}), {r[True]['tokens']} = "
+              f"{r[False]['tokens']} real tokens; ratio {ratios[-1]:.2f}", flush=True)
+    print(f"\npacking / padded, median of {reps} pairs: {statistics.median(ratios):.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--records", type=int, default=64)
     ap.add_argument("--skip-learning", action="store_true")
     ap.add_argument("--skip-methods", action="store_true")
+    ap.add_argument("--packing", action="store_true", help="only: llm-tuning LoRA with --packing false / true, "
+                                                           "alternating pairs, tokens/s and training loss")
+    ap.add_argument("--no-grouping", action="store_true", help="with --packing: both sides --group-by-length false "
+                                                               "(random batches, the padding packing removes)")
     for a in ("--worker",):
         ap.add_argument(a, action="store_true", help=argparse.SUPPRESS)
     for a in ("--kind", "--model-dir", "--data", "--out", "--method", "--extra", "--heldout"):
@@ -257,6 +275,9 @@ def main():
 
         def tps(r):
             return r["tokens"] / r["seconds"]
+
+        if args.packing:
+            return packing_pairs(bloom, data, tmp, args.reps, tps, {"group_by_length": False} if args.no_grouping else {})
 
         def mfu(r, kind="frozen"):
             return tps(r) * flops_token[kind] / r["rate"]

@@ -87,6 +87,10 @@ class EstimateSettings:
     max_length: int = same_as(TrainConfig, "max_length")
     gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
     fast_loss: bool = same_as(TrainConfig, "fast_loss")
+    # the GPU path (issue 21): lab/estimate/gpu.py
+    device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
+                         choices=("cpu", "cuda"), group=M)
+    kernels: str = same_as(TrainConfig, "kernels")
     json: bool = same_as(EvalConfig, "json")
 
     def train_config(self) -> TrainConfig:

@@ -60,7 +60,15 @@ class TrainSettings:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory "
                                                  "(every method, prefix included)", group=T)
     group_by_length: bool = option(True, "batch examples of similar length together (less padding)", group=T)
-    fast_loss: bool = option(True, "the output layer only on learned positions, fused with the loss", group=T)
+    fast_loss: bool = option(True, "the output layer only on learned positions, fused with the loss (CPU; on "
+                                   "CUDA --kernels decides)", group=T)
+    # packing and kernels: data/packing.py, train/kernels.py
+    packing: bool = option(False, "padding-free: a micro-batch's examples in one row, attention kept inside each "
+                                  "(lora, ia3, bitfit, full)", group=T)
+    kernels: str = option("auto", "loss and layer kernels: liger (Liger's Triton kernels, CUDA only: pip install "
+                                  "'llm-tuning[gpu]'), none (stock transformers), auto (liger on CUDA when "
+                                  "installed, else the project's fused loss)", choices=("auto", "liger", "none"),
+                          group=T)
     adam_epsilon: float | None = option(None, "AdamW epsilon (default 1e-8; 1e-4 when fp16 weights train)",
                                         group=T, range="(0, inf)")
     # checkpoints and logs

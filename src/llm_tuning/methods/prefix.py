@@ -28,6 +28,7 @@ class PrefixTuning(PeftMethod):
     color = "#d62728"
     peft_type = "PREFIX_TUNING"
     prompt_learning = True  # its adapter adds inputs (virtual tokens, a prefix), no layer
+    packing = False  # its virtual tokens go once in front of each row: in a packed row only the first example sees them
     options = (("prefix_projection", bool, option(False, "prefix tuning: the prefix through a two-layer MLP",
                                                   group=GROUP)),)
     variants = {"prefix": {"prefix_projection": False}, "prefix-proj": {"prefix_projection": True}}

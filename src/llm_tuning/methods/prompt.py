@@ -31,6 +31,7 @@ class PromptTuning(PeftMethod):
     color = "#2ca02c"
     peft_type = "PROMPT_TUNING"
     prompt_learning = True  # its adapter adds inputs (virtual tokens, a prefix), no layer
+    packing = False  # its virtual tokens go once in front of each row: in a packed row only the first example sees them
     options = (
         ("num_virtual_tokens", int, option(10, "virtual tokens (prompt, ptuning, prefix)", group=GROUP,
                                            range="[1, inf)")),

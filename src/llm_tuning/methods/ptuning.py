@@ -15,6 +15,7 @@ class PTuning(PeftMethod):
     color = "#17becf"
     peft_type = "P_TUNING"
     prompt_learning = True  # its adapter adds inputs (virtual tokens, a prefix), no layer
+    packing = False  # its virtual tokens go once in front of each row: in a packed row only the first example sees them
     options = (
         ("encoder", str, option("mlp", "p-tuning prompt encoder", choices=("mlp", "lstm"), group=GROUP)),
         ("encoder_hidden_size", "int | None", option(None, "p-tuning encoder / prefix projection width (default: "

@@ -227,13 +227,16 @@ def linear_cross_entropy_sum(hidden, head, target):
     return _FN.apply(hidden, head.weight, head.bias, target)
 
 
-def _last_hidden_states(model, body, input_ids, attention_mask):
+def _last_hidden_states(model, body, input_ids, attention_mask, position_ids=None):
     from ..models.params import is_prompt_learning
 
     # use_cache=False: a training forward has no use for a KV cache, which would keep every layer's keys and values
     # until it returns (prefix tuning's prefix is passed in as a cache of its own and is used all the same)
     if not is_prompt_learning(model):
-        return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        # position_ids: a packed row (--packing, data/packing.py); the examples' first labels are -100, so the
+        # one shift below never predicts an example's first token from the previous example's last
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).last_hidden_state
     # Prompt, P-tuning and prefix tuning: PEFT's own forward adds the virtual tokens (or the prefix keys and
     # values), so it runs as usual, with the output layer swapped for the identity for this one call: its
     # "logits" are then the last hidden states. Virtual-token positions come first and learn nothing: dropped.
@@ -249,10 +252,11 @@ def _last_hidden_states(model, body, input_ids, attention_mask):
     return hidden[:, hidden.shape[1] - input_ids.shape[1]:]
 
 
-def response_loss_sum(model, input_ids, attention_mask, labels):
-    """(sum of cross-entropy over learned tokens, number of learned tokens)."""
+def response_loss_sum(model, input_ids, attention_mask, labels, position_ids=None, linear_ce=None):
+    """(sum of cross-entropy over learned tokens, number of learned tokens). linear_ce: the fused output layer +
+    loss (default this module's CPU one; on CUDA Liger's, train/kernels.py)."""
     body, head = backbone_and_head(model)
-    hidden = _last_hidden_states(model, body, input_ids, attention_mask)
+    hidden = _last_hidden_states(model, body, input_ids, attention_mask, position_ids)
     target = labels[:, 1:]
     keep = target != -100
-    return linear_cross_entropy_sum(hidden[:, :-1][keep], head, target[keep]), keep.sum()
+    return (linear_ce or linear_cross_entropy_sum)(hidden[:, :-1][keep], head, target[keep]), keep.sum()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..config import TrainConfig
 from ..errors import UserError
 from ..models.load import quiet_libraries
+from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from .memory import peak_rss_mib, reset_peak_rss_mib
 from .rundir import (QUIET, TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
                      warn_about_launch, write_final)
@@ -57,6 +58,10 @@ def check(cfg: TrainConfig):
     from ..models.load import check_source
 
     method = get_method(cfg.method)
+    if cfg.packing:  # one line where packing cannot apply (the method says, data/packing.py)
+        from ..data.packing import check_packing
+
+        check_packing(method)
     if cfg.quantization and not method.trains_on_quantized:
         raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base (it needs "
                         "the base's full-precision weights); use lora (QLoRA), ia3, prompt, ptuning or prefix, or "
@@ -97,12 +102,13 @@ def data(cfg: TrainConfig, tokenizer, train_recs, val_recs):
     return train_ds, eval_ds
 
 
-def model(cfg: TrainConfig, tokenizer):
+def model(cfg: TrainConfig, tokenizer, loss_path: str = "fused"):
     """The base, loaded in its precision or quantised."""
     from ..models.load import load_model
 
     base = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
                       speedups=cfg.speedups)
+    _gpu_path_model_hooks(cfg, base, loss_path)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -124,6 +130,22 @@ def method(cfg: TrainConfig, chosen, base):
         log("gradient checkpointing on")
     log(f"method {chosen.name}: {describe_parameters(tuned)}")
     return tuned
+
+
+def _gpu_path_model_hooks(cfg, model, loss_path):
+    """Liger's layer kernels on the base (train/kernels.py); packing's model checks."""
+    from ..methods import get_method
+
+    if loss_path == "liger":
+        from .kernels import apply_liger
+
+        log(apply_liger(model))
+    if cfg.packing:
+        from ..data.packing import check_packing, prepare_model
+
+        check_packing(get_method(cfg.method), model.config.model_type, cfg.speedups,
+                      model.config._attn_implementation)
+        log(f"packing: each micro-batch's examples in one row; {prepare_model(model)}")
 
 
 def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool):
@@ -173,17 +195,21 @@ def _gathered_state_dict(trainer):
     return trainer.accelerator.get_state_dict(trainer.model_wrapped) if _sharded(trainer) else None
 
 
-def make_trainer(cfg, chosen, tuned, args, train_ds, eval_ds, collator, callbacks):
+def make_trainer(cfg, chosen, tuned, args, train_ds, eval_ds, collator, callbacks, loss_path="fused"):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from .trainer import LLMTrainer
 
+    linear_ce = None
+    if loss_path == "liger":  # the loss path from --kernels (train/kernels.py): liger, fused (CPU) or stock
+        from .kernels import liger_linear_cross_entropy_sum as linear_ce
     trainer = LLMTrainer(model=tuned, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-                         callbacks=callbacks, method=chosen, fused_loss=cfg.fast_loss and chosen.fast_loss)
+                         callbacks=callbacks, method=chosen, linear_ce=linear_ce,
+                         fused_loss=loss_path in ("fused", "liger") and chosen.fast_loss)
     if _sharded(trainer) and not chosen.shardable:
         raise UserError(f"--method {chosen.name} under FSDP or DeepSpeed ZeRO-3: its weights are saved from one "
                         "process, which holds only a shard of them there; use DDP or ZeRO-2 (examples/accelerate/)")
-    if cfg.fast_loss and chosen.fast_loss and not trainer.fused_loss:
+    if loss_path in ("fused", "liger") and chosen.fast_loss and not trainer.fused_loss:
         log("FSDP / DeepSpeed: the fused loss steps aside (stock forward and loss)")
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -239,6 +265,7 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         "peak_rss_mib": round(peak_rss_mib(), 1),  # peak RSS (MiB) from then on
         "startup_seconds": startup,
         "log_history": trainer.state.log_history,
+        **gpu_peaks(),  # CUDA only (train/gpu_memory.py)
     }
     if earlier:
         # nothing trained in this process: the training figures are those of the process that did (a comparison
@@ -264,6 +291,22 @@ def save(cfg: TrainConfig, chosen, tuned, tokenizer, trainer, metrics):
         f"metrics.json to {cfg.output_dir}")
 
 
+def _loss_path(cfg) -> str:
+    """--kernels resolved for this device (train/kernels.py), logged once."""
+    import torch
+
+    from .kernels import resolve
+
+    cuda = torch.cuda.is_available()
+    path = resolve(cfg.kernels, cfg.fast_loss, cuda)
+    if cuda or cfg.kernels != "auto":  # the CPU's default (the fused loss) goes unsaid, as before
+        log({"liger": "kernels: Liger (fused linear cross-entropy and layer kernels)",
+             "fused": "kernels: the project's fused output layer + loss (CPU)",
+             "stock": "kernels: transformers' stock forward and loss"
+                      + (" (the CPU fused loss steps aside on CUDA)" if cuda and cfg.fast_loss else "")}[path])
+    return path
+
+
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
@@ -271,6 +314,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     QUIET["on"] = cfg.quiet
     warn_about_launch()
     chosen, train_recs, val_recs, resume_from = check(cfg)
+    loss_path = _loss_path(cfg)  # --kernels liger on a CPU stops here, in one line
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()
@@ -288,16 +332,21 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     train_ds, eval_ds = data(cfg, tokenizer, train_recs, val_recs)
 
     rss_before_model = reset_peak_rss_mib()
-    tuned = method(cfg, chosen, model(cfg, tokenizer))
+    reset_peak_gpu()
+    tuned = method(cfg, chosen, model(cfg, tokenizer, loss_path))
     lr = cfg.lr if cfg.lr is not None else chosen.default_lr
     eps = _choose_epsilon(tuned, cfg)
     collator = make_collator(tokenizer)
     preflight(tokenizer, train_ds, train_ds, tuned, cfg, eps, collator, log=log)
+    if cfg.packing:  # the padded collator above is the one the guard checks
+        from ..data.packing import packing_collator, uses_flash_attention
+
+        collator = packing_collator(uses_flash_attention(tuned))
     os.makedirs(cfg.output_dir, exist_ok=True)
 
     run_callbacks = make_callbacks(cfg.output_dir)
     trainer = make_trainer(cfg, chosen, tuned, _training_arguments(cfg, lr, eps, eval_ds is not None), train_ds,
-                           eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []))
+                           eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []), loss_path)
     train_loss, train_seconds, earlier = fit(trainer, resume_from, run_callbacks, cfg.output_dir)
     _raise_if_stopped(run_callbacks["stop"], cfg.output_dir)
     train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
@@ -306,6 +355,8 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     seconds = time.time() - t0
     metrics = _metrics(chosen, tuned, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
                        run_callbacks["clock"].seconds, earlier)
+    if describe_gpu_peaks(metrics):
+        log(describe_gpu_peaks(metrics))
     save(cfg, chosen, tuned, tokenizer, trainer, metrics)
     return TrainResult(cfg.output_dir, chosen.name, metrics["trainable_params"], metrics["total_params"], train_loss,
                        eval_loss, trainer.state.global_step, seconds, trainer.state.log_history)

@@ -15,8 +15,9 @@ from .fastloss import backbone_and_head, response_loss_sum
 
 
 class LLMTrainer(Trainer):
-    def __init__(self, *args, method, fused_loss: bool, **kwargs):
-        self.method, self.fused_loss = method, fused_loss
+    def __init__(self, *args, method, fused_loss: bool, linear_ce=None, **kwargs):
+        # linear_ce: the fused output layer + loss (None: fastloss.py's CPU one; Liger's on CUDA, train/kernels.py)
+        self.method, self.fused_loss, self.linear_ce = method, fused_loss, linear_ce
         super().__init__(*args, **kwargs)
         if self.fused_loss and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             # the fused loss reads the output layer's weight outside that layer's forward, where FSDP / ZeRO-3 hold
@@ -51,7 +52,8 @@ class LLMTrainer(Trainer):
         return self._fused_loss(model, inputs, num_items_in_batch)
 
     def _fused_loss(self, model, inputs, num_items_in_batch):
-        total, n = response_loss_sum(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"])
+        total, n = response_loss_sum(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"],
+                                     inputs.get("position_ids"), self.linear_ce)
         if num_items_in_batch is None:  # not counted by the Trainer: this micro-batch's share of the mean
             num_items_in_batch = n * self.current_gradient_accumulation_steps
         return total / num_items_in_batch

@@ -39,7 +39,27 @@ def _settings(cfg) -> str:
     return s + (f", {extra}" if extra else "")
 
 
+def print_gpu_estimate(cfg) -> None:
+    """`estimate --device cuda` (gpu.py)."""
+    from .gpu import estimate_gpu
+
+    run = cfg.train_config()
+    est = estimate_gpu(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
+                       run.gradient_checkpointing, run, kernels=cfg.kernels)
+    if cfg.json:
+        print(json.dumps({k: v for k, v in est.items() if k != "cpu"}, indent=2))
+        return
+    print(f"{cfg.model}: method {cfg.method}, {_settings(cfg)}, on a CUDA GPU")
+    for label, key in (("tensors at the peak", "tensors"), ("reserved by torch's caching allocator", "reserved"),
+                       ("CUDA context", "context"), ("total (what nvidia-smi shows)", "total")):
+        print(f"  {label:<38}  {_fmt(est[key]):>12}")
+    if est["note"]:
+        print(f"  note: {est['note']}")
+
+
 def print_estimate(cfg) -> None:
+    if getattr(cfg, "device", "cpu") == "cuda":
+        return print_gpu_estimate(cfg)
     est = estimate_config(cfg)
     if cfg.json:
         print(json.dumps(est, indent=2))

@@ -1,0 +1,198 @@
+"""llm-tuning against the seed's recipe on a CUDA GPU, at the seed's model shapes, in one device call.
+
+The project's own version of ../shared/gpu/probe.py (same builds, records and recipe), with --packing and
+--kernels on and off, tokens/s, MFU and peak GPU memory (NVML, CUDA context included) against
+`estimate --device cuda`. Run on the GPU machine from the project root after `bash ../shared/gpu/prepare.sh`
+with EXTRA_WHEELS=liger-kernel==0.8.5 (device call: command
+`PROBE=benchmarks/gpu_throughput.py bash .gpu/run.sh [--only NAME,NAME] [--deadline 480]`, carry [".gpu"]).
+Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdown table at the end.
+Each run is its own process with its own timeout; after --deadline seconds no new run starts.
+
+MFU: 6 FLOPs per parameter per token with checkpointing (forward, recomputed forward, input gradients), 4
+without, over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md). Not yet run: the
+figures in benchmarks/README.md come from a device call, none was available when this was written.
+"""
+import argparse, json, os, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, ".gpu", "data")
+RECIPE = os.path.join(ROOT, ".gpu", "recipe.py")
+W = os.path.join(tempfile.gettempdir(), "gpu-throughput")
+OUT = os.environ.get("OUT", W + "-out")
+PY, T0 = sys.executable, time.time()
+ZH = os.path.join(DATA, "alpaca_gpt4_zh", "alpaca_zh_train.json")
+TOK = os.path.join(DATA, "tokenizers", "llama2")
+MATMUL_RATE = 790e12
+PARAMS = {"bloom": 1.30e9, "llama": 6.74e9}  # Bloom-1b4-zh and Llama-2-7B at the shapes built below
+try:
+    import pynvml
+    pynvml.nvmlInit(); H = pynvml.nvmlDeviceGetHandleByIndex(0)
+except Exception:  # a dry run without a GPU
+    pynvml = None
+
+
+def used_mib():
+    return pynvml.nvmlDeviceGetMemoryInfo(H).used / 2**20 if pynvml else 0.0
+
+
+def record(d):
+    d["t"] = round(time.time() - T0, 1)
+    print(json.dumps(d), flush=True)
+    with open(os.path.join(OUT, "results.jsonl"), "a") as f:
+        f.write(json.dumps(d) + "\n")
+
+
+def _polled(cmd, timeout, env):
+    """(rc, output, peak NVML MiB above the baseline) of one process."""
+    base = used_mib(); peak = [base]; stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], used_mib()); time.sleep(0.05)
+    th = threading.Thread(target=poll, daemon=True); th.start()
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                           env={**os.environ, **(env or {})})
+        rc, out = p.returncode, p.stdout
+    except subprocess.TimeoutExpired as e:
+        rc, out = "timeout", e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    stop.set(); th.join()
+    return rc, out, round(peak[0] - base)
+
+
+def run(name, cmd, timeout, outdir=None, env=None, extra=None):
+    if time.time() - T0 > ARGS.deadline or (ARGS.only and name not in ARGS.only and not name.startswith("build")):
+        return None
+    t = time.time()
+    rc, out, peak = _polled(cmd, timeout, env)
+    with open(os.path.join(OUT, "runs.log"), "a") as f:
+        f.write(f"\n===== {name}: {' '.join(cmd)}\n{out[-6000:]}")
+    d = {"name": name, "rc": rc, "wall_s": round(time.time() - t, 1), "peak_gpu_mib": peak, **(extra or {})}
+    if rc != 0:
+        d["tail"] = [l for l in out.strip().splitlines() if l.strip()][-3:]
+    m = os.path.join(outdir, "metrics.json") if outdir else None
+    if m and os.path.exists(m):
+        r = json.load(open(m))
+        d.update(tokens=r.get("train_tokens"), train_s=r.get("train_seconds"), train_loss=r.get("train_loss"),
+                 reserved_mib=r.get("peak_gpu_reserved_mib"))
+        if r.get("train_seconds"):
+            d["tok_s"] = round(r["train_tokens"] / r["train_seconds"], 1)
+    for line in out.splitlines():  # the recipe's own JSON line
+        if line.startswith('{"recipe"'):
+            r = json.loads(line); d.update(tokens=r["real_tokens"], train_s=r["train_s"], tok_s=r["tokens_per_s"])
+    record(d)
+    return d
+
+
+def build(kind, path):
+    """Random weights at the real shapes, built on the GPU and saved once (probe.py's builds)."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return
+    code = f"""
+import torch
+from transformers import AutoTokenizer
+torch.manual_seed(0)
+if {kind!r} == 'bloom':
+    from transformers import BloomConfig as C, BloomForCausalLM as M
+    cfg, dt = C(hidden_size=2048, n_layer=24, n_head=16, vocab_size=46145, bos_token_id=1, eos_token_id=2, pad_token_id=0), torch.bfloat16
+else:
+    from transformers import LlamaConfig as C, LlamaForCausalLM as M
+    cfg, dt = C(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008,
+                vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2), torch.float16
+with torch.device('cuda'):
+    m = M(cfg).to(dt)
+for p in m.parameters():
+    p.data.normal_(0, 0.02)
+m.save_pretrained({path!r}, max_shard_size='4GB')
+AutoTokenizer.from_pretrained({TOK!r}).save_pretrained({path!r})
+"""
+    run(f"build-{kind}", [PY, "-c", code], 240)
+
+
+def subset(n):
+    path = os.path.join(W, f"zh{n}.json")
+    json.dump(json.load(open(ZH))[:n], open(path, "w"), ensure_ascii=False)
+    return path
+
+
+def estimate_mib(model, flags):
+    """`llm-tuning estimate --device cuda` for the run's memory flags (MiB), None if it fails."""
+    keep = {"--method", "--precision", "--quantization", "--batch-size", "--max-length", "--gradient-checkpointing",
+            "--kernels"}
+    args = [a for k, v in zip(flags[::2], flags[1::2]) if k in keep for a in (k, v)]
+    p = subprocess.run([PY, "-m", "llm_tuning", "estimate", "--model", model, "--device", "cuda", "--json", "true"]
+                       + args, capture_output=True, text=True)
+    return round(json.loads(p.stdout)["total"] / 2**20) if p.returncode == 0 else None
+
+
+def ours(name, model, data, flags, kind, gc, timeout=150):
+    out = os.path.join(W, name)
+    cmd = [PY, "-m", "llm_tuning", "train", "--model", model, "--data", data, "--output-dir", out, "--overwrite",
+           "true", "--save-steps", "100000"] + flags
+    d = run(name, cmd, timeout, out, extra={"estimate_mib": estimate_mib(model, flags)})
+    if d and d.get("tok_s"):
+        d["mfu"] = round(d["tok_s"] * (6 if gc else 4) * PARAMS[kind] / MATMUL_RATE, 3)
+        record({"name": name + ":mfu", "mfu": d["mfu"]})
+    return d
+
+
+def bloom_runs(B):
+    z320 = subset(320)
+    run("recipe-bloom", [PY, RECIPE, B, z320, "bf16"], 150)
+    recipe = ["--method", "lora", "--lora-alpha", "8", "--lora-dropout", "0", "--precision", "bf16", "--batch-size",
+              "1", "--grad-accum", "8", "--max-length", "256", "--epochs", "1"]
+    ours("bloom-recipe-settings", B, z320, recipe, "bloom", False)
+    # ours: the same records in batches of 8 (one step = the recipe's 8 examples), packed, kernels on/off
+    mine = ["--method", "lora", "--lora-alpha", "8", "--lora-dropout", "0", "--precision", "bf16", "--batch-size",
+            "8", "--max-length", "256", "--epochs", "1"]
+    for pk in ("false", "true"):
+        for kn in ("auto", "none"):
+            ours(f"bloom-bs8-packing-{pk}-kernels-{kn}", B, z320, mine + ["--packing", pk, "--kernels", kn], "bloom", False)
+    # transformers' eager Bloom attention in place of the project's SDPA one: does that CPU speed-up win on CUDA?
+    ours("bloom-bs8-speedups-false", B, z320, mine + ["--speedups", "false"], "bloom", False)
+
+
+def llama_runs(L):
+    z64 = subset(64)
+    run("recipe-llama-fp16-gc", [PY, RECIPE, L, z64, "fp16"], 150, env=dict(DTYPE="float16", GC="1", BS="4", GA="1",
+                                                                           MAXLEN="512"))
+    common = ["--method", "lora", "--lora-dropout", "0", "--gradient-checkpointing", "true", "--batch-size", "4",
+              "--max-length", "512", "--epochs", "1"]
+    for prec, quant in (("fp16", None), ("bf16", None), ("fp16", "8bit"), ("bf16", "4bit")):
+        q = ["--quantization", quant] if quant else []
+        for pk, kn in (("false", "none"), ("false", "auto"), ("true", "auto")):
+            if quant and (pk, kn) != ("true", "auto"):
+                continue  # quantised bases: the full GPU path only (time)
+            ours(f"llama-{quant or prec}-gc-packing-{pk}-kernels-{kn}", L, z64, common + ["--precision", prec,
+                 "--packing", pk, "--kernels", kn] + q, "llama", True)
+
+
+def table():
+    rows = [json.loads(l) for l in open(os.path.join(OUT, "results.jsonl"))]
+    tok = {r["name"]: r.get("tok_s") for r in rows}
+    print("\n| run | tokens/s | x recipe | MFU | peak GPU MiB (NVML) | estimate MiB |\n|---|---|---|---|---|---|")
+    for r in rows:
+        if r["name"].startswith(("build", "env")) or r["name"].endswith(":mfu"):
+            continue
+        base = tok.get("recipe-bloom" if "bloom" in r["name"] else "recipe-llama-fp16-gc")
+        ratio = f"{r['tok_s'] / base:.2f}" if r.get("tok_s") and base else ""
+        print(f"| {r['name']} | {r.get('tok_s', '')} | {ratio} | {r.get('mfu', '')} | {r['peak_gpu_mib']} | "
+              f"{r.get('estimate_mib', '')} |")
+
+
+def main():
+    os.makedirs(W, exist_ok=True); os.makedirs(OUT, exist_ok=True)
+    run("env", [PY, "-c", "import torch, transformers, peft, bitsandbytes as b; print(torch.__version__, "
+                "torch.version.cuda, transformers.__version__, peft.__version__, b.__version__, "
+                "torch.cuda.get_device_name()); import liger_kernel; print('liger ok')"], 90)
+    B = os.path.join(W, "bloom1b4"); build("bloom", B); bloom_runs(B)
+    L = os.path.join(W, "llama7b"); build("llama", L); llama_runs(L)
+    table()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated run names (builds always run)")
+    ap.add_argument("--deadline", type=float, default=480)
+    ARGS = ap.parse_args(); ARGS.only = set(filter(None, ARGS.only.split(",")))
+    main()

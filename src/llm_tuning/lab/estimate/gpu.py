@@ -1,0 +1,92 @@
+"""Peak GPU memory of a training run: `llm-tuning estimate --device cuda` ("does it fit on my 24 GB card?").
+
+Built on the CPU estimate's tensor bytes (peak.py: weights, adapter, gradients, AdamW states, activations kept
+for the backward, the transient at the peak), with what differs on a CUDA device:
+- no process RSS; instead the CUDA context (driver state, kernels, cuBLAS handles) that nvidia-smi / NVML show
+  for the process: CUDA_CONTEXT, a typical figure for torch 2.x with lazy module loading on a Hopper GPU (an
+  assumption: not measured by this project, which has no GPU of its own);
+- the caching allocator reserves more than the tensors' peak (2 MiB / 20 MiB segment rounding, blocks split and
+  kept): ALLOCATOR_OVERHEAD of the tensors;
+- Bloom runs the project's SDPA attention (models/speedups.py): on CUDA the memory-efficient kernel keeps q, k, v,
+  its output and a logsumexp per head, not eager attention's [heads x length] probabilities per token and
+  layer (the CPU estimate keeps those: an upper bound there), plus the one bias shared by every layer;
+- the loss: with --kernels auto/liger Liger's fused linear cross-entropy, chunked like the CPU's fused loss (the
+  same memory model); --kernels none the stock loss over all logits;
+- loading is not a GPU peak: weights are moved (and quantised) tensor by tensor.
+
+Held against the peaks measured on an H200 (NVML, CUDA context included; ../shared/gpu/README.md, landed main
+ab613c4) in tests/test_estimate_gpu.py. LLM.int8 (8-bit) measured 16.9 GiB against 14.8 GiB for fp16, while
+this model gives it ~10 GiB: see UNMODELLED_8BIT.
+"""
+
+from __future__ import annotations
+
+from .arch import DTYPE_BYTES, FP32, arch_of, load_config
+from .peak import estimate
+
+CUDA_CONTEXT = 512 * 2**20
+ALLOCATOR_OVERHEAD = 0.05
+UNMODELLED_8BIT = (
+    "8-bit (LLM.int8) peaks above fp16 on the GPU (16.9 vs 14.8 GiB measured) by ~7 GiB this model does not "
+    "explain: the int8 weights are 6.1 GiB, the fp32 norms, embeddings and output layer that "
+    "prepare_model_for_kbit_training makes and the fp32 hidden states are counted; candidates are bitsandbytes "
+    "holding a second copy of the int8 weights (a transposed / column-major CB for the backward, or the fp16 "
+    "outlier columns subB per layer), or a loading transient - unmeasured here (no GPU)")
+
+
+def _bloom_sdpa_delta(a, act: int, batch: int, seq: int, kv_len: int, gc: bool) -> float:
+    """Bytes the SDPA attention keeps minus what the CPU estimate's eager attention keeps (negative), plus the
+    shared [batch, heads, q, kv] bias. Per token and layer, eager: q, k, v copies and the probabilities in fp32
+    and the hidden dtype; SDPA: the fused q/k/v output (q, k, v are views of it), its output, logsumexp."""
+    h, nh, kv_ratio = a.hidden, a.heads, kv_len / seq
+    eager = act * h + 2 * act * h * kv_ratio + nh * kv_len * (FP32 + (act if act != FP32 else 0))
+    sdpa = act * h * (1 + 2 * kv_ratio) + act * h + FP32 * nh
+    layers = 1 if gc else a.layers  # under checkpointing one layer's attention is alive (its recomputation)
+    return (sdpa - eager) * batch * seq * layers + act * batch * nh * seq * kv_len
+
+
+def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size=1, max_length=512,
+                 gradient_checkpointing=False, opts=None, kernels="auto", speedups=True) -> dict:
+    """Peak GPU memory in bytes: {"tensors", "reserved", "context", "total"} plus the CPU estimate it starts from
+    (under "cpu"). kernels: the loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
+    import dataclasses
+
+    from ...config import TrainConfig
+
+    if isinstance(config, str):
+        config = load_config(config)
+    o = opts if opts is not None else TrainConfig(model="-", data="-", output_dir="-", method=method)
+    o = dataclasses.replace(o, fast_loss=(kernels != "none"))
+    cpu = estimate(config, method, precision, quantization, batch_size, max_length, gradient_checkpointing, o)
+    a = arch_of(config)
+    tensors = float(cpu["tensors"])
+    if a.family == "bloom" and speedups:
+        act = FP32 if quantization else DTYPE_BYTES[precision]
+        n = o.num_virtual_tokens
+        seq = max_length + (n if method in ("prompt", "ptuning") else 0)
+        kv_len = seq + (n if method == "prefix" else 0)
+        tensors += _bloom_sdpa_delta(a, act, batch_size, seq, kv_len, gradient_checkpointing)
+    reserved = tensors * (1 + ALLOCATOR_OVERHEAD)
+    return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
+            "total": int(reserved + CUDA_CONTEXT), "cpu": cpu,
+            "note": UNMODELLED_8BIT if quantization == "8bit" else ""}
+
+
+def largest_batch_that_fits(config, method, memory_bytes, precision="fp32", quantization=None, max_length=512,
+                            gradient_checkpointing=False, opts=None, kernels="auto", limit=256) -> int:
+    """The largest micro-batch whose estimated peak fits in memory_bytes (0 if not even 1): what a future
+    `--batch-size auto` asks. The peak grows with the batch, so a doubling then bisection finds it."""
+    def fits(b):
+        return estimate_gpu(config, method, precision, quantization, b, max_length, gradient_checkpointing, opts,
+                            kernels)["total"] <= memory_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo

@@ -1,0 +1,52 @@
+"""`estimate --device cuda` against the peak GPU memory measured on an H200 (NVML, CUDA context included).
+
+Source: ../shared/gpu/README.md, "Measured 2026-12-04 on one H200 (landed main ab613c4)", random weights at the
+real shapes: Llama-2-7B LoRA q/v + gradient checkpointing, batch 4 x 512: fp16 15,127 MiB, 4-bit (bf16)
+7,569 MiB, 8-bit (fp16) 17,259 MiB; Bloom-1b4 LoRA bf16 batch 4 x 512, no checkpointing: 6,251 MiB. Those runs
+used the fused loss (landed main's default), so the estimate is asked for the fused-loss path (kernels auto).
+Their records are not all 512 tokens long (Bloom: Chinese alpaca records, length-grouped), the estimate assumes
+full rows: the goal is +-10 %, the issue's target."""
+
+import pytest
+
+from llm_tuning.config import TrainConfig
+from llm_tuning.lab.estimate.gpu import estimate_gpu, largest_batch_that_fits
+
+MIB = 2**20
+MEASURED = {  # (model, precision, quantisation, checkpointing) -> peak MiB measured
+    ("llama-2-7b", "fp16", None, True): 15127,
+    ("llama-2-7b", "bf16", "4bit", True): 7569,
+    ("bloom-1b4", "bf16", None, False): 6251,
+}
+
+
+def _est(model, precision, quant, gc, kernels="auto", batch=4):
+    o = TrainConfig(model=model, data="-", output_dir="-", method="lora", precision=precision, quantization=quant,
+                    batch_size=batch, max_length=512, gradient_checkpointing=gc)
+    return estimate_gpu(model, "lora", precision, quant, batch, 512, gc, o, kernels=kernels)
+
+
+@pytest.mark.parametrize("key", list(MEASURED), ids=lambda k: f"{k[0]}-{k[2] or k[1]}")
+def test_estimate_within_10_percent_of_the_h200_peaks(key):
+    got = _est(*key)["total"] / MIB
+    assert abs(got / MEASURED[key] - 1) <= 0.10, (got, MEASURED[key])
+
+
+@pytest.mark.xfail(strict=True, reason="LLM.int8 measured 17,259 MiB, above fp16; ~7 GiB of it unexplained "
+                                       "(lab/estimate/gpu.py UNMODELLED_8BIT), unmeasurable without a GPU")
+def test_8bit_estimate_within_10_percent():
+    got = _est("llama-2-7b", "fp16", "8bit", True)["total"] / MIB
+    assert abs(got / 17259 - 1) <= 0.10
+
+
+def test_bloom_sdpa_keeps_less_than_eager_and_the_stock_loss_more():
+    e = _est("bloom-1b4", "bf16", None, False)
+    assert e["tensors"] < e["cpu"]["tensors"] - 2 * 2**30  # the probabilities of 24 layers are not kept
+    assert _est("bloom-1b4", "bf16", None, False, kernels="none")["total"] > e["total"]  # B*L*V fp32 logits
+
+
+def test_largest_batch_that_fits_a_24_gib_card():
+    b = largest_batch_that_fits("llama-2-7b", "lora", 24 * 2**30, "fp16", None, 512, True)
+    assert b >= 1
+    assert _est("llama-2-7b", "fp16", None, True, batch=b)["total"] <= 24 * 2**30
+    assert _est("llama-2-7b", "fp16", None, True, batch=b + 1)["total"] > 24 * 2**30
