@@ -22,6 +22,7 @@ this model gives it ~10 GiB: see UNMODELLED_8BIT.
 from __future__ import annotations
 
 from .arch import DTYPE_BYTES, FP32, arch_of, load_config
+from .params import method_of
 from .peak import estimate
 
 CUDA_CONTEXT = 512 * 2**20
@@ -62,9 +63,9 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
     tensors = float(cpu["tensors"])
     if a.family == "bloom" and speedups:
         act = FP32 if quantization else DTYPE_BYTES[precision]
-        n = o.num_virtual_tokens
-        seq = max_length + (n if method in ("prompt", "ptuning") else 0)
-        kv_len = seq + (n if method == "prefix" else 0)
+        fp = method_of(method).footprint(a, o)  # virtual tokens in the input (prompt, ptuning), the keys (prefix)
+        seq = max_length + fp.input_tokens
+        kv_len = seq + fp.prefix_tokens
         tensors += _bloom_sdpa_delta(a, act, batch_size, seq, kv_len, gradient_checkpointing)
     reserved = tensors * (1 + ALLOCATOR_OVERHEAD)
     return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
