@@ -1,8 +1,9 @@
 # Two commands for a bare machine: `make demo` (the embedded default job) and `make test` (the whole suite).
 PYTHON ?= python3
 VENV := .venv
-# pyproject.toml asks for a torch range (a user's CUDA torch stays); here the CPU build is pinned. Its wheel lies
-# in this machine's /opt/wheels; elsewhere: make demo TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
+# pyproject.toml asks for a torch range (a user's CUDA torch stays); here the CPU build is pinned (the project
+# machine's package index serves it; elsewhere point TORCH_INDEX at PyTorch's CPU wheel index,
+# e.g. make demo TORCH_INDEX=--extra-index-url=<the CPU index URL>)
 TORCH_CONSTRAINT := constraints/torch-cpu.txt
 TORCH_INDEX ?=
 
