@@ -12,7 +12,9 @@ merging are LoRA's (lora.py); each variant says what it changes.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
+import weakref
 
 from .base import Footprint
 from .lora import LoRA, lora_kept
@@ -85,6 +87,7 @@ class PiSSA(LoRA):
         # The start, saved as PEFT's conversion needs it (init_lora_weights True: loading it changes no base weight).
         peft_model.peft_config["default"].init_lora_weights = True
         peft_model._pissa_start = tempfile.mkdtemp(prefix="llm-tuning-pissa-")
+        weakref.finalize(peft_model, shutil.rmtree, peft_model._pissa_start, True)  # gone with the model
         peft_model.save_pretrained(peft_model._pissa_start)
         return peft_model
 
