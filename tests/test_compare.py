@@ -23,6 +23,7 @@ def compare_run(tmp_path_factory):
     cfg = {"title": "test", "model": need_shared(STORIES), "data": need_shared(EN_DATA), "output_dir": str(out),
            "max_steps": 4, "batch_size": 4, "max_length": 96, "heldout_size": 10, "val_size": 8, "eval_records": 2,
            "max_new_tokens": 8, "samples": 2, "seeds": SEEDS, "eval_every": 2, "lr_factors": [1, 3],
+           "lr_extend": 1,  # a 2-rate sweep's best is always an edge: one rate 3x beyond it is added
            "parallel": 2, "threads": 1,  # two runs train at once, one thread each
            "runs": [{"name": "lora-r4", "method": "lora", "lora_r": 4, "lr": [1e-3, 1e-2]},
                     {"name": "prefix-proj", "method": "prefix", "prefix_projection": True, "lr": "auto"},
@@ -49,6 +50,24 @@ def _table(md, first_column):
         if not line.startswith("|---"):
             table.append([c.strip() for c in line.strip("|").split(" | ")])
     return table
+
+
+def test_a_sweep_whose_best_is_an_edge_adds_a_rate_beyond_it(compare_run):
+    out, _, _ = compare_run
+    md = (out / "report.md").read_text()
+    for name, first in (("lora-r4", [1e-3, 1e-2]), ("prefix-proj", [3e-2, 9e-2])):
+        row = _rows(out)[name]
+        grid = row["lr_grid"]
+        assert len(grid) == 3 and set(first) < set(grid), grid
+        added = (set(grid) - set(first)).pop()
+        assert added in (float(f"{max(first) * 3:.3g}"), float(f"{min(first) / 3:.3g}"))
+        assert [s["lr"] for s in row["sweep"]] == grid
+        assert all((out / name / f"lr{added:.3g}-seed{s}" / "result.json").exists() for s in SEEDS)  # trained
+        assert row["bracketed"] == (row["lr"] not in (min(grid), max(grid)))
+        lines = [l for l in md.splitlines() if l.startswith(f"| {name} |")]  # its rows in the tables
+        marked = [l for l in lines if f"| {row['lr']:.3g} (edge) |" in l]  # the quality and the sweep table
+        assert len(marked) == (0 if row["bracketed"] else 2), lines
+    assert ("not bracketed" in md) == any(not _rows(out)[n]["bracketed"] for n in ("lora-r4", "prefix-proj"))
 
 
 def test_base_row_and_mean_std_over_seeds(compare_run):
@@ -96,7 +115,7 @@ def test_rate_is_chosen_on_validation_records_apart_from_the_heldout_ones(compar
     for name, grid in (("lora-r4", [1e-3, 1e-2]), ("prefix-proj", None)):
         row = rows[name]
         sweep = row["sweep"]
-        assert len(sweep) == 2 and (grid is None or [s["lr"] for s in sweep] == grid)
+        assert len(sweep) == 3 and (grid is None or set(grid) < {s["lr"] for s in sweep})  # + one past the edge
         for s in sweep:
             for seed, v in zip(s["seeds"], s["val_losses"]):
                 point = out / name / f"lr{s['lr']:.3g}-seed{seed}"
@@ -148,7 +167,7 @@ def test_broken_method_is_a_failed_row_and_the_others_ran(compare_run):
     broken = json.load(open(out / "broken" / "result.json"))
     assert broken["status"] == "failed" and "no_such_module" in broken["error"]
     assert "broken lr 0.001 seed 0: FAILED" in r.stdout and "broken lr 0.001 seed 1: FAILED" in r.stdout
-    assert "[10/10] " in r.stdout and "[11/10]" not in r.stdout
+    assert "[14/14] " in r.stdout and "[15/14]" not in r.stdout  # 10 points and 2 x 2 past the sweeps' edges
     assert "| broken | lora | failed:" in (out / "report.md").read_text()
     assert "class='failed'" in (out / "report.html").read_text()
 

@@ -180,6 +180,10 @@ class CompareConfig:
                         group=T)
     lr_factors: list = option([1 / 3, 1, 3], "lr: auto sweeps the method's default rate times these factors "
                                              "(default 1/3, 1, 3)", group=T)
+    lr_extend: int = option(2, "a sweep whose best rate is its lowest or highest adds a rate 3x beyond that edge, "
+                               "up to this many per run, until the best has a worse (or diverged) neighbour on "
+                               "each side; the report marks a run whose best is still at an edge", group=T,
+                            range="[0, 10]")
     sweep_seeds: int | None = option(None, "a sweep trains each rate on the first N seeds only (default: all); "
                                            "the chosen rate then trains on every seed", group=T, range="[1, inf)")
     eval_every: int | None = option(None, "validation loss every N steps during training (default: 8 points "

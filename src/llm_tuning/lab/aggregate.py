@@ -38,12 +38,21 @@ def choose_lr(sweep: list[dict]) -> float | None:
     return min(eligible, key=lambda r: r["val_mean"])["lr"] if eligible else None
 
 
+def edge(grid: list[float], chosen: float | None) -> str | None:
+    """"low" or "high" where the chosen rate is the sweep's lowest or highest (its optimum not bracketed), else
+    None (every rate beside it is worse or diverged: choose_lr took the least validation loss)."""
+    if chosen is None or len(grid) < 2:
+        return None
+    return "low" if chosen == min(grid) else "high" if chosen == max(grid) else None
+
+
 def run_row(run: dict, grid: list[float], sweep: list[dict] | None, chosen: float | None, finals: list[dict],
             base: dict | None, estimated_mib, every_point: list[dict]) -> dict:
     """The table's row of one run: figures mean ± std over the seeds at the chosen rate; the training memory from
     the points that were the first of their training process (later ones reuse its allocator's heap) at any rate
     (memory does not depend on the rate)."""
     row = {"name": run["name"], "method": run["method"], "lr_grid": grid, "lr": chosen, "sweep": sweep,
+           "bracketed": None if sweep is None else edge(grid, chosen) is None,
            "estimated_mib": estimated_mib, "points": [f"{p['lr']:.3g}/{p['seed']}" for p in finals]}
     ok = [p for p in finals if p.get("status") == "ok"]
     failed = [p for p in finals if p.get("status") != "ok"]

@@ -21,7 +21,7 @@ import threading
 import time
 
 from ..errors import UserError
-from .aggregate import choose_lr, noise_summary, run_row, sweep_table
+from .aggregate import choose_lr, edge, noise_summary, run_row, sweep_table
 from .points import estimate_mib, evaluate_base, evaluate_point, point_name, read_json, train_points, write_json
 from .settings import load_compare_config, lr_grid
 
@@ -224,11 +224,30 @@ class _Comparison:
         points = self.trained(run, [(lr, s) for lr in grid for s in sweep_seeds])
         sweep = sweep_table(grid, points, sweep_seeds)
         chosen = choose_lr(sweep)
+        points, sweep, chosen = self._bracket(run, points, sweep, chosen, sweep_seeds)
         losses = ", ".join(f"{r['lr']:.3g}: " + (f"{r['val_mean']:.4f}" if r["eligible"] else "failed") for r in sweep)
         self.log(f"    {run['name']}: " + (f"learning rate {chosen:.3g} chosen" if chosen is not None else
                                            "no rate trained") + f" on the mean validation loss ({losses})")
         rest = [s for s in seeds if s not in sweep_seeds] if chosen is not None else []
         points.update(self.trained(run, [(chosen, s) for s in rest]))
+        return points, sweep, chosen
+
+    def _bracket(self, run, points, sweep, chosen, sweep_seeds):
+        """Extend the sweep past the edge its best rate sits at (x3 a step, lr_extend steps at most) until the best
+        has a worse or diverged neighbour on each side."""
+        for _ in range(self.cc.lr_extend):
+            grid = self.grids[run["name"]]
+            side = edge(grid, chosen)
+            if side is None:
+                break
+            lr = float(f"{(max(grid) * 3 if side == 'high' else min(grid) / 3):.3g}")
+            self.grids[run["name"]] = sorted(grid + [lr])
+            with self.lock:
+                self.total += len(sweep_seeds)
+            self.log(f"    {run['name']}: the best rate {chosen:.3g} is the sweep's {side}est: adding {lr:.3g}")
+            points.update(self.trained(run, [(lr, s) for s in sweep_seeds]))
+            sweep = sweep_table(self.grids[run["name"]], points, sweep_seeds)
+            chosen = choose_lr(sweep)
         return points, sweep, chosen
 
     def row(self, run, trained, base: dict) -> dict:
@@ -322,7 +341,8 @@ def run_compare(config_path: str, force: bool = False, log=print, output_dir: st
                "seeds": cc.seeds, "split_seed": cc.split_seed, "train_records": len(cmp.train),
                "val_records": len(cmp.val), "heldout_records": len(cmp.heldout), "eval_every": cmp.eval_every,
                "eval_records": min(cc.eval_records, len(cmp.heldout)), "samples": cc.samples,
-               "lr_factors": cc.lr_factors, "sweep_seeds": cc.sweep_seeds, "heldout": cmp.heldout,
+               "lr_factors": cc.lr_factors, "lr_extend": cc.lr_extend, "sweep_seeds": cc.sweep_seeds,
+               "heldout": cmp.heldout,
                "noise": noise, "timings": timings}
     timings["this invocation up to the report (wall)"] = time.time() - t0
     paths = write_report(cc.output_dir, summary, base, rows)

@@ -163,13 +163,13 @@ def plot_lr_sweep(rows, base, path) -> bool:
         ax.errorbar(lrs, means, yerr=stds, color=col[r["name"]], marker="o", markersize=4, capsize=3,
                     linewidth=1.3, label=r["name"])
         chosen = next((s for s in r["sweep"] if s["lr"] == r.get("lr")), None)
-        if chosen:
-            ax.plot([chosen["lr"]], [chosen["val_mean"]], marker="*", markersize=13, color=col[r["name"]],
-                    markeredgecolor="black", linestyle="none")
+        if chosen:  # a star; hollow where the best rate is still the sweep's edge (not bracketed)
+            ax.plot([chosen["lr"]], [chosen["val_mean"]], marker="*", markersize=13, linestyle="none",
+                    color=col[r["name"]] if r.get("bracketed") is not False else "white", markeredgecolor="black")
     if base and base.get("val_loss") is not None:
         ax.axhline(base["val_loss"], **BASE_STYLE, label="base")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale; star: the rate chosen)")
+    ax.set_xlabel("learning rate (log scale; star: the rate chosen, hollow: still at the sweep's edge)")
     ax.set_ylabel("validation loss after training")
     ax.set_title("Learning-rate sweep: validation loss (never the held-out records)", fontsize=10)
     ax.grid(alpha=0.3, which="both")

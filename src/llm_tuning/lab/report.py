@@ -59,11 +59,18 @@ def _status(r):
     return "ok" if not r.get("error") else f"ok ({r['error']})"
 
 
+def _lr(r) -> str:
+    """The chosen rate; "(edge)" where the sweep's best is still its lowest or highest rate (not bracketed)."""
+    if r.get("lr") is None:
+        return ""
+    return f"{r['lr']:.3g}" + (" (edge)" if r.get("bracketed") is False else "")
+
+
 QUALITY = [
     ("run", lambda r: r["name"]),
     ("method", lambda r: r["method"]),
     ("status", _status),
-    ("lr", lambda r: "" if r.get("lr") is None else f"{r['lr']:.3g}"),
+    ("lr", lambda r: _lr(r)),
     ("seeds", lambda r: ",".join(str(s) for s in r.get("seeds") or [])),
     ("final train loss", lambda r: _ms(r, "final_train_loss", 4)),
     ("validation loss", lambda r: _ms(r, "val_loss", 4)),
@@ -125,6 +132,19 @@ def noise_text(summary, rows) -> list[str]:
     return out
 
 
+def _bracketing(rows, summary) -> str:
+    """Whether every swept run's best rate has a worse (or diverged) neighbour on each side."""
+    swept = [r for r in rows if r.get("sweep") and r.get("lr") is not None]
+    edge = [r["name"] for r in swept if r.get("bracketed") is False]
+    extend = summary.get("lr_extend")
+    if not edge:
+        return (f"Every swept run's chosen rate has a worse or diverged rate on each side (sweeps extended past an "
+                f"edge up to {extend} times, x3 a step).")
+    return (f"{len(edge)} of {len(swept)} swept runs still chose the lowest or highest rate tried after up to "
+            f"{extend} extensions (x3 a step), marked (edge): {', '.join(edge)}. Their optimum is not bracketed: a "
+            f"verdict about them may be the sweep's, not the method's.")
+
+
 def sweep_rows(rows):
     out = []
     for r in rows:
@@ -132,7 +152,7 @@ def sweep_rows(rows):
             continue
         cells = [f"{s['lr']:.3g}: " + (f"{s['val_mean']:.4f}" + (f" ± {s['val_std']:.4f}" if s["val_std"] else "")
                                         if s["eligible"] else "failed") for s in r["sweep"]]
-        out.append([r["name"], r["method"], "; ".join(cells), "" if r.get("lr") is None else f"{r['lr']:.3g}",
+        out.append([r["name"], r["method"], "; ".join(cells), _lr(r),
                     ",".join(str(s) for s in r["sweep"][0]["seeds"])])
     return out
 
@@ -163,7 +183,8 @@ def _blocks(summary, base, rows, images):
     sweeps = sweep_rows(rows)
     if sweeps:
         b += [("h2", "Learning-rate sweep (validation loss, mean ± std over the sweep seeds)"),
-              ("table", (["run", "method", "validation loss per rate", "chosen", "sweep seeds"], sweeps, None))]
+              ("table", (["run", "method", "validation loss per rate", "chosen", "sweep seeds"], sweeps, None)),
+              ("p", _bracketing(rows, summary))]
     b += [("h2", "Time"), ("p", "Seconds per part; training and evaluation summed over the points' own records "
                                  "(a resumed comparison counts the work of earlier invocations too; with parallel > 1 "
                                  "they add up to more than the wall time)."),
