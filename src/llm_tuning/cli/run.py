@@ -43,7 +43,11 @@ def evaluate(cfg):
     if cfg.generate:
         from ..lab.scoring import generation_metrics
 
-        g = generation_metrics(model, tok, records, template, cfg.max_new_tokens, cfg.batch_size, cfg.predictions)
+        from ..infer.engine import Sampling
+
+        sampling = Sampling(cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
+                            no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # greedy
+        g = generation_metrics(model, tok, records, template, sampling, cfg.batch_size, cfg.predictions)
         r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
     if cfg.json:
         print(json.dumps(r))

@@ -38,6 +38,13 @@ class GenerateConfig(LoadConfig):
     temperature: float = option(0.7, "sampling temperature (with --sample)", group=G, range="(0, inf)")
     top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this much probability",
                           group=G, range="(0, 1]")
+    repetition_penalty: float = option(1.0, "against loops: a token already in the prompt or answer has its logit "
+                                            "divided by this (>1: less likely; 1: off; transformers' "
+                                            "RepetitionPenaltyLogitsProcessor, greedy or sampled)", group=G,
+                                       range="(0, inf)")
+    no_repeat_ngram_size: int = option(0, "against loops: no n-gram of this many tokens twice in prompt + answer "
+                                          "(0: off; transformers' NoRepeatNGramLogitsProcessor)", group=G,
+                                       range="[0, inf)")
 
 
 @dataclass
@@ -53,6 +60,8 @@ class EvalConfig(LoadConfig):
     generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
                                    "BLEU-4 on characters", group=E)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
+    repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
+    no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
     predictions: str | None = option(None, "with --generate: write prompt/reference/prediction JSONL here", group=E)
     json: bool = option(False, "print JSON instead of a table", group=E)
 
@@ -237,6 +246,8 @@ class ChatConfig(LoadConfig):
     sample: bool = same_as(GenerateConfig, "sample")
     temperature: float = same_as(GenerateConfig, "temperature")
     top_p: float = same_as(GenerateConfig, "top_p")
+    repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
+    no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
     seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=G,
                               range="[0, 4294967295]")
 

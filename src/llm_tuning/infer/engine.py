@@ -38,15 +38,25 @@ class Sampling:
     top_p: float = _declared("top_p")
     stop: tuple = ()
     seed: int | None = None
+    repetition_penalty: float = _declared("repetition_penalty")  # > 1: tokens already there are less likely
+    no_repeat_ngram_size: int = _declared("no_repeat_ngram_size")  # n > 0: no n-gram twice in prompt + answer
 
     @property
     def greedy(self) -> bool:
         return self.temperature < 1e-5
 
+    def penalties(self) -> list:
+        """transformers' own logits processors for the loop guards asked for (none at their defaults)."""
+        from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+        out = [RepetitionPenaltyLogitsProcessor(self.repetition_penalty)] if self.repetition_penalty != 1.0 else []
+        return out + ([NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size)] if self.no_repeat_ngram_size else [])
+
     @classmethod
     def from_config(cls, cfg) -> "Sampling":
         """From a command's options (--max-new-tokens, --sample, --temperature, --top-p, --seed)."""
-        return cls(cfg.max_new_tokens, cfg.temperature if cfg.sample else 0.0, cfg.top_p, (), getattr(cfg, "seed", None))
+        return cls(cfg.max_new_tokens, cfg.temperature if cfg.sample else 0.0, cfg.top_p, (), getattr(cfg, "seed", None),
+                   cfg.repetition_penalty, cfg.no_repeat_ngram_size)
 
 
 @dataclass
@@ -159,7 +169,8 @@ def stream_generate(model, tokenizer, prompt_ids: list[int], sampling: Sampling,
     text = _Text(tokenizer, sampling.stop, lstrip)
     eos, n, reason = tokenizer.eos_token_id, 0, "length"
     steps = stream_ids(model, [prompt_ids], eos, tokenizer.pad_token_id, budget, do_sample=not sampling.greedy,
-                       temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed)
+                       temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
+                       penalties=sampling.penalties())
     try:
         for (token,) in steps:
             if token is None or token == eos:

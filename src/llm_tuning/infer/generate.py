@@ -27,13 +27,14 @@ def generate(model, tokenizer, records: list[dict], template: str = "default", s
     s = sampling or Sampling()
     prompts = [prompt_ids(tokenizer, r, template) for r in records]
     outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, s.max_new_tokens, batch_size,
-                        do_sample=not s.greedy, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+                        do_sample=not s.greedy, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                        penalties=s.penalties())
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
 
 
 def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,
                  max_new_tokens: int = 128, batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[int]]:
+                 top_p: float = 1.0, seed: int | None = None, penalties=None) -> list[list[int]]:
     """The new token ids of each prompt (its eos included when reached), in the prompts' order. Prompts of
     similar length share a batch (less padding); greedy answers do not depend on the batching."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -42,7 +43,7 @@ def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_i
         rows = order[start:start + batch_size]
         for step in stream_ids(model, [prompts[i] for i in rows], eos_token_id, pad_token_id, max_new_tokens,
                                do_sample=do_sample, temperature=temperature, top_p=top_p,
-                               seed=None if seed is None else seed + start):
+                               seed=None if seed is None else seed + start, penalties=penalties):
             for i, tok in zip(rows, step):
                 if tok is not None:
                     out[i].append(tok)
@@ -51,10 +52,12 @@ def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_i
 
 def stream_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,
                max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int | None = None) -> Iterator[list[int | None]]:
+               seed: int | None = None, penalties=None) -> Iterator[list[int | None]]:
     """Decode one batch, yielding at every step the new token of each prompt (None once a prompt has ended with
     eos). Stops when every prompt has ended or after `max_new_tokens`; closing the iterator stops decoding (a
-    stop string, a client gone). `seed` makes sampling repeatable (a generator of its own, not torch's)."""
+    stop string, a client gone). `seed` makes sampling repeatable (a generator of its own, not torch's).
+    `penalties`: transformers' logits processors against loops (engine.Sampling.penalties), applied to each row's
+    own tokens (its prompt and answer so far, not the padding)."""
     import torch
 
     if not prompts or max_new_tokens <= 0:
@@ -71,14 +74,32 @@ def stream_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id:
     with torch.no_grad():
         step = _Decoder(model)
         logits = step.start(ids, attn)
+        seen = [list(p) for p in prompts]
         for _ in range(max_new_tokens):
+            if penalties:
+                logits = _penalised(logits, seen, penalties)
             nxt = _pick(logits, do_sample, temperature, top_p, gen)
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
             yield [None if f else t for t, f in zip(nxt.tolist(), finished.tolist())]
+            for row, t in zip(seen, nxt.tolist()):
+                row.append(t)
             finished |= nxt == eos_token_id
             if bool(finished.all()):
                 return
             logits = step.next(nxt)
+
+
+def _penalised(logits, seen, penalties):
+    """Each row's next-token logits through the processors, given that row's tokens (a [1, n] history each)."""
+    import torch
+
+    rows = []
+    for i, hist in enumerate(seen):
+        row, ids = logits[i:i + 1].float(), torch.tensor([hist], device=logits.device)
+        for proc in penalties:
+            row = proc(ids, row)
+        rows.append(row)
+    return torch.cat(rows).to(logits.dtype)
 
 
 class _Decoder:

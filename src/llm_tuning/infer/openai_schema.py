@@ -30,6 +30,9 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Optional[Union[Text, list[Text]]] = None
     seed: Optional[int] = Field(None, ge=-2**63, lt=2**64)  # what torch's generator takes
+    # extensions, as vLLM takes them (the openai client passes them in extra_body): loop guards, off by default
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
     stream: bool = False
     stream_options: Optional[dict] = None
     n: int = Field(1, ge=1, le=1, description="one answer per request")

@@ -163,7 +163,8 @@ def _completion_routes(app, adapters, worker, max_new_tokens, request_timeout: f
         param = "messages" if chat else "prompt"
         ids = await _prompt_ids(served, adapters.tokenizer, req, chat, param)
         limit = req.max_tokens or (req.max_completion_tokens if chat else None) or max_new_tokens
-        sampling = Sampling(limit, req.temperature, req.top_p, tuple(req.stop or ()), req.seed)
+        sampling = Sampling(limit, req.temperature, req.top_p, tuple(req.stop or ()), req.seed, req.repetition_penalty,
+                            req.no_repeat_ngram_size)
 
         def work(job):
             adapters.activate(served.name)

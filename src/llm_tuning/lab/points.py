@@ -147,7 +147,9 @@ def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records:
     t = time.time()
     m, tok, _ = load_for_inference(model, adapter)
     loss = response_loss(m, tok, heldout, template, max_length)
-    gen = generation_metrics(m, tok, heldout[:eval_records], template, max_new_tokens,
+    from ..infer.engine import Sampling
+
+    gen = generation_metrics(m, tok, heldout[:eval_records], template, Sampling(max_new_tokens),  # greedy
                              predictions_path=predictions_path)
     return {"heldout_loss": loss["loss"], "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
             "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 
 
-def generation_metrics(model, tokenizer, records, template="default", max_new_tokens=128, batch_size=8,
-                       predictions_path=None) -> dict:
-    """Greedy, batched answers to `records`, scored against their `output` with ROUGE-1/2/L and BLEU-4.
-
-    With `predictions_path`, writes one JSON line per record: prompt, reference, prediction."""
+def generation_metrics(model, tokenizer, records, template, sampling, batch_size=8, predictions_path=None) -> dict:
+    """Batched answers to `records` (`sampling`: an engine.Sampling, greedy unless it samples), scored against their
+    `output` with ROUGE-1/2/L and BLEU-4. With `predictions_path`, writes one JSON line per record: prompt,
+    reference, prediction."""
     from ..data.templates import format_prompt
     from ..infer import generate
     from .metrics import score
 
-    from ..infer.engine import Sampling
-
-    predictions = generate(model, tokenizer, records, template, Sampling(max_new_tokens), batch_size=batch_size)
+    predictions = generate(model, tokenizer, records, template, sampling, batch_size=batch_size)
     references = [r["output"] for r in records]
     if predictions_path:
         with open(predictions_path, "w", encoding="utf-8") as f:
