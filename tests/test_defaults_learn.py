@@ -20,6 +20,7 @@ from llm_tuning.train.heldout import response_loss
 
 MAX_LENGTH = 128
 STEPS = 60
+SEEDS = [0, 1, 2]  # the training seed: initialisation (soft prompts, LoRA's A, ...), order, dropout
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +39,16 @@ def setting(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_each_variant_learns_at_its_defaults(variant, setting, tmp_path):
+def test_each_variant_learns_at_its_defaults(variant, seed, setting, tmp_path):
     data, val_recs, base = setting
     options = dict(VARIANTS[variant])
     cfg = TrainConfig(model=STORIES, data=data, output_dir=str(tmp_path / "out"), max_steps=STEPS,
-                      max_length=MAX_LENGTH, save_steps=10**6, **options)
+                      max_length=MAX_LENGTH, save_steps=10**6, seed=seed, quiet=True, **options)
     result = train(cfg)
     assert result.steps == STEPS
     model, tok, _ = load_for_inference(STORIES, cfg.output_dir)
     after = response_loss(model, tok, val_recs, max_length=MAX_LENGTH)["loss"]
-    print(f"{variant}: held-out loss {base:.4f} -> {after:.4f} ({after - base:+.4f})")
+    print(f"{variant} seed {seed}: held-out loss {base:.4f} -> {after:.4f} ({after - base:+.4f})")
     assert after < base - 0.1, (variant, base, after)
