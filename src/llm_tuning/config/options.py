@@ -103,6 +103,12 @@ def check_ranges(obj, cls_name: str | None = None):
             check_range(f, value, f"{name}({f.name}={value!r})")
 
 
+def declared(cls, name: str):
+    """The default of option `name` as dataclass `cls` declares it: a library type that mirrors some options (a
+    typed slice such as infer.engine.Sampling) takes its defaults from here instead of repeating them."""
+    return cls.__dataclass_fields__[name].default
+
+
 # ---------------------------------------------------------------- reading values
 
 

@@ -18,14 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..config.commands import GenerateConfig
+from ..config.options import declared
 from ..errors import UserError
-
-
-def _declared(name: str):
-    """The default of generation option `name` as the command line declares it (config/commands.py)."""
-    from ..config.commands import GenerateConfig
-
-    return GenerateConfig.__dataclass_fields__[name].default
 
 
 @dataclass
@@ -33,13 +28,13 @@ class Sampling:
     """How to decode: the typed slice of the generation options that library calls take. temperature 0 is greedy
     (the default, as the commands' without --sample); stop strings end the answer (they are not part of it)."""
 
-    max_new_tokens: int = _declared("max_new_tokens")
+    max_new_tokens: int = declared(GenerateConfig, "max_new_tokens")
     temperature: float = 0.0
-    top_p: float = _declared("top_p")
+    top_p: float = declared(GenerateConfig, "top_p")
     stop: tuple = ()
     seed: int | None = None
-    repetition_penalty: float = _declared("repetition_penalty")  # > 1: tokens already there are less likely
-    no_repeat_ngram_size: int = _declared("no_repeat_ngram_size")  # n > 0: no n-gram twice in prompt + answer
+    repetition_penalty: float = declared(GenerateConfig, "repetition_penalty")  # > 1: tokens already there are less likely
+    no_repeat_ngram_size: int = declared(GenerateConfig, "no_repeat_ngram_size")  # n > 0: no n-gram twice in prompt + answer
 
     @property
     def greedy(self) -> bool:

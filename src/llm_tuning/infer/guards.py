@@ -20,14 +20,9 @@ import hmac
 import json
 from dataclasses import dataclass
 
+from ..config.commands import ServeConfig
+from ..config.options import declared
 from . import openai_schema as S
-
-
-def _declared(name: str):
-    """The default of `serve` option `name` as config/commands.py declares it (with its help)."""
-    from ..config.commands import ServeConfig
-
-    return ServeConfig.__dataclass_fields__[name].default
 
 
 @dataclass
@@ -35,13 +30,13 @@ class Limits:
     """The server's bounds: the typed slice of the `serve` options of the same names, their defaults the options'
     (0: no bound where allowed)."""
 
-    max_queue: int = _declared("max_queue")  # generations waiting behind the running one; more get 429
-    request_timeout: float = _declared("request_timeout")  # from a request's arrival to the end of its answer
-    max_body_bytes: int = _declared("max_body_bytes")
-    receive_timeout: float = _declared("receive_timeout")  # a request's head (from connection or last answer), body
-    keep_alive_timeout: float = _declared("keep_alive_timeout")  # uvicorn's timeout_keep_alive
-    max_connections: int = _declared("max_connections")  # uvicorn's limit_concurrency: past it, requests get 503
-    shutdown_timeout: float = _declared("shutdown_timeout")  # after SIGTERM, for the running generation to finish
+    max_queue: int = declared(ServeConfig, "max_queue")  # generations waiting behind the running one; more get 429
+    request_timeout: float = declared(ServeConfig, "request_timeout")  # from a request's arrival to the end of its answer
+    max_body_bytes: int = declared(ServeConfig, "max_body_bytes")
+    receive_timeout: float = declared(ServeConfig, "receive_timeout")  # a request's head (from connection or last answer), body
+    keep_alive_timeout: float = declared(ServeConfig, "keep_alive_timeout")  # uvicorn's timeout_keep_alive
+    max_connections: int = declared(ServeConfig, "max_connections")  # uvicorn's limit_concurrency: past it, requests get 503
+    shutdown_timeout: float = declared(ServeConfig, "shutdown_timeout")  # after SIGTERM, for the running generation to finish
 
     @classmethod
     def from_config(cls, cfg) -> "Limits":

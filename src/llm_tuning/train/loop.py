@@ -102,13 +102,13 @@ def data(cfg: TrainConfig, tokenizer, train_recs, val_recs):
     return train_ds, eval_ds
 
 
-def model(cfg: TrainConfig, tokenizer, loss_path: str = "fused"):
-    """The base, loaded in its precision or quantised."""
+def model(cfg: TrainConfig, chosen, tokenizer, loss_path: str = "fused"):
+    """The base, loaded in its precision or quantised (with the kernels and packing `chosen` trains with)."""
     from ..models.load import load_model
 
     base = load_model(cfg.model, cfg.precision, cfg.trust_remote_code, cfg.quantization, cfg.int8_threshold,
                       speedups=cfg.speedups)
-    _gpu_path_model_hooks(cfg, base, loss_path)
+    _gpu_path_model_hooks(cfg, chosen, base, loss_path)
     if cfg.quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -132,10 +132,8 @@ def method(cfg: TrainConfig, chosen, base):
     return tuned
 
 
-def _gpu_path_model_hooks(cfg, model, loss_path):
+def _gpu_path_model_hooks(cfg, chosen, model, loss_path):
     """Liger's layer kernels on the base (train/kernels.py); packing's model checks."""
-    from ..methods import get_method
-
     if loss_path == "liger":
         from .kernels import apply_liger
 
@@ -143,8 +141,7 @@ def _gpu_path_model_hooks(cfg, model, loss_path):
     if cfg.packing:
         from ..data.packing import check_packing, prepare_model
 
-        check_packing(get_method(cfg.method), model.config.model_type, cfg.speedups,
-                      model.config._attn_implementation)
+        check_packing(chosen, model.config.model_type, cfg.speedups, model.config._attn_implementation)
         log(f"packing: each micro-batch's examples in one row; {prepare_model(model)}")
 
 
@@ -333,7 +330,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
 
     rss_before_model = reset_peak_rss_mib()
     reset_peak_gpu()
-    tuned = method(cfg, chosen, model(cfg, tokenizer, loss_path))
+    tuned = method(cfg, chosen, model(cfg, chosen, tokenizer, loss_path))
     lr = cfg.lr if cfg.lr is not None else chosen.default_lr
     eps = _choose_epsilon(tuned, cfg)
     collator = make_collator(tokenizer)

@@ -127,6 +127,15 @@ def _fused_output_layer(a: Arch, fp: Footprint, act, p, batch_size, seq, t) -> t
     return kept, forward, backward
 
 
+def _trained(m, fp: Footprint, p: int) -> tuple:
+    """(bytes per trained element, trainable weights, gradients, optimizer state) in bytes. PEFT adapters train in
+    fp32 (Method.prepare); full and BitFit train the base's own tensors in its precision; BitFit's zero biases
+    for Llama are new tensors beside the base weights. AdamW: exp_avg and exp_avg_sq, like the parameters."""
+    train_bytes = p if m.in_base_dtype else FP32
+    trainable_weights = fp.trainable * FP32 if not m.in_base_dtype else fp.added * p
+    return train_bytes, trainable_weights, fp.trainable * train_bytes, 2 * fp.trainable * train_bytes
+
+
 def _first_layer_grads(a: Arch, fp: Footprint, gradients, p) -> float:
     """Gradients not yet written while the first layer's backward runs (its own; full: also the embedding's)."""
     if fp.linear_weights:
@@ -182,11 +191,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     n_train, n_total = fp.trainable, count_params(a)
     base_weights, largest_linear = _weights(a, p, quantization)
     weights = base_weights + fp.buffers  # the adapter's frozen tensors (VeRA's projections) beside the base's
-    # PEFT adapters train in fp32 (Method.prepare); full and BitFit train the base's own tensors in its precision;
-    # BitFit's zero biases for Llama are new tensors beside the base weights. AdamW: exp_avg and exp_avg_sq.
-    train_bytes = p if m.in_base_dtype else FP32
-    trainable_weights = n_train * FP32 if not m.in_base_dtype else fp.added * p
-    gradients, optimizer = n_train * train_bytes, 2 * n_train * train_bytes
+    train_bytes, trainable_weights, gradients, optimizer = _trained(m, fp, p)
 
     # Hidden-state dtype: the precision, except over a quantised base, where the embeddings and norms are fp32
     # (prepare_model_for_kbit_training) and bitsandbytes returns each matmul in its input's dtype.
