@@ -153,11 +153,13 @@ def test_table_has_every_column_filled_for_ok_runs(compare_run):
     headers = [l for l in md.splitlines() if l.startswith("| run |")]
     for col in ("held-out loss", "ROUGE-L", "BLEU-4", "final train loss", "Δ loss vs base", "lr", "seeds"):
         assert col in headers[0]
+    for col in ("answer tokens", "% at the token limit", "% empty", "% repeated trigrams"):
+        assert col in headers[1]
     for col in ("trainable params", "trainable %", "adapter size", "training memory MiB (measured)",
                 "training memory MiB (estimated)", "train tokens/s", "wall s", "mergeable"):
-        assert col in headers[1]
-    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora |")]  # quality, cost (and sweep) rows
-    assert len(ok_rows) == 3 and all("|  |" not in l for l in ok_rows)  # no empty cell
+        assert col in headers[2]
+    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora |")]  # quality, answers, cost, sweep
+    assert len(ok_rows) == 4 and all("|  |" not in l for l in ok_rows)  # no empty cell
     assert cost[0][0] == "run" and "## Sample generations" in md and md.count("- *reference*:") == 2
     assert "## Time" in md and "base evaluation" in md and "learning-rate sweep" in md
 

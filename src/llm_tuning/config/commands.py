@@ -170,9 +170,17 @@ class CompareConfig:
     budget_tokens: int | None = option(None, "training tokens per run; the steps follow from the records' mean "
                                              "length", group=T, range="[1, inf)")
     max_steps: int | None = option(None, "steps per run instead of budget_tokens", group=T, range="[1, inf)")
+    budgets: list = option([1], "multiples of the budget (budget_tokens or max_steps) to compare at, e.g. [1, 4]: "
+                                "each a whole comparison in budget-Nx/, the report says whether the order of the "
+                                "methods holds between them", group=T)
     eval_records: int = option(20, "held-out records answered for ROUGE / BLEU", group=E, range="[0, inf)")
     max_new_tokens: int = option(64, "answer length limit for ROUGE / BLEU", group=E, range="[1, inf)")
-    samples: int = option(3, "sample answers shown in the report", group=E, range="[0, inf)")
+    samples: int = option(3, "sample answers shown in the report, the base model's beside each run's", group=E,
+                          range="[0, inf)")
+    quote_records: bool = option(True, "the samples quote the held-out record's instruction and reference (false: "
+                                       "the answers alone, for data whose licence forbids quoting it)", group=E)
+    repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
+    no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
     title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=E)
     common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=T)
     heldout_size: float = option(0.1, "held-out records of the table (a fraction or a count): every run and the "

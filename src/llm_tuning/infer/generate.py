@@ -21,6 +21,12 @@ def generate(model, tokenizer, records: list[dict], template: str = "default", s
              batch_size: int = 8) -> list[str]:
     """Answers for records (the `output` field is ignored; `system` and `history` lead, as in training).
     `sampling`: an engine.Sampling (default: greedy, the commands' default length); stops at eos."""
+    return answer_ids(model, tokenizer, records, template, sampling, batch_size)[0]
+
+
+def answer_ids(model, tokenizer, records: list[dict], template: str = "default", sampling=None,
+               batch_size: int = 8) -> tuple[list[str], list[list[int]]]:
+    """generate()'s answers and the token ids each was decoded from (its eos included where the model ended it)."""
     from ..data.tokenize import prompt_ids
     from .engine import Sampling
 
@@ -29,7 +35,7 @@ def generate(model, tokenizer, records: list[dict], template: str = "default", s
     outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, s.max_new_tokens, batch_size,
                         do_sample=not s.greedy, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                         penalties=s.penalties())
-    return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+    return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs], outs
 
 
 def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,

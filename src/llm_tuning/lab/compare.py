@@ -23,7 +23,7 @@ import time
 from ..errors import UserError
 from .aggregate import choose_lr, edge, noise_summary, run_row, sweep_table
 from .points import estimate_mib, evaluate_base, evaluate_point, point_name, read_json, train_points, write_json
-from .settings import load_compare_config, lr_grid
+from .settings import budget_folder, load_compare_config, lr_grid
 
 __all__ = ["load_compare_config", "run_compare", "split_three_ways", "arranged_for_seed"]
 
@@ -58,10 +58,11 @@ def arranged_for_seed(train: list[dict], val: list[dict], seed: int) -> list[dic
     return arranged
 
 
-def _steps_for_budget(cc, shared: dict, train_records: list[dict]) -> int:
-    """Steps giving about `budget_tokens` real training tokens (all runs get the same steps, so the same tokens)."""
+def _steps_for_budget(cc, shared: dict, train_records: list[dict], budget: float = 1.0) -> int:
+    """Steps giving about `budget` x `budget_tokens` real training tokens (all runs get the same steps, so the same
+    tokens)."""
     if cc.max_steps:
-        return int(cc.max_steps)
+        return max(1, round(cc.max_steps * budget))
     from ..data.cache import tokenized_dataset
     from ..data.tokenize import prepare_tokenizer
     from ..models.load import load_tokenizer
@@ -72,19 +73,22 @@ def _steps_for_budget(cc, shared: dict, train_records: list[dict]) -> int:
                               shared.get("cache", True), log=lambda m: None)
     mean = sum(len(x) for x in ds["input_ids"]) / max(1, len(ds))
     per_step = mean * shared["batch_size"] * shared.get("grad_accum", 1)
-    return max(1, round(cc.budget_tokens / per_step))
+    return max(1, round(cc.budget_tokens * budget / per_step))
 
 
 class _Comparison:
     """The state of one `compare` invocation: settings, split, data files, counters and timings."""
 
-    def __init__(self, config_path: str, force: bool, log, output_dir: str | None = None):
+    def __init__(self, config_path: str, force: bool, log, output_dir: str, budget: float = 1.0,
+                 centres: dict | None = None):
+        """output_dir: this comparison's folder (a budget's own with several budgets); centres: {run name: rate}
+        that `lr: auto` sweeps around instead of the method's default (the rate chosen at the budget before)."""
         from ..data.formats import load_records
 
         t = time.time()
         self.cc, self.shared = load_compare_config(config_path)
-        self.cc.output_dir = _output_dir(self.cc.output_dir, output_dir, log)
-        self.force, self.log, self.out = force, log, self.cc.output_dir
+        self.cc.output_dir = output_dir
+        self.force, self.log, self.out, self.budget = force, log, output_dir, budget
         records = load_records(self.cc.data, self.shared.get("skip_bad_records", False),
                                encoding=self.shared.get("encoding")).records
         try:
@@ -94,10 +98,10 @@ class _Comparison:
                             f"of {len(records)} records: {e}") from None
         self.split = {"train": tr, "validation": va, "heldout": ho}
         self.train, self.val, self.heldout = ([records[i] for i in part] for part in (tr, va, ho))
-        self.grids = {r["name"]: lr_grid(r, self.cc) for r in self.cc.runs}
+        self.grids = {r["name"]: lr_grid(r, self.cc, (centres or {}).get(r["name"])) for r in self.cc.runs}
         if not self.val and any(len(g) > 1 for g in self.grids.values()):
             raise UserError(f"{config_path}: a learning-rate sweep needs validation records (val_size > 0)")
-        self.steps = _steps_for_budget(self.cc, self.shared, self.train)
+        self.steps = _steps_for_budget(self.cc, self.shared, self.train, budget)
         self.eval_every = self.cc.eval_every or max(1, self.steps // 8)
         self.timings = {"split and tokenisation": time.time() - t}
         self.done, self.total = 0, sum(self._points_of(r) for r in self.cc.runs)
@@ -133,7 +137,11 @@ class _Comparison:
                    {"data": self.cc.data, "split_seed": self.cc.split_seed, **self.split})
 
     def _eval_args(self):
-        return (self.heldout, self.cc.eval_records, self.cc.max_new_tokens, self.shared.get("template", "default"),
+        from ..infer.engine import Sampling
+
+        sampling = Sampling(self.cc.max_new_tokens, repetition_penalty=self.cc.repetition_penalty,  # greedy
+                            no_repeat_ngram_size=self.cc.no_repeat_ngram_size)
+        return (self.heldout, self.cc.eval_records, sampling, self.shared.get("template", "default"),
                 self.shared.get("max_length", 512))
 
     def base(self) -> dict:
@@ -320,15 +328,17 @@ def _line_logger(log):
     return say
 
 
-def run_compare(config_path: str, force: bool = False, log=print, output_dir: str | None = None) -> dict:
+def _compare_at(cmp: _Comparison, base_row: dict | None = None) -> dict:
+    """One budget's comparison: the base, every run's sweep and seeds, the report in cmp.out."""
     t0 = time.time()
-    log = _line_logger(log)
-    cmp = _Comparison(config_path, force, log, output_dir)
     cmp.prepare_folders()
-    cc = cmp.cc
+    cc, log = cmp.cc, cmp.log
     log(f"compare: {len(cc.runs)} runs x {len(cc.seeds)} seeds on {cc.model}, {len(cmp.train)} training / "
         f"{len(cmp.val)} validation / {len(cmp.heldout)} held-out records, {cmp.steps} steps of "
         f"{cmp.shared['batch_size']} each, {cmp.total} trainings")
+    if base_row is not None and read_json(os.path.join(cmp.out, "base", "result.json")) is None:
+        os.makedirs(os.path.join(cmp.out, "base"), exist_ok=True)  # the same model on the same records
+        write_json(os.path.join(cmp.out, "base", "result.json"), base_row)
     base = cmp.base()
     rows = cmp.rows(base)
     noise = noise_summary(rows)
@@ -338,15 +348,39 @@ def run_compare(config_path: str, force: bool = False, log=print, output_dir: st
 
     summary = {"title": cc.title or f"Method comparison on {os.path.basename(cc.model.rstrip('/'))}",
                "model": cc.model, "data": cc.data, "steps": cmp.steps, "batch_size": cmp.shared["batch_size"],
-               "seeds": cc.seeds, "split_seed": cc.split_seed, "train_records": len(cmp.train),
+               "budget": cmp.budget, "seeds": cc.seeds, "split_seed": cc.split_seed, "train_records": len(cmp.train),
                "val_records": len(cmp.val), "heldout_records": len(cmp.heldout), "eval_every": cmp.eval_every,
                "eval_records": min(cc.eval_records, len(cmp.heldout)), "samples": cc.samples,
+               "quote_records": cc.quote_records, "max_new_tokens": cc.max_new_tokens,
+               "repetition_penalty": cc.repetition_penalty, "no_repeat_ngram_size": cc.no_repeat_ngram_size,
                "lr_factors": cc.lr_factors, "lr_extend": cc.lr_extend, "sweep_seeds": cc.sweep_seeds,
-               "heldout": cmp.heldout,
-               "noise": noise, "timings": timings}
+               "heldout": cmp.heldout, "noise": noise, "timings": timings}
     timings["this invocation up to the report (wall)"] = time.time() - t0
-    paths = write_report(cc.output_dir, summary, base, rows)
-    write_json(os.path.join(cc.output_dir, "compare.json"),
+    paths = write_report(cmp.out, summary, base, rows)
+    write_json(os.path.join(cmp.out, "compare.json"),
                {**{k: v for k, v in summary.items() if k != "heldout"}, "base": base, "runs": rows})
     log(f"report: {paths['md']} and {paths['html']}")
-    return {"results": rows, "base": base, **paths}
+    return {"results": rows, "base": base, "summary": summary, **paths}
+
+
+def run_compare(config_path: str, force: bool = False, log=print, output_dir: str | None = None) -> dict:
+    """The comparison at each of the YAML's budgets; with several, each in budget-Nx/ (its sweeps centred on the
+    rates chosen at the budget before), and a report across them in the output folder."""
+    log = _line_logger(log)
+    cc, _ = load_compare_config(config_path)
+    out = _output_dir(cc.output_dir, output_dir, log)
+    if cc.budgets == [1]:
+        return _compare_at(_Comparison(config_path, force, log, out))
+    done, centres, base = [], {}, None
+    for b in sorted(cc.budgets):
+        log(f"compare: budget {b:g}x")
+        cmp = _Comparison(config_path, force, log, os.path.join(out, budget_folder(b)), b, centres)
+        result = _compare_at(cmp, base)
+        base = result["base"]
+        centres = {r["name"]: r["lr"] for r in result["results"] if r.get("lr") is not None}
+        done.append(result)
+    from .budgets import write_budget_report
+
+    paths = write_budget_report(out, cc, done)
+    log(f"report across budgets: {paths['md']} and {paths['html']}")
+    return {"results": [r["results"] for r in done], "base": base, "budgets": done, **paths}

@@ -32,7 +32,7 @@ def markdown(blocks) -> str:
         elif kind == "samples":
             md += ["## Sample generations", ""]
             for instr, ref, preds in c:
-                md += [f"**Instruction:** {md_cell(instr)}", "", f"- *reference*: {md_cell(ref)}"]
+                md += [f"**Instruction:** {md_cell(instr)}", ""] + ([f"- *reference*: {md_cell(ref)}"] if ref else [])
                 md += [f"- **{name}**: {md_cell(p) or '(empty)'}" for name, p in preds] + [""]
     return "\n".join(md) + "\n"
 
@@ -63,7 +63,7 @@ def html_page(blocks, title) -> str:
         elif kind == "samples":
             h.append("<h2>Sample generations</h2>")
             for instr, ref, preds in c:
-                h.append(f"<h3>{e(instr)}</h3><ul><li><i>reference</i>: {e(ref)}</li>"
+                h.append(f"<h3>{e(instr)}</h3><ul>" + (f"<li><i>reference</i>: {e(ref)}</li>" if ref else "")
                          + "".join(f"<li><b>{e(n)}</b>: {e(p) or '(empty)'}</li>" for n, p in preds) + "</ul>")
     h.append("</body></html>")
     return "\n".join(h)

@@ -178,3 +178,36 @@ def plot_lr_sweep(rows, base, path) -> bool:
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def plot_budgets(done: list[dict], path: str):
+    """Held-out loss (mean ± std over seeds) against the training budget, one line per run, the base dashed."""
+    plt = _plt()
+    first = done[0]["results"]
+    col = colors(first)
+    xs = [d["summary"]["budget"] for d in done]
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    for run in first:
+        pts = []
+        for x, d in zip(xs, done):
+            r = next((y for y in d["results"] if y["name"] == run["name"]), None)
+            if r and r.get("status") == "ok" and r.get("heldout_loss") is not None:
+                pts.append((x, r["heldout_loss"], r.get("heldout_loss_std") or 0))
+        if pts:
+            bx, means, stds = zip(*pts)
+            ax.errorbar(bx, means, yerr=stds, color=col[run["name"]], marker="o", markersize=4, capsize=3,
+                        linewidth=1.3, label=run["name"])
+    base = done[0]["base"]
+    if base.get("status") == "ok":
+        ax.axhline(base["heldout_loss"], **BASE_STYLE, label="base")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}x ({d['summary']['steps']} steps)" for x, d in zip(xs, done)])
+    ax.minorticks_off()
+    ax.set_xlabel("training budget (tokens; log scale)")
+    ax.set_ylabel("held-out loss (lower is better)")
+    ax.set_title("Held-out loss against the training budget (mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_outside(fig, ax)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)

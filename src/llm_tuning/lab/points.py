@@ -137,9 +137,10 @@ def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None 
     return [rows[i] for i in range(len(jobs))]
 
 
-def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, max_new_tokens: int,
-             template: str, max_length: int, predictions_path: str | None) -> dict:
-    """Held-out response loss on every held-out record, ROUGE / BLEU of greedy answers to the first eval_records."""
+def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, sampling, template: str,
+             max_length: int, predictions_path: str | None) -> dict:
+    """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: an
+    engine.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends)."""
     from ..infer import load_for_inference
     from ..train.heldout import response_loss
     from .scoring import generation_metrics
@@ -147,26 +148,23 @@ def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records:
     t = time.time()
     m, tok, _ = load_for_inference(model, adapter)
     loss = response_loss(m, tok, heldout, template, max_length)
-    from ..infer.engine import Sampling
-
-    gen = generation_metrics(m, tok, heldout[:eval_records], template, Sampling(max_new_tokens),  # greedy
-                             predictions_path=predictions_path)
+    gen = generation_metrics(m, tok, heldout[:eval_records], template, sampling, predictions_path=predictions_path)
     return {"heldout_loss": loss["loss"], "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
             "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
-            "eval_s": round(time.time() - t, 1)}
+            **gen["answers"], "eval_s": round(time.time() - t, 1)}
 
 
-def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, max_new_tokens, template,
+def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, sampling, template,
                    max_length) -> dict:
     try:
-        row.update(evaluate(model, run_dir, heldout, eval_records, max_new_tokens, template, max_length,
+        row.update(evaluate(model, run_dir, heldout, eval_records, sampling, template, max_length,
                             os.path.join(run_dir, "predictions.jsonl")))
     except Exception as e:  # an evaluation failure is this point's failure, not the comparison's
         row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return row
 
 
-def evaluate_base(model: str, heldout, validation, eval_records, max_new_tokens, template, max_length,
+def evaluate_base(model: str, heldout, validation, eval_records, sampling, template, max_length,
                   out_dir: str) -> dict:
     """The untouched model, once: held-out loss and scores as for every run, plus its validation loss."""
     from ..infer import load_for_inference
@@ -175,7 +173,7 @@ def evaluate_base(model: str, heldout, validation, eval_records, max_new_tokens,
     os.makedirs(out_dir, exist_ok=True)
     t = time.time()
     row = {"name": "base", "method": "none (untouched model)", "status": "ok"}
-    row.update(evaluate(model, None, heldout, eval_records, max_new_tokens, template, max_length,
+    row.update(evaluate(model, None, heldout, eval_records, sampling, template, max_length,
                         os.path.join(out_dir, "predictions.jsonl")))
     m, tok, _ = load_for_inference(model, None)
     row["val_loss"] = response_loss(m, tok, validation, template, max_length)["loss"] if validation else None

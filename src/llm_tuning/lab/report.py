@@ -82,6 +82,16 @@ QUALITY = [
     ("BLEU-4", lambda r: _ms(r, "bleu_4", 2)),
     ("Δ BLEU-4", lambda r: _delta(r, "bleu_4", 2)),
 ]
+ANSWERS = [
+    ("run", lambda r: r["name"]),
+    ("method", lambda r: r["method"]),
+    ("held-out loss", lambda r: _ms(r, "heldout_loss", 4)),
+    ("ROUGE-L", lambda r: _ms(r, "rouge_l", 2)),
+    ("answer tokens", lambda r: _ms(r, "answer_tokens", 1)),
+    ("% at the token limit", lambda r: _ms(r, "answers_at_limit", 0)),
+    ("% empty", lambda r: _ms(r, "answers_empty", 0)),
+    ("% repeated trigrams", lambda r: _ms(r, "repeated_trigrams", 1)),
+]
 COST = [
     ("run", lambda r: r["name"]),
     ("method", lambda r: r["method"]),
@@ -106,6 +116,37 @@ def _base_row(base):
 
 def quality_rows(base, rows):
     return [[fn(r) for _, fn in QUALITY] for r in [_base_row(base)] + rows]
+
+
+def answer_rows(base, rows):
+    return [[fn(r) for _, fn in ANSWERS] for r in [_base_row(base)] + rows]
+
+
+def _rho_text(rows, key) -> str:
+    from .budgets import spearman
+
+    ok = [r for r in rows if r.get("rouge_l") is not None and r.get(key) is not None]
+    rho = spearman([r["rouge_l"] for r in ok], [r[key] for r in ok])
+    return "n/a" if rho is None else f"{rho:+.2f}"
+
+
+def answers_text(summary, base, rows) -> str:
+    """Why greedy ROUGE can fall while the loss improves, from this comparison's own figures."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("rouge_l") is not None and r.get("heldout_loss")]
+    if not ok or not base or base.get("status") != "ok" or base.get("answer_tokens") is None:
+        return ""
+    worse = [r["name"] for r in ok if r["heldout_loss"] < base["heldout_loss"] and r["rouge_l"] < base["rouge_l"]]
+    text = (f"ROUGE-L scores {summary['eval_records']} greedy answers of at most {summary['max_new_tokens']} new "
+            f"tokens against the references; the loss scores every reference token. Across the {len(ok)} runs, "
+            f"ROUGE-L's rank correlation with the held-out loss is {_rho_text(ok, 'heldout_loss')} (negative: lower "
+            f"loss, higher ROUGE), with the answers' length {_rho_text(ok, 'answer_tokens')}, with the share of "
+            f"repeated trigrams {_rho_text(ok, 'repeated_trigrams')}. The base model answers "
+            f"{base['answer_tokens']:.1f} tokens on average ({base['answers_at_limit']:.0f} % run to the limit, "
+            f"{base['repeated_trigrams']:.1f} % repeated trigrams).")
+    if worse:
+        text += (f" {len(worse)} run(s) lower the loss but score below the base's ROUGE-L: {', '.join(worse)}; "
+                 f"compare their answer length, empty answers and loops in the table with the base's.")
+    return text
 
 
 def cost_rows(rows):
@@ -157,6 +198,14 @@ def sweep_rows(rows):
     return out
 
 
+def _decoding(summary) -> str:
+    guards = [f"repetition penalty {summary['repetition_penalty']:g}" if summary.get("repetition_penalty", 1) != 1
+              else "", f"no repeated {summary['no_repeat_ngram_size']}-grams" if summary.get("no_repeat_ngram_size")
+              else ""]
+    guards = [g for g in guards if g] or ["no loop guard"]
+    return f"at most {summary.get('max_new_tokens', '?')} new tokens, " + ", ".join(guards)
+
+
 def _setup(summary) -> str:
     return (f"Model `{summary['model']}`; data `{summary['data']}`, split once (seed {summary['split_seed']}) into "
             f"{summary['train_records']} training, {summary['val_records']} validation and "
@@ -166,7 +215,7 @@ def _setup(summary) -> str:
             f"(least mean validation loss after training; the validation loss is also measured every "
             f"{summary['eval_every']} steps); the table reports the held-out records, which choose nothing: "
             f"held-out loss on all of them, ROUGE-L / BLEU-4 of greedy answers to the first "
-            f"{summary['eval_records']}. Figures are mean ± standard deviation over the seeds at the chosen rate. "
+            f"{summary['eval_records']} ({_decoding(summary)}). Figures are mean ± standard deviation over the seeds at the chosen rate. "
             f"Training memory: peak RSS above the process's RSS just before the model was loaded (measured on the "
             f"first point of each training process: the points of a run train one after another in one process), and "
             f"`llm-tuning estimate` from the config alone (estimated).")
@@ -178,6 +227,9 @@ def _blocks(summary, base, rows, images):
     b = [("h1", summary["title"]), ("p", _setup(summary)),
          ("h2", "Quality (mean ± std over seeds; the base model first)"),
          ("table", ([c for c, _ in QUALITY], quality_rows(base, rows), [_base_row(base)] + rows)),
+         ("h2", "Answers: what the scored generations are like (mean ± std over seeds)"),
+         ("table", ([c for c, _ in ANSWERS], answer_rows(base, rows), [_base_row(base)] + rows)),
+         ("p", answers_text(summary, base, rows)),
          ("h2", "Cost"), ("table", ([c for c, _ in COST], cost_rows(rows), rows)),
          ("h2", "Which differences are within noise")] + [("p", line) for line in noise_text(summary, rows)]
     sweeps = sweep_rows(rows)
@@ -200,7 +252,10 @@ def _samples(summary, base, rows):
     out = []
     for i, rec in enumerate(summary["heldout"][: summary["samples"]]):
         preds = [(r["name"], r["samples"][i]) for r in [base or {}] + rows if r.get("samples") and i < len(r["samples"])]
-        out.append((rec["instruction"] + ("\n" + rec["input"] if rec.get("input") else ""), rec["output"], preds))
+        if summary.get("quote_records", True):
+            out.append((rec["instruction"] + ("\n" + rec["input"] if rec.get("input") else ""), rec["output"], preds))
+        else:  # the data's licence forbids quoting it: the answers alone
+            out.append((f"held-out record {i + 1} (not quoted: quote_records is false)", None, preds))
     return out
 
 

@@ -64,7 +64,7 @@ def _compare_value(key: str, value, path: str):
     f = COMPARE_FIELDS[key]
     if key == "lr":
         return _lr_spec(value, path)
-    if key in ("seeds", "lr_factors"):
+    if key in ("seeds", "lr_factors", "budgets"):
         items = value if isinstance(value, list) else [value]
         kind = int if key == "seeds" else float
         try:
@@ -72,7 +72,7 @@ def _compare_value(key: str, value, path: str):
         except (TypeError, ValueError):
             items = []
         if not items or len(items) != (len(value) if isinstance(value, list) else 1) or \
-                (key == "lr_factors" and not all(x > 0 for x in items)) or len(set(items)) != len(items):
+                (key != "seeds" and not all(x > 0 for x in items)) or len(set(items)) != len(items):
             raise UserError(f"{path}: {key!r} must be a list of distinct {'integers' if kind is int else 'positive numbers'}"
                             f" (got {value!r})")
         return items
@@ -116,9 +116,9 @@ def load_compare_config(path: str) -> tuple[CompareConfig, dict]:
     return cc, shared
 
 
-def lr_grid(run: dict, cc: CompareConfig) -> list[float]:
+def lr_grid(run: dict, cc: CompareConfig, centre: float | None = None) -> list[float]:
     """The rates a run trains at: its own lr (or the top-level one): one, a list, or auto around the method's
-    default rate; none set: the method's default alone."""
+    default rate (or around `centre`, the rate chosen at a smaller budget); none set: the method's default alone."""
     from ..methods import get_method
 
     spec = run["lr"] if run.get("lr") is not None else cc.lr
@@ -126,6 +126,8 @@ def lr_grid(run: dict, cc: CompareConfig) -> list[float]:
         return sorted(spec)
     if spec is not None and spec != "auto":
         return [spec]
+    if spec == "auto" and centre:
+        return sorted(float(f"{centre * f:.3g}") for f in cc.lr_factors)
     default = get_method(run["method"]).default_lr
     if callable(default):  # a method whose default depends on its options
         from ..config import TrainConfig
@@ -134,3 +136,8 @@ def lr_grid(run: dict, cc: CompareConfig) -> list[float]:
     if spec is None:
         return [default]
     return sorted(float(f"{default * f:.3g}") for f in cc.lr_factors)
+
+
+def budget_folder(budget: float) -> str:
+    """A budget's sub-folder of a comparison at several budgets: budget-1x, budget-4x, budget-0.5x."""
+    return f"budget-{budget:g}x"
