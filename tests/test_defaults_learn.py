@@ -2,10 +2,13 @@
 steps with nothing but the variant chosen (the method's own learning rate and initialisation, batch size 4), the
 held-out loss ends at least 0.1 below the untouched model's on the same held-out records.
 
-max_length 128 (one choice for all variants) keeps the ten runs to about a minute; benchmarks/methods_at_defaults.py
-measures the same at the default 512 (docs/methods.md)."""
+max_length 128 (one choice for all variants) keeps the 48 runs (two at a time) to about a minute;
+benchmarks/methods_at_defaults.py measures the same at the default 512 (docs/methods.md)."""
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -23,32 +26,46 @@ STEPS = 60
 SEEDS = [0, 1, 2]  # the training seed: initialisation (soft prompts, LoRA's A, ...), order, dropout
 
 
+def _threads_1():
+    torch.set_num_threads(1)  # a 260K-parameter model: threads only add overhead (and contend with others)
+
+
+def _learn(variant: str, seed: int, data: str, val_recs: list, out: str) -> float:
+    """Train one variant at its defaults (in a worker process) and return its held-out loss."""
+    cfg = TrainConfig(model=STORIES, data=data, output_dir=out, max_steps=STEPS, max_length=MAX_LENGTH,
+                      save_steps=10**6, seed=seed, quiet=True, **VARIANTS[variant])
+    result = train(cfg)
+    assert result.steps == STEPS
+    model, tok, _ = load_for_inference(STORIES, cfg.output_dir)
+    return response_loss(model, tok, val_recs, max_length=MAX_LENGTH)["loss"]
+
+
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    """Training file, held-out records, and the base model's held-out loss (computed once)."""
+def learned(tmp_path_factory):
+    """The base model's held-out loss, and {(variant, seed): the future of its held-out loss after training}: the
+    48 trainings run two at a time in worker processes of one thread each (both cores busy)."""
     records = load_records(need_shared(EN_DATA)).records[:400]
     need_shared(STORIES)
     train_recs, val_recs = split_records(records, 40, seed=0)
-    data = tmp_path_factory.mktemp("defaults-learn") / "train.json"
+    folder = tmp_path_factory.mktemp("defaults-learn")
+    data = folder / "train.json"
     data.write_text(json.dumps(train_recs))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 260K-parameter model: threads only add overhead (and contend with others)
+    _threads_1()
     model, tok, _ = load_for_inference(STORIES)
     base = response_loss(model, tok, val_recs, max_length=MAX_LENGTH)["loss"]
-    yield str(data), val_recs, base
     torch.set_num_threads(threads)
+    with ProcessPoolExecutor(min(2, os.cpu_count() or 1), multiprocessing.get_context("spawn"),
+                             initializer=_threads_1) as pool:
+        futures = {(v, s): pool.submit(_learn, v, s, str(data), val_recs, str(folder / f"{v}-{s}"))
+                   for s in SEEDS for v in VARIANTS}
+        yield base, futures
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_each_variant_learns_at_its_defaults(variant, seed, setting, tmp_path):
-    data, val_recs, base = setting
-    options = dict(VARIANTS[variant])
-    cfg = TrainConfig(model=STORIES, data=data, output_dir=str(tmp_path / "out"), max_steps=STEPS,
-                      max_length=MAX_LENGTH, save_steps=10**6, seed=seed, quiet=True, **options)
-    result = train(cfg)
-    assert result.steps == STEPS
-    model, tok, _ = load_for_inference(STORIES, cfg.output_dir)
-    after = response_loss(model, tok, val_recs, max_length=MAX_LENGTH)["loss"]
+def test_each_variant_learns_at_its_defaults(variant, seed, learned):
+    base, futures = learned
+    after = futures[(variant, seed)].result()
     print(f"{variant} seed {seed}: held-out loss {base:.4f} -> {after:.4f} ({after - base:+.4f})")
     assert after < base - 0.1, (variant, base, after)

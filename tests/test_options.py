@@ -63,7 +63,7 @@ def test_estimate_takes_every_train_option_that_changes_memory():
 
 @pytest.mark.parametrize("args, expected", [
     (["--precision", "fp8"], "--precision 'fp8' is unknown; choose one of fp32, bf16, fp16"),
-    (["--batch-size", "four"], "invalid int value: 'four'"),
+    (["--batch-size", "four"], "--batch-size 'four': not a valid value (expected int or auto)"),
     (["--prefix-projection", "maybe"], "expected true/false, got 'maybe'"),
 ])
 def test_bad_estimate_flags_one_line(args, expected):

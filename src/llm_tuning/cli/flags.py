@@ -48,6 +48,9 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
         typ, choices = base_type(f), f.metadata.get("choices")
         if typ is bool:
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif typ in (int, float) and f.metadata.get("words"):
+            kwargs["type"] = str  # a word ("auto") or a number: config.coerce reads it
+            kwargs["metavar"] = "{" + ",".join(["N", *f.metadata["words"]]) + "}"
         elif typ in (int, float):
             kwargs["type"] = typ
         elif typ is list:

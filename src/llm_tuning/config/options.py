@@ -19,16 +19,18 @@ TEMPLATE_NAMES = ("default", "llama2", "auto")  # data/templates.py renders each
 
 
 def option(default, help: str, *, choices=None, group: str = "general", required: bool = False, cli: bool = True,
-           range: str | None = None, also: tuple = (), hints: dict | None = None):
+           range: str | None = None, also: tuple = (), hints: dict | None = None, words: dict | None = None):
     """A dataclass field carrying its command-line help. cli=False: settable from YAML / Python only.
 
     range: a numeric option's valid values as an interval, "[1, inf)", "(0, 1]", ... (square bracket: the bound
     is allowed; round: it is not); also: values allowed outside it (-1 where it means "not set"). Flags, YAML
     and Python construction all refuse a value outside before any work (`check_range`), and --help and the
     docs show it (`range_text`). hints: {a value users type that is not a choice: what they mean}, said in
-    the refusal ("qlora" -> "--method lora --quantization 4bit")."""
+    the refusal ("qlora" -> "--method lora --quantization 4bit"). words: {a word a numeric option takes: the
+    value it stands for} ("auto" -> 0 for --batch-size; put the value in `also`)."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "group": group, "required": required,
-            "cli": cli, "range": parse_range(range) if range else None, "also": tuple(also), "hints": hints or {}}
+            "cli": cli, "range": parse_range(range) if range else None, "also": tuple(also), "hints": hints or {},
+            "words": words or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -94,11 +96,16 @@ def check_range(f: dataclasses.Field, value, spelled: str):
 
 
 def check_ranges(obj, cls_name: str | None = None):
-    """Every field of a config dataclass instance against its range; for Python callers (__post_init__), so a
-    value refused on the command line is refused from Python too, with the Python spelling."""
+    """Every field of a config dataclass instance against its range (a declared word read as its value first); for
+    Python callers (__post_init__), so a value refused on the command line is refused from Python too, with the
+    Python spelling."""
     name = cls_name or type(obj).__name__
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        words = f.metadata.get("words") or {}
+        if isinstance(value, str) and value.strip().lower() in words:  # TrainConfig(batch_size="auto")
+            value = words[value.strip().lower()]
+            object.__setattr__(obj, f.name, value)
         if f.metadata.get("range") and isinstance(value, (int, float)):
             check_range(f, value, f"{name}({f.name}={value!r})")
 
@@ -139,6 +146,9 @@ def coerce(f: dataclasses.Field, value, source: str):
     flag = "--" + f.name.replace("_", "-")
     if value is None:
         return None
+    words = f.metadata.get("words") or {}
+    if isinstance(value, str) and value.strip().lower() in words:
+        value = words[value.strip().lower()]
     try:
         if typ is list and isinstance(value, str):
             value = [m.strip() for m in value.split(",") if m.strip()]
@@ -155,7 +165,10 @@ def coerce(f: dataclasses.Field, value, source: str):
         elif typ is str and not isinstance(value, str):
             raise ValueError
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        raise UserError(f"{source}: {f.name!r} has a bad value {value!r} (expected {f.type})") from None
+        expected = " or ".join([getattr(typ, "__name__", str(f.type)), *words])
+        if source == "flag":
+            raise UserError(f"{flag} {value!r}: not a valid value (expected {expected})") from None
+        raise UserError(f"{source}: {f.name!r} has a bad value {value!r} (expected {expected})") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         hint = (f.metadata.get("hints") or {}).get(value)

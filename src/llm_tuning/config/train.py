@@ -51,7 +51,9 @@ class TrainSettings:
     epochs: float = option(1.0, "passes over the data", group=T, range="(0, inf)")
     lr: float | None = option(None, "learning rate (default: the method's own, see docs/methods.md)", group=T,
                               range="(0, inf)")
-    batch_size: int = option(4, "examples per device step", group=T, range="[1, inf)")
+    batch_size: int = option(4, "examples per device step; auto: the largest the memory estimate says fits in the "
+                                "device's free memory (CUDA) or the available RAM (CPU), at most 64 (train/"
+                                "batch_size.py)", group=T, range="[1, inf)", also=(0,), words={"auto": 0})
     grad_accum: int = option(1, "gradient accumulation steps", group=T, range="[1, inf)")
     warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up", group=T, range="[0, 1)")
     weight_decay: float = option(0.0, "AdamW weight decay", group=T, range="[0, inf)")

@@ -77,6 +77,27 @@ def check(cfg: TrainConfig):
     return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
 
 
+def batch_size_for(cfg: TrainConfig) -> TrainConfig:
+    """`--batch-size auto` resolved (train/batch_size.py); under several processes the smallest any of them
+    chose, so that every process steps the same batch."""
+    from .batch_size import AUTO, resolve_batch_size
+
+    if cfg.batch_size != AUTO:
+        return cfg
+    chosen = resolve_batch_size(cfg, log)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import dataclasses
+
+        import torch
+
+        t = torch.tensor([chosen.batch_size])
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        chosen = dataclasses.replace(chosen, batch_size=int(t.item()))
+    return chosen
+
+
 def _check_report_to(report_to):
     """A tracker's package is checked before the model loads, not after minutes of loading."""
     if report_to and report_to != "none":
@@ -312,6 +333,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     warn_about_launch()
     chosen, train_recs, val_recs, resume_from = check(cfg)
     loss_path = _loss_path(cfg)  # --kernels liger on a CPU stops here, in one line
+    cfg = batch_size_for(cfg)  # --batch-size auto: from the memory estimate, before the model loads
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()

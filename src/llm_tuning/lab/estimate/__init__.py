@@ -57,7 +57,33 @@ def print_gpu_estimate(cfg) -> None:
         print(f"  note: {est['note']}")
 
 
+def _auto_batch(cfg):
+    """`estimate --batch-size auto`: the batch `train --batch-size auto` would choose, in --memory GiB or this
+    machine's memory (said on stderr, so that --json stays one JSON document)."""
+    import dataclasses
+    import sys
+
+    from ...errors import UserError
+    from ...train.batch_size import resolve_batch_size
+
+    cuda = cfg.device == "cuda"
+    memory = (int(cfg.memory * 2**30), "given (--memory)") if cfg.memory else None
+    if memory is None and cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("estimate --device cuda --batch-size auto: no CUDA GPU here to read the free memory "
+                            "of; give the card's memory with --memory GIB (e.g. --memory 24)")
+    run = resolve_batch_size(cfg.train_config(), lambda m: print(m, file=sys.stderr if cfg.json else sys.stdout),
+                             memory, cuda)
+    return dataclasses.replace(cfg, batch_size=run.batch_size)
+
+
 def print_estimate(cfg) -> None:
+    from ...train.batch_size import AUTO
+
+    if cfg.batch_size == AUTO:
+        cfg = _auto_batch(cfg)
     if getattr(cfg, "device", "cpu") == "cuda":
         return print_gpu_estimate(cfg)
     est = estimate_config(cfg)

@@ -75,19 +75,9 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
 
 def largest_batch_that_fits(config, method, memory_bytes, precision="fp32", quantization=None, max_length=512,
                             gradient_checkpointing=False, opts=None, kernels="auto", limit=256) -> int:
-    """The largest micro-batch whose estimated peak fits in memory_bytes (0 if not even 1): what a future
-    `--batch-size auto` asks. The peak grows with the batch, so a doubling then bisection finds it."""
-    def fits(b):
-        return estimate_gpu(config, method, precision, quantization, b, max_length, gradient_checkpointing, opts,
-                            kernels)["total"] <= memory_bytes
+    """The largest micro-batch whose estimated peak fits in memory_bytes (0 if not even 1)."""
+    from ...train.batch_size import largest_fitting
 
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return largest_fitting(lambda b: estimate_gpu(config, method, precision, quantization, b, max_length,
+                                                   gradient_checkpointing, opts, kernels)["total"] <= memory_bytes,
+                           limit)

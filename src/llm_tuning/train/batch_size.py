@@ -1,0 +1,89 @@
+"""`--batch-size auto`: the largest micro-batch the memory estimate (lab/estimate) says fits in this process's share
+of the device's memory: on CUDA the device's free memory (`torch.cuda.mem_get_info`) against `estimate --device
+cuda`'s total; on a CPU the machine's available memory (MemAvailable) shared by the processes on it, against the
+CPU estimate's peak above the process itself. The estimate is a model (docs/memory.md says how close it is), so a
+tenth of the memory is kept back. Resolved before anything heavy is loaded; the run's config.yaml records the
+batch that trained, so a rerun is the same run.
+
+Accelerate's `find_executable_batch_size` (Trainer's auto_find_batch_size) finds a batch by trying and halving on
+out-of-memory errors; that works on CUDA only (a CPU out of memory is the kernel's OOM killer, not an exception),
+and costs failed steps. The estimate answers on both devices before the first step."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ..errors import UserError
+
+AUTO = 0  # the value `--batch-size auto` stands for
+LIMIT = 64  # more is rarely faster on one device; grad_accum reaches larger batches
+HEADROOM = 0.9
+
+
+def available_memory(cuda: bool) -> tuple[int, str]:
+    """(bytes this process may use, where they were read)."""
+    if cuda:
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free), f"free on {torch.cuda.get_device_name()}"
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    n = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
+    return info["MemAvailable"] // n, "available RAM" + (f" / {n} processes" if n > 1 else "")
+
+
+def needed_bytes(cfg, batch: int, cuda: bool) -> int:
+    """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total."""
+    from ..lab.estimate import estimate, load_config
+
+    config = load_config(cfg.model)
+    if cuda:
+        from ..lab.estimate.gpu import estimate_gpu
+
+        return estimate_gpu(config, cfg.method, cfg.precision, cfg.quantization, batch, cfg.max_length,
+                            cfg.gradient_checkpointing, cfg, kernels=cfg.kernels)["total"]
+    est = estimate(config, cfg.method, cfg.precision, cfg.quantization, batch, cfg.max_length,
+                   cfg.gradient_checkpointing, cfg)
+    return est["total"] - est["runtime"]
+
+
+def largest_fitting(fits, limit: int = LIMIT) -> int:
+    """The largest b in 1..limit with fits(b) (0 if not even 1); fits grows false with b: doubling, then bisection."""
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def resolve_batch_size(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | None = None):
+    """cfg with `--batch-size auto` replaced by the batch chosen (cfg itself otherwise). memory: (bytes, where)
+    instead of reading the device's."""
+    if cfg.batch_size != AUTO:
+        return cfg
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    budget, where = memory or available_memory(cuda)
+    usable = int(budget * HEADROOM)
+    try:
+        batch = largest_fitting(lambda b: needed_bytes(cfg, b, cuda) <= usable)
+    except Exception as e:  # an architecture the estimator does not know
+        raise UserError(f"--batch-size auto: the memory estimate cannot size this model ({e}); give --batch-size N")
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    if batch == 0:
+        raise UserError(f"--batch-size auto: one example of --max-length {cfg.max_length} is estimated at "
+                        f"{gib(needed_bytes(cfg, 1, cuda))}, more than {gib(usable)} ({HEADROOM:.0%} of the "
+                        f"{gib(budget)} {where}); lower --max-length, or add --gradient-checkpointing or "
+                        f"--quantization 4bit")
+    log(f"batch size auto: {batch} (estimated {gib(needed_bytes(cfg, batch, cuda))} of the {gib(usable)} usable, "
+        f"{HEADROOM:.0%} of {gib(budget)} {where}" + (f"; capped at {LIMIT}" if batch == LIMIT else "") + ")")
+    return dataclasses.replace(cfg, batch_size=batch)
