@@ -237,12 +237,26 @@ def test_force_reruns_from_scratch(compare_run, tmp_path):
     ("runs: [{name: a, method: lora, lora_rank: 4}]\n", "run 'a': unknown option 'lora_rank'"),
     ("runs: [{name: a, method: lora, seed: 3}]\n", "run 'a': 'seed' is set by compare"),
     ("runs: [{name: a, method: lora, lr: [0.1, -1]}]\n", "run 'a': 'lr' must be a positive number"),
+    ("budgets: [1, -4]\n", "'budgets' must be a list of distinct positive numbers"),
+    ("batch_size: auto\n", "batch_size auto: every run of a comparison trains the same tokens per step"),
 ])
-def test_bad_compare_yaml_is_one_line(tmp_path, text, expected):
+def test_bad_compare_yaml_is_refused_naming_the_key(tmp_path, text, expected):
+    from llm_tuning.errors import UserError
+    from llm_tuning.lab.settings import load_compare_config
+
     cfg = tmp_path / "c.yaml"
     body = "model: m\ndata: d\noutput_dir: o\nmax_steps: 2\n"
     if not text.startswith("runs:"):
         body += "runs: [{name: a, method: lora}]\n"
     cfg.write_text(body + text)
+    with pytest.raises(UserError) as e:
+        load_compare_config(str(cfg))
+    assert str(e.value).startswith(str(cfg)) and expected in str(e.value)
+
+
+def test_bad_compare_yaml_is_one_line_and_exit_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: m\ndata: d\noutput_dir: o\nmax_steps: 2\nruns: [{name: a, method: lora}]\nlr: fast\n")
     r = run_cli("compare", "--config", str(cfg))
-    assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert f"{cfg}: 'lr' must be a positive number, a list of them, or auto" in r.stderr

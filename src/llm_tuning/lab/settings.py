@@ -110,6 +110,9 @@ def load_compare_config(path: str) -> tuple[CompareConfig, dict]:
         raise UserError(f"{path}: set either budget_tokens or max_steps")
     # heldout_size, val_size, parallel, ...: their ranges are declared in CompareConfig and checked by coerce
     shared.setdefault("batch_size", 8)
+    if shared["batch_size"] == 0 or any(r.get("batch_size") == 0 for r in cc.runs):
+        raise UserError(f"{path}: batch_size auto: every run of a comparison trains the same tokens per step; give "
+                        "a number")
     if not cc.seeds:
         cc.seeds = [shared.get("seed", 42)]
     shared.pop("seed", None)
