@@ -10,7 +10,7 @@ of the step time, and for the products the FLOPs they did and the rate they ran 
 autograd and the Trainer between operators. Two bounds close the table: the MFU if every product ran at the
 1024^3 rate, and the MFU if everything but the products took no time.
 
-    .venv/bin/python benchmarks/step_breakdown.py [--method lora] [--records 64]
+    .venv/bin/python benchmarks/step_breakdown.py [--method lora] [--records 64] [--packing] [--no-grouping]
 
 Figures are self times under the profiler, which slows the run somewhat (printed: profiled against plain
 tokens/s); shares are what to read, not the absolute seconds.
@@ -88,6 +88,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="lora")
     ap.add_argument("--records", type=int, default=64)
+    ap.add_argument("--packing", action="store_true", help="train with --packing true (LoRA, BitFit, IA3, full)")
+    ap.add_argument("--no-grouping", action="store_true", help="--group-by-length false (random batches)")
     args = ap.parse_args()
 
     from torch.profiler import ProfilerActivity, profile
@@ -135,6 +137,8 @@ def main():
         def run(prof=None):
             out = os.path.join(tmp, f"run-{time.time_ns()}")
             extra = {"prefix_projection": True} if args.method == "prefix" else {}  # as train_throughput.py runs it
+            extra.update({"packing": True} if args.packing else {})
+            extra.update({"group_by_length": False} if args.no_grouping else {})
             cfg = TrainConfig(model=setup["model_dir"], data=setup["data"], method=args.method, output_dir=out,
                               overwrite=True, **ours_settings(extra))
             window = Window(prof)
@@ -161,7 +165,8 @@ def main():
         between = prof_s - sum(seconds.values())
         counted = tokens * setup["flops_token"][kind]
 
-    print(f"{args.method}, {args.records} Chinese records, {tokens:,} real tokens; model FLOPs counted as in "
+    how = (" packed" if args.packing else "") + (", random batches" if args.no_grouping else "")
+    print(f"{args.method}{how}, {args.records} Chinese records, {tokens:,} real tokens; model FLOPs counted as in "
           f"train_throughput.py: {counted / 1e12:.3f} TFLOP; fp32 1024^3 matmul rate {rate / 1e9:.0f} GFLOP/s "
           f"(profiled run: {prof_rate / 1e9:.0f}); {os.cpu_count()} cores")
     print(f"plain run: {plain_s:.2f} s of training steps, {tokens / plain_s:.0f} tokens/s, MFU {counted / plain_s / rate:.3f}; "
