@@ -16,7 +16,11 @@ $(VENV)/.installed: pyproject.toml $(TORCH_CONSTRAINT)
 demo: $(VENV)/.installed
 	$(VENV)/bin/llm-tuning demo
 
+# Two pytest-xdist workers, a test file each at a time (a file's module fixtures are built once): the suite's
+# time is mostly single-threaded (process start-ups, servers, the browser), so two workers keep both cores busy.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test

@@ -4,6 +4,18 @@ import sys
 
 import pytest
 
+
+def _share_the_cores():
+    """Under pytest-xdist (`make test` runs two workers) each worker's torch gets its share of the cores, in this
+    process and in the CLI processes it starts: two workers each with a thread per core oversubscribe the CPU, and
+    OpenMP threads waiting on each other then lose most of their time."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 LLAMA2_TOKENIZER = os.path.join(SHARED, "tokenizers", "llama2")

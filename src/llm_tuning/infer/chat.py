@@ -89,6 +89,9 @@ def run_chat(model, tokenizer, template: str, sampling, system: str = "", out=No
     messages = list(start)
     limit = context_limit(model, tokenizer)
     out.write(f"chat ({HELP})\n")
+    # Ctrl-C at the prompt must reach input() as KeyboardInterrupt even when the chat was started with SIGINT
+    # ignored (a parent that ignores it passes that on: pytest-xdist's workers, some launchers)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     while True:
         try:
             line = input(">>> ")
