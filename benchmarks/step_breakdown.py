@@ -165,6 +165,11 @@ def main():
         between = prof_s - sum(seconds.values())
         counted = tokens * setup["flops_token"][kind]
 
+    _report(args, tokens, counted, rate, prof_rate, plain_s, prof_s, seconds, flops, others, between)
+
+
+def _report(args, tokens, counted, rate, prof_rate, plain_s, prof_s, seconds, flops, others, between):
+    """The breakdown as a markdown table, with the two MFU bounds under it."""
     how = (" packed" if args.packing else "") + (", random batches" if args.no_grouping else "")
     print(f"{args.method}{how}, {args.records} Chinese records, {tokens:,} real tokens; model FLOPs counted as in "
           f"train_throughput.py: {counted / 1e12:.3f} TFLOP; fp32 1024^3 matmul rate {rate / 1e9:.0f} GFLOP/s "
