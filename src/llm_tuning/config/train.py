@@ -66,7 +66,7 @@ class TrainSettings:
                                    "CUDA --kernels decides)", group=T)
     # packing and kernels: data/packing.py, train/kernels.py
     packing: bool = option(False, "padding-free: a micro-batch's examples in one row, attention kept inside each "
-                                  "(lora, ia3, bitfit, full)", group=T)
+                                  "(not prompt, ptuning or prefix: their virtual tokens go once per row)", group=T)
     kernels: str = option("auto", "loss and layer kernels: liger (Liger's Triton kernels, CUDA only: pip install "
                                   "'llm-tuning[gpu]'), none (stock transformers), auto (liger on CUDA when "
                                   "installed, else the project's fused loss)", choices=("auto", "liger", "none"),
