@@ -7,6 +7,9 @@ with EXTRA_WHEELS=liger-kernel==0.8.5 (device call: command
 `PROBE=benchmarks/gpu_throughput.py bash .gpu/run.sh [--only NAME,NAME] [--deadline 480]`, carry [".gpu"]).
 Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdown table at the end.
 Each run is its own process with its own timeout; after --deadline seconds no new run starts.
+`--smoke` runs every llm-tuning command of the benchmark on this CPU instead (tiny models of both families, 8
+records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the train command refuses is found here
+and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (4.5 minutes here, all 14 commands exit 0).
 
 MFU: 6 FLOPs per parameter per token with checkpointing (forward, recomputed forward, input gradients), 4
 without, over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md). Not yet run: the
@@ -61,6 +64,8 @@ def _polled(cmd, timeout, env):
 
 
 def run(name, cmd, timeout, outdir=None, env=None, extra=None):
+    if ARGS.smoke and cmd[1] == RECIPE:
+        return None  # the recipe is CUDA-only
     if time.time() - T0 > ARGS.deadline or (ARGS.only and name not in ARGS.only and not name.startswith("build")):
         return None
     t = time.time()
@@ -88,7 +93,7 @@ def build(kind, path):
     """Random weights at the real shapes, built on the GPU and saved once (probe.py's builds)."""
     if os.path.exists(os.path.join(path, "config.json")):
         return
-    code = f"""
+    code = SMOKE_BUILD.format(kind=kind, path=path, tok=TOK) if ARGS.smoke else f"""
 import torch
 from transformers import AutoTokenizer
 torch.manual_seed(0)
@@ -109,8 +114,25 @@ AutoTokenizer.from_pretrained({TOK!r}).save_pretrained({path!r})
     run(f"build-{kind}", [PY, "-c", code], 240)
 
 
+SMOKE_BUILD = """
+import torch
+from transformers import AutoTokenizer
+torch.manual_seed(0)
+if {kind!r} == 'bloom':
+    from transformers import BloomConfig as C, BloomForCausalLM as M
+    cfg = C(hidden_size=64, n_layer=2, n_head=4, vocab_size=32000, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+else:
+    from transformers import LlamaConfig as C, LlamaForCausalLM as M
+    cfg = C(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
+            vocab_size=32000, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+M(cfg).save_pretrained({path!r})
+AutoTokenizer.from_pretrained({tok!r}).save_pretrained({path!r})
+"""
+
+
 def subset(n):
     path = os.path.join(W, f"zh{n}.json")
+    n = 8 if ARGS.smoke else n
     json.dump(json.load(open(ZH))[:n], open(path, "w"), ensure_ascii=False)
     return path
 
@@ -128,9 +150,9 @@ def estimate_mib(model, flags):
 def ours(name, model, data, flags, kind, gc, timeout=150):
     out = os.path.join(W, name)
     cmd = [PY, "-m", "llm_tuning", "train", "--model", model, "--data", data, "--output-dir", out, "--overwrite",
-           "true", "--save-steps", "100000"] + flags
+           "true", "--save-steps", "100000"] + flags + (["--max-steps", "2"] if ARGS.smoke else [])
     d = run(name, cmd, timeout, out, extra={"estimate_mib": estimate_mib(model, flags)})
-    if d and d.get("tok_s"):
+    if d and d.get("tok_s") and not ARGS.smoke:  # MFU at the real sizes only
         d["mfu"] = round(d["tok_s"] * (6 if gc else 4) * PARAMS[kind] / MATMUL_RATE, 3)
         record({"name": name + ":mfu", "mfu": d["mfu"]})
     return d
@@ -181,8 +203,18 @@ def table():
 
 
 def main():
+    global W, OUT, ZH, TOK
+    if ARGS.smoke:  # this CPU, the shared data, its own folders
+        shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
+        W, OUT = W + "-smoke", os.environ.get("OUT", W + "-smoke-out")
+        ZH, TOK = (os.path.join(shared, "alpaca_gpt4_zh", "alpaca_zh_train.json"),
+                   os.path.join(shared, "tokenizers", "llama2"))
+        for f in ("results.jsonl", "runs.log"):
+            if os.path.exists(os.path.join(OUT, f)):
+                os.remove(os.path.join(OUT, f))
     os.makedirs(W, exist_ok=True); os.makedirs(OUT, exist_ok=True)
-    run("env", [PY, "-c", "import torch, transformers, peft, bitsandbytes as b; print(torch.__version__, "
+    if not ARGS.smoke:
+        run("env", [PY, "-c", "import torch, transformers, peft, bitsandbytes as b; print(torch.__version__, "
                 "torch.version.cuda, transformers.__version__, peft.__version__, b.__version__, "
                 "torch.cuda.get_device_name()); import liger_kernel; print('liger ok')"], 90)
     B = os.path.join(W, "bloom1b4"); build("bloom", B); bloom_runs(B)
@@ -194,5 +226,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated run names (builds always run)")
     ap.add_argument("--deadline", type=float, default=480)
+    ap.add_argument("--smoke", action="store_true", help="every llm-tuning command on this CPU, tiny models, 2 steps")
     ARGS = ap.parse_args(); ARGS.only = set(filter(None, ARGS.only.split(",")))
     main()
