@@ -31,8 +31,10 @@ DATA = GPU_DATA if os.path.isdir(GPU_DATA) else os.path.join(os.path.dirname(ROO
 MODEL = os.path.join(DATA, "models", "stories260K-hf")
 EN = os.path.join(DATA, "alpaca_gpt4_en", "alpaca_en_train.json")
 REFERENCE = os.path.join(HERE, "cuda_parity_cpu.json")
-COMMON = ["--max-steps", "20", "--batch-size", "8", "--max-length", "256", "--seed", "0", "--val-size", "60",
-          "--save-steps", "100000", "--cache", "false", "--quiet", "true", "--overwrite", "true"]
+MAX_LENGTH, SEED, VAL_SIZE = 256, 0, 60  # base_loss() splits and evaluates as train does with these
+COMMON = ["--max-steps", "20", "--batch-size", "8", "--max-length", str(MAX_LENGTH), "--seed", str(SEED),
+          "--val-size", str(VAL_SIZE), "--save-steps", "100000", "--cache", "false", "--quiet", "true",
+          "--overwrite", "true"]
 TOLERANCE = 0.01
 
 
@@ -70,12 +72,12 @@ def base_loss(work: str) -> float:
     from llm_tuning.data.formats import split_records
 
     with open(EN) as f:
-        _, val = split_records(json.load(f), 60, 0)  # --val-size 60 --seed 0, as train splits
-    path = os.path.join(work, "val60.json")
+        _, val = split_records(json.load(f), VAL_SIZE, SEED)
+    path = os.path.join(work, "val.json")
     with open(path, "w") as f:
         json.dump(val, f, ensure_ascii=False)
     p = subprocess.run([sys.executable, "-m", "llm_tuning", "eval", "--model", MODEL, "--data", path,
-                        "--max-length", "256", "--json", "true"], capture_output=True, text=True, check=True)
+                        "--max-length", str(MAX_LENGTH), "--json", "true"], capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])["loss"]
 
 
