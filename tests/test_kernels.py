@@ -1,8 +1,16 @@
-"""--kernels: which loss path each device gets, `liger` on a CPU in one line (exit 2); on a CUDA GPU with
-liger-kernel installed, Liger's kernels give the CPU fused loss's values (skipped elsewhere, with the reason)."""
+"""--kernels: which loss path each device gets, `liger` on a CPU in one line (exit 2); Liger's kernels give the
+CPU fused loss's values: on the CPU through Triton's interpreter (TRITON_INTERPRET=1, the whole `train` command),
+on a CUDA GPU directly (skipped elsewhere, with the reason)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import SAMPLE, run_cli
 from llm_tuning.errors import UserError
@@ -19,19 +27,25 @@ from llm_tuning.train.kernels import LIGER_ON_CPU, liger_available, resolve
     ("liger", True, True, True, "liger"),
 ])
 def test_loss_path_per_device(kernels, fast_loss, cuda, liger, want):
-    assert resolve(kernels, fast_loss, cuda, liger) == want
+    assert resolve(kernels, fast_loss, cuda, liger, interpreter=False) == want
+
+
+def test_triton_interpreter_allows_liger_on_a_cpu_but_auto_never_takes_it():
+    assert resolve("liger", True, False, True, interpreter=True) == "liger"
+    assert resolve("auto", True, False, True, interpreter=True) == "fused"
 
 
 def test_liger_on_a_cpu_is_refused():
     with pytest.raises(UserError) as e:
-        resolve("liger", True, False, True)
+        resolve("liger", True, False, True, interpreter=False)
     assert str(e.value) == LIGER_ON_CPU
     with pytest.raises(UserError, match="pip install 'llm-tuning\\[gpu\\]'"):
-        resolve("liger", True, True, False)
+        resolve("liger", True, True, False, interpreter=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: --kernels liger is allowed")
-def test_cli_liger_on_cpu_exits_2_with_one_line(tiny_models, tmp_path):
+def test_cli_liger_on_cpu_exits_2_with_one_line(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--output-dir", str(tmp_path / "o"),
                 "--kernels", "liger", "--max-steps", "1")
     assert r.returncode == 2
@@ -72,3 +86,32 @@ def test_liger_gives_the_fused_loss_values_on_cuda(arch, tiny_models, sample_rec
     assert abs(out[0][0] - out[1][0]) <= 1e-4 * abs(out[0][0])
     for a, b in zip(out[0][1], out[1][1]):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _train(path, out, kernels, flags, interpret):
+    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
+    r = subprocess.run([sys.executable, "-m", "llm_tuning", "train", "--model", path, "--data", SAMPLE,
+                        "--output-dir", str(out), "--method", "lora", "--max-steps", "3", "--batch-size", "2",
+                        "--kernels", kernels, *flags], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr, load_file(str(out / "adapter_model.safetensors")), json.load(open(out / "metrics.json"))
+
+
+@pytest.mark.parametrize("arch,flags", [
+    ("llama", ["--packing", "true", "--gradient-checkpointing", "true"]),  # RMSNorm, SwiGLU, RoPE on packed rows
+    ("bloom", []),                                                         # LayerNorm
+])
+def test_liger_under_the_triton_interpreter_trains_as_the_fused_loss_does(arch, flags, tiny_models, tmp_path):
+    """The whole Liger path on a CPU: layer kernels bound before LoRA wraps the base, Liger's fused linear
+    cross-entropy in the Trainer's loss, three steps, the adapter saved; the same adapter as the CPU fused loss."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        msg = "liger-kernel is not installed (the test extra installs it on Linux: pip install -e '.[test]')"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    log, liger, liger_metrics = _train(tiny_models[arch], tmp_path / "liger", "liger", flags, interpret=True)
+    assert "kernels: Liger (fused linear cross-entropy and layer kernels) under Triton's interpreter" in log
+    assert ("Liger kernels for llama (norms, MLP, RoPE)" if arch == "llama" else "Liger LayerNorm on 6 Bloom") in log
+    _, fused, fused_metrics = _train(tiny_models[arch], tmp_path / "fused", "auto", flags, interpret=False)
+    assert sorted(liger) == sorted(fused) and len(fused) > 0
+    for name in fused:
+        assert torch.allclose(liger[name], fused[name], rtol=1e-4, atol=1e-6), name
+    assert liger_metrics["train_loss"] == pytest.approx(fused_metrics["train_loss"], rel=1e-5)

@@ -68,7 +68,7 @@ class TrainSettings:
     packing: bool = option(False, "padding-free: a micro-batch's examples in one row, attention kept inside each "
                                   "(not prompt, ptuning or prefix: their virtual tokens go once per row)", group=T)
     kernels: str = option("auto", "loss and layer kernels: liger (Liger's Triton kernels, CUDA only: pip install "
-                                  "'llm-tuning[gpu]'), none (stock transformers), auto (liger on CUDA when "
+                                  "'llm-tuning[gpu]'; on a CPU only under TRITON_INTERPRET=1, a slow check), none (stock transformers), auto (liger on CUDA when "
                                   "installed, else the project's fused loss)", choices=("auto", "liger", "none"),
                           group=T)
     adam_epsilon: float | None = option(None, "AdamW epsilon (default 1e-8; 1e-4 when fp16 weights train)",

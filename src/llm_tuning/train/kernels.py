@@ -7,6 +7,8 @@
   the CPU's fused function. Liger has no apply function for Bloom; its LayerNorm kernel is bound onto Bloom's
   layer norms the way Liger's own `_patch_layer_norm_module` does it.
 - auto: liger on CUDA when it imports; on the CPU the project's fused loss (fastloss.py).
+- liger on a CPU runs only under Triton's interpreter (`TRITON_INTERPRET=1`, triton_interpreter.py): slowly, to
+  check the wiring (tests/test_kernels.py does, against the fused loss), never chosen by auto.
 - none: transformers' stock forward and loss.
 
 The CPU's fused loss steps aside on CUDA (auto without Liger gives the stock loss): measured on an H200, Llama-2-7B
@@ -15,26 +17,43 @@ LoRA fp16, it cost 7 % (2,746 tokens/s with it, 2,948 without; ../shared/gpu/REA
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UserError
 
-LIGER_ON_CPU = ("--kernels liger needs a CUDA GPU: Liger's kernels are Triton GPU code; use --kernels auto "
-                "(the project's fused loss on the CPU) or none")
+LIGER_ON_CPU = ("--kernels liger needs a CUDA GPU: Liger's kernels are Triton GPU code (TRITON_INTERPRET=1 runs "
+                "them on a CPU, slowly, as a check); use --kernels auto (the project's fused loss on the CPU) or none")
+
+
+def interpreted() -> bool:
+    """Triton's interpreter is on: Triton kernels run on the CPU, in numpy (triton_interpreter.py)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _import_liger():
+    if interpreted():
+        from .triton_interpreter import fill_gaps
+
+        fill_gaps()  # before Liger's kernels import
+    import liger_kernel.transformers  # noqa: F401
 
 
 def liger_available() -> bool:
     """True when liger_kernel imports (it needs Triton, which needs a GPU build of torch to be of use)."""
     try:
-        import liger_kernel.transformers  # noqa: F401
+        _import_liger()
     except Exception:  # ImportError, or Triton failing to load its runtime on a CPU-only machine
         return False
     return True
 
 
-def resolve(kernels: str, fast_loss: bool, cuda: bool, liger: bool | None = None) -> str:
+def resolve(kernels: str, fast_loss: bool, cuda: bool, liger: bool | None = None,
+            interpreter: bool | None = None) -> str:
     """The loss path: "liger", "fused" (the CPU fused loss, fastloss.py) or "stock". Raises one UserError line
-    where the choice cannot run. `liger`: whether Liger imports (asked only when needed)."""
+    where the choice cannot run. `liger`: whether Liger imports (asked only when needed); `interpreter`: whether
+    Triton's interpreter is on (read from the environment when None)."""
     if kernels == "liger":
-        if not cuda:
+        if not (cuda or (interpreted() if interpreter is None else interpreter)):
             raise UserError(LIGER_ON_CPU)
         if not (liger_available() if liger is None else liger):
             raise UserError("--kernels liger: liger-kernel is not installed (or Triton does not load); "
@@ -49,6 +68,7 @@ def resolve(kernels: str, fast_loss: bool, cuda: bool, liger: bool | None = None
 
 def apply_liger(model) -> str:
     """Liger's layer kernels on the base model, before the method wraps it. Returns what was patched."""
+    _import_liger()
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
 
     model_type = getattr(model.config, "model_type", None)
@@ -80,6 +100,7 @@ def liger_linear_cross_entropy_sum(hidden, head, target):
     fused linear cross-entropy: chunked on the GPU, the logits never whole."""
     global _LIGER_LOSS
     if _LIGER_LOSS is None:
+        _import_liger()
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         _LIGER_LOSS = LigerFusedLinearCrossEntropyLoss(reduction="sum")

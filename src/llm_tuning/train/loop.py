@@ -318,7 +318,8 @@ def _loss_path(cfg) -> str:
     cuda = torch.cuda.is_available()
     path = resolve(cfg.kernels, cfg.fast_loss, cuda)
     if cuda or cfg.kernels != "auto":  # the CPU's default (the fused loss) goes unsaid, as before
-        log({"liger": "kernels: Liger (fused linear cross-entropy and layer kernels)",
+        log({"liger": "kernels: Liger (fused linear cross-entropy and layer kernels)"
+                      + ("" if cuda else " under Triton's interpreter on the CPU: slow, a check of the wiring"),
              "fused": "kernels: the project's fused output layer + loss (CPU)",
              "stock": "kernels: transformers' stock forward and loss"
                       + (" (the CPU fused loss steps aside on CUDA)" if cuda and cfg.fast_loss else "")}[path])
