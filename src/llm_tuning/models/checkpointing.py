@@ -42,7 +42,10 @@ def _checkpoint_keeping_prefix(layer, index: int):
 
 def enable_standard(model):
     """The standard transformers mechanism, on the base model (every method but prefix tuning)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # newer transformers 5 (5.25 here): the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # With frozen embeddings nothing entering the first layer needs a gradient; checkpointing needs one.
     model.enable_input_require_grads()
     model.config.use_cache = False
