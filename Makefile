@@ -5,12 +5,14 @@ VENV := .venv
 # machine's package index serves it; elsewhere point TORCH_INDEX at PyTorch's CPU wheel index,
 # e.g. make demo TORCH_INDEX=--extra-index-url=<the CPU index URL>)
 TORCH_CONSTRAINT := constraints/torch-cpu.txt
+# ... and the model stack at the versions last tested (transformers, peft, accelerate, ...: see the file)
+TESTED_CONSTRAINT := constraints/tested.txt
 TORCH_INDEX ?=
 
-$(VENV)/.installed: pyproject.toml $(TORCH_CONSTRAINT)
+$(VENV)/.installed: pyproject.toml $(TORCH_CONSTRAINT) $(TESTED_CONSTRAINT)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' -c $(TORCH_CONSTRAINT) $(TORCH_INDEX)
+	$(VENV)/bin/pip install -q -e '.[test]' -c $(TORCH_CONSTRAINT) -c $(TESTED_CONSTRAINT) $(TORCH_INDEX)
 	touch $@
 
 demo: $(VENV)/.installed

@@ -9,7 +9,8 @@ Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdow
 Each run is its own process with its own timeout; after --deadline seconds no new run starts.
 `--smoke` runs every llm-tuning command of the benchmark on this CPU instead (tiny models of both families, 8
 records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the train command refuses is found here
-and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (4.5 minutes here, all 14 commands exit 0).
+and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (9.5 minutes here, all 14 commands exit 0; the
+packed runs take Liger under Triton's interpreter, see smoke_liger).
 
 MFU: 6 FLOPs per parameter per token with checkpointing (forward, recomputed forward, input gradients), 4
 without, over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md). Not yet run: the
@@ -147,11 +148,26 @@ def estimate_mib(model, flags):
     return round(json.loads(p.stdout)["total"] / 2**20) if p.returncode == 0 else None
 
 
+def smoke_liger(flags):
+    """On the CPU --kernels auto takes the fused loss: for the packed runs (the full GPU path: packing,
+    checkpointing, 8-bit, 4-bit) the smoke asks for Liger under Triton's interpreter instead, so that Liger meets
+    each combination it meets on the GPU; the interpreter is slow, so the unpacked runs keep auto."""
+    opts = dict(zip(flags[::2], flags[1::2]))
+    if opts.get("--kernels", "auto") != "auto" or opts.get("--packing") != "true":
+        return flags, None
+    rest = [a for k, v in zip(flags[::2], flags[1::2]) if k != "--kernels" for a in (k, v)]
+    return rest + ["--kernels", "liger"], {"TRITON_INTERPRET": "1"}
+
+
 def ours(name, model, data, flags, kind, gc, timeout=150):
     out = os.path.join(W, name)
+    env = None
+    if ARGS.smoke:
+        flags, env = smoke_liger(flags)
+        flags, timeout = flags + ["--max-steps", "2"], 600  # the interpreter is slow
     cmd = [PY, "-m", "llm_tuning", "train", "--model", model, "--data", data, "--output-dir", out, "--overwrite",
-           "true", "--save-steps", "100000"] + flags + (["--max-steps", "2"] if ARGS.smoke else [])
-    d = run(name, cmd, timeout, out, extra={"estimate_mib": estimate_mib(model, flags)})
+           "true", "--save-steps", "100000"] + flags
+    d = run(name, cmd, timeout, out, env=env, extra={"estimate_mib": estimate_mib(model, flags)})
     if d and d.get("tok_s") and not ARGS.smoke:  # MFU at the real sizes only
         d["mfu"] = round(d["tok_s"] * (6 if gc else 4) * PARAMS[kind] / MATMUL_RATE, 3)
         record({"name": name + ":mfu", "mfu": d["mfu"]})
@@ -225,7 +241,9 @@ def main():
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated run names (builds always run)")
-    ap.add_argument("--deadline", type=float, default=480)
+    ap.add_argument("--deadline", type=float, default=None, help="seconds; 480 on the GPU, none with --smoke")
     ap.add_argument("--smoke", action="store_true", help="every llm-tuning command on this CPU, tiny models, 2 steps")
     ARGS = ap.parse_args(); ARGS.only = set(filter(None, ARGS.only.split(",")))
+    if ARGS.deadline is None:
+        ARGS.deadline = float("inf") if ARGS.smoke else 480
     main()

@@ -115,3 +115,36 @@ def test_liger_under_the_triton_interpreter_trains_as_the_fused_loss_does(arch, 
     for name in fused:
         assert torch.allclose(liger[name], fused[name], rtol=1e-4, atol=1e-6), name
     assert liger_metrics["train_loss"] == pytest.approx(fused_metrics["train_loss"], rel=1e-5)
+
+
+BF16_CHECK = r"""
+import json, os, torch
+os.environ["TRITON_INTERPRET"] = "1"
+from llm_tuning.train.triton_interpreter import fill_gaps
+fill_gaps()
+from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+from liger_kernel.transformers.rms_norm import LigerRMSNorm
+torch.manual_seed(0)
+a, b, x = (torch.randn(2, 8, 64) for _ in range(3))
+bf = lambda t: t.to(torch.bfloat16)
+swiglu = LigerSiLUMulFunction.apply(bf(a), bf(b)).float()
+swiglu_ref = torch.nn.functional.silu(bf(a).float()) * bf(b).float()
+xr = bf(x).float()
+norm = LigerRMSNorm(64).to(torch.bfloat16)(bf(x)).float()
+norm_ref = xr * torch.rsqrt(xr.pow(2).mean(-1, keepdim=True) + 1e-6)
+err = lambda y, r: ((y - r).abs().max() / r.abs().max()).item()
+print(json.dumps({"swiglu": err(swiglu, swiglu_ref), "rmsnorm": err(norm, norm_ref)}))
+"""
+
+
+def test_the_interpreter_computes_bf16_values_not_their_bit_patterns():
+    """Triton's interpreter stores bf16 as uint16 bits and multiplied those: Liger's SwiGLU gave ~1e+32 and bf16
+    training a nan loss. With triton_interpreter's fill, bf16 kernels agree with fp32 arithmetic to bf16 rounding
+    (a bf16 step is 2^-8 relative; two roundings in a row)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        msg = "liger-kernel is not installed (the test extra installs it on Linux: pip install -e '.[test]')"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    r = subprocess.run([sys.executable, "-c", BF16_CHECK], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    errors = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(0 <= e < 2 ** -7 for e in errors.values()), errors
