@@ -9,8 +9,8 @@ Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdow
 Each run is its own process with its own timeout; after --deadline seconds no new run starts.
 `--smoke` runs every llm-tuning command of the benchmark on this CPU instead (tiny models of both families, 8
 records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the train command refuses is found here
-and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (9.5 minutes here, all 14 commands exit 0; the
-packed runs take Liger under Triton's interpreter, see smoke_liger).
+and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (9.5 minutes here,
+all 14 commands exit 0; the packed runs take Liger under Triton's interpreter, see smoke_liger).
 
 MFU: 6 FLOPs per parameter per token with checkpointing (forward, recomputed forward, input gradients), 4
 without, over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md). Not yet run: the
