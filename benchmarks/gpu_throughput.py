@@ -155,8 +155,8 @@ def smoke_liger(flags):
     opts = dict(zip(flags[::2], flags[1::2]))
     if opts.get("--kernels", "auto") != "auto" or opts.get("--packing") != "true":
         return flags, None
-    rest = [a for k, v in zip(flags[::2], flags[1::2]) if k != "--kernels" for a in (k, v)]
-    return rest + ["--kernels", "liger"], {"TRITON_INTERPRET": "1"}
+    opts["--kernels"] = "liger"
+    return [a for kv in opts.items() for a in kv], {"TRITON_INTERPRET": "1"}
 
 
 def ours(name, model, data, flags, kind, gc, timeout=150):

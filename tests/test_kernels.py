@@ -88,6 +88,13 @@ def test_liger_gives_the_fused_loss_values_on_cuda(arch, tiny_models, sample_rec
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
+def _need_liger():
+    """The interpreter tests need liger-kernel (the test extra, Linux): skip without it, fail under CI."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        msg = "liger-kernel is not installed (the test extra installs it on Linux: pip install -e '.[test]')"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+
+
 def _train(path, out, kernels, flags, interpret):
     env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
     r = subprocess.run([sys.executable, "-m", "llm_tuning", "train", "--model", path, "--data", SAMPLE,
@@ -104,9 +111,7 @@ def _train(path, out, kernels, flags, interpret):
 def test_liger_under_the_triton_interpreter_trains_as_the_fused_loss_does(arch, flags, tiny_models, tmp_path):
     """The whole Liger path on a CPU: layer kernels bound before LoRA wraps the base, Liger's fused linear
     cross-entropy in the Trainer's loss, three steps, the adapter saved; the same adapter as the CPU fused loss."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        msg = "liger-kernel is not installed (the test extra installs it on Linux: pip install -e '.[test]')"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    _need_liger()
     log, liger, liger_metrics = _train(tiny_models[arch], tmp_path / "liger", "liger", flags, interpret=True)
     assert "kernels: Liger (fused linear cross-entropy and layer kernels) under Triton's interpreter" in log
     assert ("Liger kernels for llama (norms, MLP, RoPE)" if arch == "llama" else "Liger LayerNorm on 6 Bloom") in log
@@ -141,9 +146,7 @@ def test_the_interpreter_computes_bf16_values_not_their_bit_patterns():
     """Triton's interpreter stores bf16 as uint16 bits and multiplied those: Liger's SwiGLU gave ~1e+32 and bf16
     training a nan loss. With triton_interpreter's fill, bf16 kernels agree with fp32 arithmetic to bf16 rounding
     (a bf16 step is 2^-8 relative; two roundings in a row)."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        msg = "liger-kernel is not installed (the test extra installs it on Linux: pip install -e '.[test]')"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    _need_liger()
     r = subprocess.run([sys.executable, "-c", BF16_CHECK], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     errors = json.loads(r.stdout.strip().splitlines()[-1])

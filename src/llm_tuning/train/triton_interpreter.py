@@ -128,7 +128,7 @@ def _back_to_bf16(out):
     """A reduction's fp32 result (a tensor, or a (values, indices) pair) as bf16."""
     if isinstance(out, tuple):
         return (_back_to_bf16(out[0]),) + out[1:]
-    if out is None or out.dtype.scalar != tl.float32:
+    if out.dtype.scalar != tl.float32:
         return out
     from triton.runtime.interpreter import TensorHandle
 
