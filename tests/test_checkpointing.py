@@ -12,11 +12,11 @@ from llm_tuning.models import load_model, load_tokenizer
 from test_methods import fixed_batch, make_cfg
 
 
-def _loss_grads_and_layer_runs(path, variant, batch, checkpointing):
+def _loss_grads_and_layer_runs(path, variant, batch, checkpointing, every=1):
     cfg = make_cfg(path, variant)
     method = get_method(cfg.method)
     torch.manual_seed(0)
-    cfg.gradient_checkpointing = checkpointing
+    cfg.gradient_checkpointing, cfg.checkpoint_every = checkpointing, every
     model = method.prepare(load_model(path), cfg)
     runs = []
     for layer in _decoder_layers(model):
@@ -42,6 +42,24 @@ def test_checkpointing_recomputes_and_changes_nothing(variant, arch, tiny_models
     assert grads0.keys() == grads1.keys() and all(g is not None for g in grads1.values())
     for k in grads0:
         assert (grads0[k] - grads1[k]).abs().max().item() <= 1e-5, k
+
+
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+@pytest.mark.parametrize("variant", ["lora", "prefix", "prompt-text"])
+def test_checkpoint_every_recomputes_only_those_layers_and_changes_nothing(variant, arch, tiny_models,
+                                                                         sample_records):
+    """--checkpoint-every 2: layers 0, 2, ... run again in the backward, the others do not; loss and gradients
+    as without checkpointing."""
+    path = tiny_models[arch]
+    batch = fixed_batch(prepare_tokenizer(load_tokenizer(path), log=lambda m: None), sample_records)
+    loss0, grads0, runs0, layers = _loss_grads_and_layer_runs(path, variant, batch, False)
+    loss2, grads2, runs2, _ = _loss_grads_and_layer_runs(path, variant, batch, True, every=2)
+    assert layers >= 2
+    assert runs0 == layers and runs2 == layers + (layers + 1) // 2
+    assert abs(loss0 - loss2) <= 1e-5
+    assert grads0.keys() == grads2.keys()
+    for k in grads0:
+        assert (grads0[k] - grads2[k]).abs().max().item() <= 1e-5, k
 
 
 def test_prefix_with_checkpointing_trains_loads_and_generates(tiny_models, tmp_path):

@@ -95,6 +95,7 @@ class EstimateSettings:
     batch_size: int = same_as(TrainConfig, "batch_size")
     max_length: int = same_as(TrainConfig, "max_length")
     gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
+    checkpoint_every: int = same_as(TrainConfig, "checkpoint_every")
     fast_loss: bool = same_as(TrainConfig, "fast_loss")
     # the GPU path (issue 21): lab/estimate/gpu.py
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",

@@ -61,6 +61,10 @@ class TrainSettings:
     seed: int = option(42, "random seed (data split, order, initialisation)", group=T, range="[0, 4294967295]")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory "
                                                  "(every method, prefix included)", group=T)
+    checkpoint_every: int = option(1, "with --gradient-checkpointing: checkpoint one decoder layer in N (the "
+                                      "first, then every Nth: transformers' every_n_layers); the others keep their "
+                                      "activations, trading memory back for speed (1: every layer)", group=T,
+                                   range="[1, inf)")
     group_by_length: bool = option(True, "batch examples of similar length together (less padding)", group=T)
     fast_loss: bool = option(True, "the output layer only on learned positions, fused with the loss (CPU; on "
                                    "CUDA --kernels decides)", group=T)

@@ -85,7 +85,7 @@ class Method:
         weights in fp32 over a half-precision base (full and BitFit train the base's own tensors, which stay in
         the chosen precision)."""
         if cfg.gradient_checkpointing:
-            model = self.enable_checkpointing(model, lambda m: self.apply(m, cfg))
+            model = self.enable_checkpointing(model, lambda m: self.apply(m, cfg), cfg.checkpoint_every)
         else:
             model = self.apply(model, cfg)
         if cfg.precision != "fp32" and not self.in_base_dtype:
@@ -96,11 +96,12 @@ class Method:
                     p.data = p.data.float()
         return model
 
-    def enable_checkpointing(self, model, apply):
-        """Gradient checkpointing around `apply(model)`: transformers' own, on the base, before the method."""
+    def enable_checkpointing(self, model, apply, every: int = 1):
+        """Gradient checkpointing (of every `every`-th decoder layer) around `apply(model)`: transformers' own, on
+        the base, before the method."""
         from ..models.checkpointing import enable_standard
 
-        return apply(enable_standard(model))
+        return apply(enable_standard(model, every))
 
     def save(self, model, out_dir: str):
         model.save_pretrained(out_dir)

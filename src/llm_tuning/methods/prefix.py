@@ -46,12 +46,12 @@ class PrefixTuning(PeftMethod):
             trainable = largest = n * width
         return Footprint(trainable=trainable, largest=largest, in_layers=False, prefix_tokens=n)
 
-    def enable_checkpointing(self, model, apply):
+    def enable_checkpointing(self, model, apply, every: int = 1):
         """transformers' checkpointing drops the KV cache PEFT feeds the prefix through (models/checkpointing.py):
         our per-layer checkpointing keeping the cache, on the PEFT model."""
         from ..models.checkpointing import enable_keeping_prefix
 
-        return enable_keeping_prefix(apply(model))
+        return enable_keeping_prefix(apply(model), every)
 
     def peft_config(self, model, cfg):
         from peft import PrefixTuningConfig, TaskType

@@ -10,6 +10,8 @@ what the forward did and the prefix still receives its gradient.
 
 from __future__ import annotations
 
+import inspect
+
 
 def _decoder_layers(model):
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -40,20 +42,55 @@ def _checkpoint_keeping_prefix(layer, index: int):
     layer.forward = forward
 
 
-def enable_standard(model):
-    """The standard transformers mechanism, on the base model (every method but prefix tuning)."""
+def check_options(cfg):
+    """--checkpoint-every says which layers --gradient-checkpointing checkpoints: alone it is a mistake."""
+    if cfg.checkpoint_every != 1 and not cfg.gradient_checkpointing:
+        from ..errors import UserError
+
+        raise UserError(f"--checkpoint-every {cfg.checkpoint_every}: needs --gradient-checkpointing (it says which "
+                        "layers to checkpoint); add it, or drop --checkpoint-every")
+
+
+def checkpointed(index: int, every: int) -> bool:
+    """Is decoder layer `index` checkpointed under `--checkpoint-every every`? transformers' every_n_layers rule:
+    the first layer, then every `every`-th (the estimate counts the same layers, lab/estimate/activations.py)."""
+    return index % every == 0
+
+
+def enable_standard(model, every: int = 1):
+    """The standard transformers mechanism, on the base model (every method but prefix tuning); `every` > 1:
+    only every `every`-th decoder layer."""
+    kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # newer transformers 5 (5.25 here): the old name warns
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        params = inspect.signature(model.activation_checkpointing_enable).parameters
+        extra = {"every_n_layers": every} if "every_n_layers" in params else {}
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **extra)
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        extra = {}
+    if every > 1 and not extra:
+        # An older transformers 5 checkpoints every layer; the per-layer switch it sets is the one every_n_layers
+        # sets in newer versions (GradientCheckpointingLayer.gradient_checkpointing), so set it the same way.
+        for i, layer in enumerate(_decoder_layers(model)):
+            layer.gradient_checkpointing = checkpointed(i, every)
     # With frozen embeddings nothing entering the first layer needs a gradient; checkpointing needs one.
     model.enable_input_require_grads()
     model.config.use_cache = False
     return model
 
 
-def enable_keeping_prefix(model):
+def enable_keeping_prefix(model, every: int = 1):
     """Prefix tuning: our own per-layer checkpointing that keeps the prefix cache (on the PEFT model)."""
     for i, layer in enumerate(_decoder_layers(model)):
-        _checkpoint_keeping_prefix(layer, i)
+        if checkpointed(i, every):
+            _checkpoint_keeping_prefix(layer, i)
     return model
+
+
+def describe(model, every: int) -> str:
+    """'all 24 layers' / '12 of 24 layers: one in 2': what the log says."""
+    n = len(_decoder_layers(model))
+    if every == 1:
+        return f"all {n} layers"
+    k = sum(checkpointed(i, every) for i in range(n))
+    return f"{k} of {n} layers: one in {every}"

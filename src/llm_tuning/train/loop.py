@@ -55,9 +55,11 @@ def check(cfg: TrainConfig):
     Returns (method, training records, held-out records, checkpoint to resume from)."""
     from ..data.formats import load_records, split_records
     from ..methods import get_method
+    from ..models.checkpointing import check_options as check_checkpointing
     from ..models.load import check_source
 
     method = get_method(cfg.method)
+    check_checkpointing(cfg)
     if cfg.packing:  # one line where packing cannot apply (the method says, data/packing.py)
         from ..data.packing import check_packing
 
@@ -148,7 +150,9 @@ def method(cfg: TrainConfig, chosen, base):
 
     tuned = chosen.prepare(base, cfg)
     if cfg.gradient_checkpointing:
-        log("gradient checkpointing on")
+        from ..models.checkpointing import describe
+
+        log(f"gradient checkpointing on ({describe(tuned, cfg.checkpoint_every)})")
     log(f"method {chosen.name}: {describe_parameters(tuned)}")
     return tuned
 

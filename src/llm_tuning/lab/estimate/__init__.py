@@ -34,7 +34,7 @@ def _settings(cfg) -> str:
     s = f"precision {cfg.precision}" + (f", {cfg.quantization} base" if cfg.quantization else "")
     s += f", batch {cfg.batch_size} x {cfg.max_length} tokens"
     if cfg.gradient_checkpointing:
-        s += ", gradient checkpointing"
+        s += ", gradient checkpointing" + (f" (one layer in {cfg.checkpoint_every})" if cfg.checkpoint_every > 1 else "")
     extra = method_of(cfg.method).describe(cfg.train_config())
     return s + (f", {extra}" if extra else "")
 
@@ -80,8 +80,10 @@ def _auto_batch(cfg):
 
 
 def print_estimate(cfg) -> None:
+    from ...models.checkpointing import check_options
     from ...train.batch_size import AUTO
 
+    check_options(cfg)
     if cfg.batch_size == AUTO:
         cfg = _auto_batch(cfg)
     if getattr(cfg, "device", "cpu") == "cuda":

@@ -24,6 +24,10 @@ class _Run:
     seq: int  # query positions per sequence (prompt / p-tuning: virtual tokens included)
     kv_len: int  # key positions (prefix: virtual tokens included)
     cache: float = 0.0  # per token: tensors the model's cache holds until the forward returns, not kept after
+    every: int = 1  # --checkpoint-every: with gc, the layers checkpointed (models/checkpointing.py's rule)
+
+    def checkpointed(self, index: int) -> bool:
+        return self.gc and index % self.every == 0
 
     @property
     def tokens(self) -> int:
@@ -161,7 +165,8 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
 
 
 def _activations(r: _Run) -> dict:
-    """Per-phase activation bytes: layers, head, checkpoint stash, one layer's worth, layer backward transient."""
+    """Per-phase activation bytes: layers (those not checkpointed), head, checkpoint stash, one layer's worth, what
+    is kept below the last checkpointed layer while it is recomputed, layer backward transient."""
     a, act, t = r.arch, r.act, r.tokens
     full = r.fp.linear_weights
     layer = _bloom_layer if a.family == "bloom" else _llama_layer
@@ -192,19 +197,22 @@ def _activations(r: _Run) -> dict:
         head += (act * a.hidden + 2 * act) * t
     else:
         head += (FP32 * a.hidden + FP32 + (act * a.hidden if r.fp.norm_weights else 0)) * t
-    # Checkpointing keeps each layer's input (and, for prefix, the cache's keys and values, which our per-layer
-    # checkpointing leaves in the cache until the backward).
-    stash = 0.0
-    if r.gc:
-        stash = act * a.hidden * t * a.layers
-        if r.prefix:
-            stash += 2 * act * a.kv_dim * r.batch * r.kv_len * a.layers
+    # Checkpointing keeps each checkpointed layer's input (and, for prefix, the cache's keys and values, which our
+    # per-layer checkpointing leaves in the cache until the backward); the others keep what they keep unchecked.
+    constant = r.fp.layer_constant  # what a layer keeps whatever the tokens (every layer's, or one recomputed)
+    stash_one = act * a.hidden * t + (2 * act * a.kv_dim * r.batch * r.kv_len if r.prefix else 0)
+    kept = [stash_one if r.checkpointed(i) else per_layer[i] + constant for i in range(a.layers)]
+    ckpt = [i for i in range(a.layers) if r.checkpointed(i)]
+    stash = stash_one * len(ckpt)
+    # The last checkpointed layer's recomputation happens with every layer below it still holding what it keeps
+    # (every layer checkpointed: the whole stash, as before partial checkpointing).
+    below_last = sum(kept[:ckpt[-1] + 1]) if ckpt else 0.0
     # While one layer's backward runs: the gradients of its widest intermediates (Llama: of silu(g)*up, of
     # silu(g), up and g; Bloom: of the gelu output and input, and of the score matrix in fp32 and hidden dtype).
     if a.family == "bloom":
         transient = (2 * act * 4 * a.hidden + a.heads * r.kv_len * (FP32 + 2 * act)) * t
     else:
         transient = (4 * act * a.intermediate + 2 * act * a.hidden) * t
-    constant = r.fp.layer_constant  # what a layer keeps whatever the tokens (every layer's, or one recomputed)
-    return {"layers": 0.0 if r.gc else sum(per_layer) + a.layers * constant, "head": head, "stash": stash, "one_layer": one_layer,
-            "layer_transient": transient, "cache": 0.0 if r.gc else cache}
+    return {"layers": sum(k for i, k in enumerate(kept) if not r.checkpointed(i)), "head": head, "stash": stash,
+            "one_layer": one_layer, "below_last_recompute": below_last, "layer_transient": transient,
+            "cache": 0.0 if r.gc else cache}

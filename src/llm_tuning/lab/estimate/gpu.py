@@ -35,14 +35,15 @@ UNMODELLED_8BIT = (
     "outlier columns subB per layer), or a loading transient - unmeasured here (no GPU)")
 
 
-def _bloom_sdpa_delta(a, act: int, batch: int, seq: int, kv_len: int, gc: bool) -> float:
+def _bloom_sdpa_delta(a, act: int, batch: int, seq: int, kv_len: int, gc: bool, every: int = 1) -> float:
     """Bytes the SDPA attention keeps minus what the CPU estimate's eager attention keeps (negative), plus the
     shared [batch, heads, q, kv] bias. Per token and layer, eager: q, k, v copies and the probabilities in fp32
     and the hidden dtype; SDPA: the fused q/k/v output (q, k, v are views of it), its output, logsumexp."""
     h, nh, kv_ratio = a.hidden, a.heads, kv_len / seq
     eager = act * h + 2 * act * h * kv_ratio + nh * kv_len * (FP32 + (act if act != FP32 else 0))
     sdpa = act * h * (1 + 2 * kv_ratio) + act * h + FP32 * nh
-    layers = 1 if gc else a.layers  # under checkpointing one layer's attention is alive (its recomputation)
+    # Under checkpointing, the layers not checkpointed keep their attention, and one layer recomputes its own.
+    layers = (a.layers - sum(i % every == 0 for i in range(a.layers)) + 1) if gc else a.layers
     return (sdpa - eager) * batch * seq * layers + act * batch * nh * seq * kv_len
 
 
@@ -66,7 +67,7 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
         fp = method_of(method).footprint(a, o)  # virtual tokens in the input (prompt, ptuning), the keys (prefix)
         seq = max_length + fp.input_tokens
         kv_len = seq + fp.prefix_tokens
-        tensors += _bloom_sdpa_delta(a, act, batch_size, seq, kv_len, gradient_checkpointing)
+        tensors += _bloom_sdpa_delta(a, act, batch_size, seq, kv_len, gradient_checkpointing, o.checkpoint_every)
     reserved = tensors * (1 + ALLOCATOR_OVERHEAD)
     return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
             "total": int(reserved + CUDA_CONTEXT), "cpu": cpu,

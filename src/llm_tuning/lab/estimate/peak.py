@@ -94,10 +94,10 @@ def _check(method, precision, quantization, batch_size, max_length):
         raise EstimateError("--batch-size and --max-length must be at least 1")
 
 
-def _run_for(a: Arch, fp: Footprint, act, quantization, gc, batch_size, max_length) -> _Run:
+def _run_for(a: Arch, fp: Footprint, act, quantization, gc, batch_size, max_length, every=1) -> _Run:
     """The activation walk's view of this run: hidden dtype, positions (virtual tokens included), targets."""
     seq = max_length + fp.input_tokens
-    return _Run(a, fp, act, quantization, gc, batch_size, seq, seq + fp.prefix_tokens)
+    return _Run(a, fp, act, quantization, gc, batch_size, seq, seq + fp.prefix_tokens, every=every)
 
 
 def _fused_output_layer(a: Arch, fp: Footprint, act, p, batch_size, seq, t) -> tuple[float, float, float]:
@@ -196,7 +196,8 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     # Hidden-state dtype: the precision, except over a quantised base, where the embeddings and norms are fp32
     # (prepare_model_for_kbit_training) and bitsandbytes returns each matmul in its input's dtype.
     act = FP32 if quantization else p
-    r = _run_for(a, fp, act, quantization, gradient_checkpointing, batch_size, max_length)
+    r = _run_for(a, fp, act, quantization, gradient_checkpointing, batch_size, max_length,
+                 getattr(o, "checkpoint_every", 1))
     ac = _activations(r)
     backbone = ac["layers"] + ac["head"] + ac["stash"]
     fast = bool(o.fast_loss) and m.fast_loss
@@ -214,9 +215,11 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
 
     # The peak is the largest of these moments (activations alive, gradients alive, transient):
     phases = [
-        # the first layer's backward (under checkpointing: its recomputation): every gradient written but its own
-        # (and, for full fine-tuning, the input embedding's, computed last); the optimizer step: every gradient
-        (ac["stash"] + ac["one_layer"], gradients - _first_layer_grads(a, fp, gradients, p),
+        # a layer's backward: the first's, or under checkpointing the last checkpointed layer's recomputation with
+        # what the layers below it keep (all checkpointed: the first's), with every gradient written but the first
+        # layer's (and, for full fine-tuning, the input embedding's, computed last: an upper bound for a later
+        # layer); the optimizer step: every gradient
+        (ac["below_last_recompute"] + ac["one_layer"], gradients - _first_layer_grads(a, fp, gradients, p),
          ac["layer_transient"] + dequant), (0, gradients, step_transient)]
     if fast:
         # the backbone returns (its cache still alive); the fused output layer + loss; its backward
