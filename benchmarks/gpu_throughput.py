@@ -12,8 +12,10 @@ records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the trai
 and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (9.5 minutes here,
 all 14 commands exit 0; the packed runs take Liger under Triton's interpreter, see smoke_liger).
 
-MFU: 6 FLOPs per parameter per token with checkpointing (forward, recomputed forward, input gradients), 4
-without, over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md). Not yet run: the
+MFU: the model's 4 FLOPs per parameter per token (forward, input gradients; recomputation not counted, as PaLM
+defines MFU) over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md); HFU adds the
+recomputed forward of the checkpointed layers (2 per parameter and token for each: 6 with every layer
+checkpointed, 5 with --checkpoint-every 2). Not yet run: the
 figures in benchmarks/README.md come from a device call, none was available when this was written.
 """
 import argparse, json, os, subprocess, sys, tempfile, threading, time
@@ -141,7 +143,7 @@ def subset(n):
 def estimate_mib(model, flags):
     """`llm-tuning estimate --device cuda` for the run's memory flags (MiB), None if it fails."""
     keep = {"--method", "--precision", "--quantization", "--batch-size", "--max-length", "--gradient-checkpointing",
-            "--kernels"}
+            "--checkpoint-every", "--kernels"}
     args = [a for k, v in zip(flags[::2], flags[1::2]) if k in keep for a in (k, v)]
     p = subprocess.run([PY, "-m", "llm_tuning", "estimate", "--model", model, "--device", "cuda", "--json", "true"]
                        + args, capture_output=True, text=True)
@@ -159,7 +161,8 @@ def smoke_liger(flags):
     return [a for kv in opts.items() for a in kv], {"TRITON_INTERPRET": "1"}
 
 
-def ours(name, model, data, flags, kind, gc, timeout=150):
+def ours(name, model, data, flags, kind, recomputed, timeout=150):
+    """recomputed: the share of the layers checkpointing runs twice (0 without it, 1/N with --checkpoint-every N)."""
     out = os.path.join(W, name)
     env = None
     if ARGS.smoke:
@@ -169,8 +172,9 @@ def ours(name, model, data, flags, kind, gc, timeout=150):
            "true", "--save-steps", "100000"] + flags
     d = run(name, cmd, timeout, out, env=env, extra={"estimate_mib": estimate_mib(model, flags)})
     if d and d.get("tok_s") and not ARGS.smoke:  # MFU at the real sizes only
-        d["mfu"] = round(d["tok_s"] * (6 if gc else 4) * PARAMS[kind] / MATMUL_RATE, 3)
-        record({"name": name + ":mfu", "mfu": d["mfu"]})
+        d["mfu"] = round(d["tok_s"] * 4 * PARAMS[kind] / MATMUL_RATE, 3)
+        d["hfu"] = round(d["tok_s"] * (4 + 2 * recomputed) * PARAMS[kind] / MATMUL_RATE, 3)
+        record({"name": name + ":mfu", "mfu": d["mfu"], "hfu": d["hfu"]})
     return d
 
 
@@ -179,15 +183,15 @@ def bloom_runs(B):
     run("recipe-bloom", [PY, RECIPE, B, z320, "bf16"], 150)
     recipe = ["--method", "lora", "--lora-alpha", "8", "--lora-dropout", "0", "--precision", "bf16", "--batch-size",
               "1", "--grad-accum", "8", "--max-length", "256", "--epochs", "1"]
-    ours("bloom-recipe-settings", B, z320, recipe, "bloom", False)
+    ours("bloom-recipe-settings", B, z320, recipe, "bloom", 0)
     # ours: the same records in batches of 8 (one step = the recipe's 8 examples), packed, kernels on/off
     mine = ["--method", "lora", "--lora-alpha", "8", "--lora-dropout", "0", "--precision", "bf16", "--batch-size",
             "8", "--max-length", "256", "--epochs", "1"]
     for pk in ("false", "true"):
         for kn in ("auto", "none"):
-            ours(f"bloom-bs8-packing-{pk}-kernels-{kn}", B, z320, mine + ["--packing", pk, "--kernels", kn], "bloom", False)
+            ours(f"bloom-bs8-packing-{pk}-kernels-{kn}", B, z320, mine + ["--packing", pk, "--kernels", kn], "bloom", 0)
     # transformers' eager Bloom attention in place of the project's SDPA one: does that CPU speed-up win on CUDA?
-    ours("bloom-bs8-speedups-false", B, z320, mine + ["--speedups", "false"], "bloom", False)
+    ours("bloom-bs8-speedups-false", B, z320, mine + ["--speedups", "false"], "bloom", 0)
 
 
 def llama_runs(L):
@@ -202,19 +206,27 @@ def llama_runs(L):
             if quant and (pk, kn) != ("true", "auto"):
                 continue  # quantised bases: the full GPU path only (time)
             ours(f"llama-{quant or prec}-gc-packing-{pk}-kernels-{kn}", L, z64, common + ["--precision", prec,
-                 "--packing", pk, "--kernels", kn] + q, "llama", True)
+                 "--packing", pk, "--kernels", kn] + q, "llama", 1)
+    # partial checkpointing (--checkpoint-every N: one layer in N recomputed), the fastest path otherwise
+    for n in (2, 4):
+        ours(f"llama-fp16-gc{n}-packing-true-kernels-auto", L, z64, common + [
+            "--checkpoint-every", str(n), "--precision", "fp16", "--packing", "true", "--kernels", "auto"], "llama",
+            -(-32 // n) / 32)
 
 
 def table():
     rows = [json.loads(l) for l in open(os.path.join(OUT, "results.jsonl"))]
     tok = {r["name"]: r.get("tok_s") for r in rows}
-    print("\n| run | tokens/s | x recipe | MFU | peak GPU MiB (NVML) | estimate MiB |\n|---|---|---|---|---|---|")
+    fu = {r["name"][:-len(":mfu")]: r for r in rows if r["name"].endswith(":mfu")}  # recorded after their run's row
+    print("\n| run | tokens/s | x recipe | MFU | HFU | peak GPU MiB (NVML) | estimate MiB |\n|---|---|---|---|---|---|---|")
     for r in rows:
         if r["name"].startswith(("build", "env")) or r["name"].endswith(":mfu"):
             continue
         base = tok.get("recipe-bloom" if "bloom" in r["name"] else "recipe-llama-fp16-gc")
         ratio = f"{r['tok_s'] / base:.2f}" if r.get("tok_s") and base else ""
-        print(f"| {r['name']} | {r.get('tok_s', '')} | {ratio} | {r.get('mfu', '')} | {r['peak_gpu_mib']} | "
+        u = fu.get(r["name"], {})
+        print(f"| {r['name']} | {r.get('tok_s', '')} | {ratio} | {u.get('mfu', '')} | {u.get('hfu', '')} | "
+              f"{r['peak_gpu_mib']} | "
               f"{r.get('estimate_mib', '')} |")
 
 

@@ -58,6 +58,10 @@ METHODS = {  # name -> train flags
     "prefix-proj": ["--method", "prefix", "--prefix-projection", "true"], "ia3": ["--method", "ia3"],
     "full": ["--method", "full"],
 }
+PARTIAL = {  # partial checkpointing, one layer in 2 / in 4 (--checkpoint-every): between lora-gc and lora (fp32 only)
+    "lora-gc2": METHODS["lora-gc"] + ["--checkpoint-every", "2"],
+    "lora-gc4": METHODS["lora-gc"] + ["--checkpoint-every", "4"],
+}
 
 
 TIMEOUT = {}  # name -> seconds, where a run is stopped early (its peak RSS so far is still measured)
@@ -66,7 +70,7 @@ TIMEOUT = {}  # name -> seconds, where a run is stopped early (its peak RSS so f
 def configs():
     """name -> (model, flags, warm-up steps, measured steps); 'recipe' runs the seed's recipe instead."""
     out = {"bloom-fp32-recipe": ("bloom", "recipe", 1, 2)}
-    for m, flags in METHODS.items():
+    for m, flags in {**METHODS, **PARTIAL}.items():
         out[f"bloom-fp32-{m}"] = ("bloom", flags + BLOOM_FP32, 1, 2)
     for m, flags in METHODS.items():
         out[f"bloom-bf16-{m}"] = ("bloom", flags + BLOOM_BF16 + SHORT, 0, 1)
@@ -182,7 +186,7 @@ def steady(log_path: str, warmup: int) -> dict:
 
 def estimate(model_dir, flags) -> dict | None:
     keep = {"--method", "--precision", "--quantization", "--batch-size", "--max-length", "--gradient-checkpointing",
-            "--prefix-projection", "--encoder"}
+            "--checkpoint-every", "--prefix-projection", "--encoder"}
     est_flags = [x for i, x in enumerate(flags) if x in keep or (i and flags[i - 1] in keep)]
     p = subprocess.run([PY, "-m", "llm_tuning", "estimate", "--model", model_dir, *est_flags, "--json"],
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})

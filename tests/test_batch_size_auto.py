@@ -1,6 +1,8 @@
 """`--batch-size auto`: the largest micro-batch (at most 64) whose estimated memory fits in 90 % of the memory
 there is; the run trains and records the batch it chose; too little memory for one example is one line."""
 
+import json
+
 import yaml
 
 import pytest
@@ -8,7 +10,8 @@ import pytest
 from conftest import SAMPLE, run_cli
 from llm_tuning.config import TrainConfig
 from llm_tuning.errors import UserError
-from llm_tuning.train.batch_size import HEADROOM, LIMIT, needed_bytes, resolve_batch_size
+from llm_tuning.train.batch_size import (HEADROOM, LIMIT, needed_bytes, resolve_batch_size,
+                                         resolve_checkpoint_every)
 
 
 def _cfg(model, **kw):
@@ -49,3 +52,50 @@ def test_train_with_batch_size_auto_records_the_batch_it_chose(tiny_models, tmp_
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert result.steps == 2 and 1 <= saved["batch_size"] <= LIMIT
     assert f"batch size auto: {saved['batch_size']} (estimated " in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- --checkpoint-every auto
+
+def _ckpt_cfg(**kw):
+    base = dict(model="llama-2-7b", data=SAMPLE, output_dir="-", precision="fp16", batch_size=4, max_length=512,
+                gradient_checkpointing=True, checkpoint_every="auto")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_checkpoint_every_auto_recomputes_the_fewest_layers_that_fit():
+    import dataclasses
+
+    cfg = _ckpt_cfg()
+    assert cfg.checkpoint_every == 0  # "auto" read as the option declares it
+    need = {n: needed_bytes(dataclasses.replace(cfg, checkpoint_every=n), 4, True) for n in range(1, 33)}
+    assert need[1] < need[2] < need[3] < need[4] < need[32]  # each layer kept costs memory
+    memory = int((need[3] + need[4]) / 2 / HEADROOM)  # room for one layer in 3 checkpointed, not one in 4
+    said = []
+    chosen = resolve_checkpoint_every(cfg, said.append, memory=(memory, "given"), cuda=True)
+    assert chosen.checkpoint_every == max(n for n, b in need.items() if b <= memory * HEADROOM) == 3
+    assert said == [said[0]] and said[0].startswith("checkpoint every auto: 3 (11 of 32 layers recomputed; estimated ")
+    roomy = resolve_checkpoint_every(cfg, said.append, memory=(10**15, "given"), cuda=True).checkpoint_every
+    assert roomy == 32  # only the first layer checkpointed: N = 31 would also recompute the last one, for more memory
+    with pytest.raises(UserError, match=r"--checkpoint-every auto: with every layer checkpointed, batch 4 x 512 is "
+                                        r"estimated at 14\.\d\d GiB, more than .*; lower --batch-size"):
+        resolve_checkpoint_every(cfg, said.append, memory=(need[1] - 1, "given"), cuda=True)
+
+
+def test_checkpoint_every_auto_from_the_command_line(tiny_models, tmp_path):
+    r = run_cli("estimate", "--model", "llama-2-7b", "--precision", "fp16", "--gradient-checkpointing",
+                "--checkpoint-every", "auto", "--batch-size", "auto", "--device", "cuda", "--memory", "24", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("batch size auto: ") and lines[1].startswith("checkpoint every auto: ")
+    assert json.loads(r.stdout)["total"] <= HEADROOM * 24 * 2**30
+    r = run_cli("estimate", "--model", "llama-2-7b", "--checkpoint-every", "auto")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "llm-tuning estimate: error: --checkpoint-every auto: needs --gradient-checkpointing (it says which layers to "
+        "checkpoint); add it, or drop --checkpoint-every"]
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--output-dir", str(out), "--max-steps",
+                "1", "--max-length", "64", "--gradient-checkpointing", "--checkpoint-every", "auto")
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["checkpoint_every"] >= 1
+    assert f"checkpoint every auto: {saved['checkpoint_every']} (" in r.stdout

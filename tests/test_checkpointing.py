@@ -1,6 +1,8 @@
 """Gradient checkpointing for every method, prefix tuning included (which PEFT refuses): the layers really
 are recomputed, and loss and gradients equal those of the run without checkpointing."""
 
+import re
+
 import pytest
 import torch
 
@@ -67,10 +69,25 @@ def test_prefix_with_checkpointing_trains_loads_and_generates(tiny_models, tmp_p
     r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--method", "prefix",
                 "--gradient-checkpointing", "--max-steps", "3", "--max-length", "96", "--output-dir", str(out))
     assert r.returncode == 0, r.stderr
-    assert "gradient checkpointing on" in r.stdout
+    assert "gradient checkpointing on (all " in r.stdout
     r = run_cli("generate", "--model", tiny_models["llama"], "--adapter", str(out), "--prompt", "说出一种水果。",
                 "--max-new-tokens", "4")
     assert r.returncode == 0, r.stderr
+
+
+def test_checkpoint_every_from_the_command_line(tiny_models, tmp_path):
+    out = tmp_path / "lora"
+    args = ("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--max-steps", "2", "--max-length", "64",
+            "--output-dir", str(out), "--checkpoint-every", "2")
+    r = run_cli(*args)
+    assert r.returncode != 0 and not out.exists()
+    assert r.stderr.strip().splitlines() == ["llm-tuning train: error: --checkpoint-every 2: needs "
+                                             "--gradient-checkpointing (it says which layers to checkpoint); add it, "
+                                             "or drop --checkpoint-every"]
+    r = run_cli(*args, "--gradient-checkpointing")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"gradient checkpointing on \(\d+ of \d+ layers: one in 2\)", r.stdout), r.stdout
+    assert (out / "adapter_model.safetensors").exists()
 
 
 def _bytes_kept_for_backward(method, checkpointing):

@@ -101,7 +101,7 @@ class EstimateSettings:
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
                          choices=("cpu", "cuda"), group=M)
     kernels: str = same_as(TrainConfig, "kernels")
-    memory: float | None = option(None, "with --batch-size auto: the GiB the run may use (default: this machine's "
+    memory: float | None = option(None, "with an auto size: the GiB the run may use (default: this machine's "
                                         "available RAM, or with --device cuda its GPU's free memory)", group=M,
                                   range="(0, inf)")
     json: bool = same_as(EvalConfig, "json")

@@ -63,8 +63,9 @@ class TrainSettings:
                                                  "(every method, prefix included)", group=T)
     checkpoint_every: int = option(1, "with --gradient-checkpointing: checkpoint one decoder layer in N (the "
                                       "first, then every Nth: transformers' every_n_layers); the others keep their "
-                                      "activations, trading memory back for speed (1: every layer)", group=T,
-                                   range="[1, inf)")
+                                      "activations, trading memory back for speed (1: every layer; auto: the "
+                                      "largest N the memory estimate says fits, at the batch size)", group=T,
+                                   range="[1, inf)", also=(0,), words={"auto": 0})
     group_by_length: bool = option(True, "batch examples of similar length together (less padding)", group=T)
     fast_loss: bool = option(True, "the output layer only on learned positions, fused with the loss (CPU; on "
                                    "CUDA --kernels decides)", group=T)

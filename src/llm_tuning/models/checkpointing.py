@@ -47,8 +47,9 @@ def check_options(cfg):
     if cfg.checkpoint_every != 1 and not cfg.gradient_checkpointing:
         from ..errors import UserError
 
-        raise UserError(f"--checkpoint-every {cfg.checkpoint_every}: needs --gradient-checkpointing (it says which "
-                        "layers to checkpoint); add it, or drop --checkpoint-every")
+        value = cfg.checkpoint_every or "auto"  # 0 is auto (config/train.py)
+        raise UserError(f"--checkpoint-every {value}: needs --gradient-checkpointing (it says which layers to "
+                        "checkpoint); add it, or drop --checkpoint-every")
 
 
 def checkpointed(index: int, every: int) -> bool:
@@ -60,17 +61,14 @@ def checkpointed(index: int, every: int) -> bool:
 def enable_standard(model, every: int = 1):
     """The standard transformers mechanism, on the base model (every method but prefix tuning); `every` > 1:
     only every `every`-th decoder layer."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # newer transformers 5 (5.25 here): the old name warns
-        params = inspect.signature(model.activation_checkpointing_enable).parameters
-        extra = {"every_n_layers": every} if "every_n_layers" in params else {}
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **extra)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        extra = {}
+    enable, kwargs = getattr(model, "activation_checkpointing_enable", None), "activation_checkpointing_kwargs"
+    if enable is None:  # transformers before 5.2x: the old name (newer ones warn on it)
+        enable, kwargs = model.gradient_checkpointing_enable, "gradient_checkpointing_kwargs"
+    extra = {"every_n_layers": every} if "every_n_layers" in inspect.signature(enable).parameters else {}
+    enable(**{kwargs: {"use_reentrant": False}}, **extra)
     if every > 1 and not extra:
-        # An older transformers 5 checkpoints every layer; the per-layer switch it sets is the one every_n_layers
-        # sets in newer versions (GradientCheckpointingLayer.gradient_checkpointing), so set it the same way.
+        # A transformers 5 without every_n_layers checkpoints every layer; every_n_layers sets the same per-layer
+        # switch (GradientCheckpointingLayer.gradient_checkpointing), so set it the same way.
         for i, layer in enumerate(_decoder_layers(model)):
             layer.gradient_checkpointing = checkpointed(i, every)
     # With frozen embeddings nothing entering the first layer needs a gradient; checkpointing needs one.

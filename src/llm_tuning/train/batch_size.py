@@ -1,4 +1,6 @@
-"""`--batch-size auto`: the largest micro-batch the memory estimate (lab/estimate) says fits in this process's share
+"""`--batch-size auto` and `--checkpoint-every auto`, sized by the memory estimate.
+
+`--batch-size auto`: the largest micro-batch the memory estimate (lab/estimate) says fits in this process's share
 of the device's memory: on CUDA the device's free memory (`torch.cuda.mem_get_info`) against `estimate --device
 cuda`'s total; on a CPU the machine's available memory (MemAvailable) shared by the processes on it, against the
 CPU estimate's peak above the process itself. The estimate is a model (docs/memory.md says how close it is), so a
@@ -7,7 +9,12 @@ batch that trained, so a rerun is the same run.
 
 Accelerate's `find_executable_batch_size` (Trainer's auto_find_batch_size) finds a batch by trying and halving on
 out-of-memory errors; that works on CUDA only (a CPU out of memory is the kernel's OOM killer, not an exception),
-and costs failed steps. The estimate answers on both devices before the first step."""
+and costs failed steps. The estimate answers on both devices before the first step.
+
+`--checkpoint-every auto` (with --gradient-checkpointing): at the batch size (chosen first when it is auto too, with
+every layer checkpointed), the largest N, so the fewest layers recomputed, whose estimate fits the same share. Every
+N from the layer count down is tried: the peak does not fall with N everywhere (a checkpointed last layer is
+recomputed with every layer below it kept, lab/estimate/activations.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +45,8 @@ def needed_bytes(cfg, batch: int, cuda: bool) -> int:
     """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total."""
     from ..lab.estimate import estimate, load_config
 
+    if cfg.checkpoint_every == AUTO:  # not chosen yet: the batch is sized with every layer checkpointed
+        cfg = dataclasses.replace(cfg, checkpoint_every=1)
     config = load_config(cfg.model)
     if cuda:
         from ..lab.estimate.gpu import estimate_gpu
@@ -63,27 +72,64 @@ def largest_fitting(fits, limit: int = LIMIT) -> int:
     return lo
 
 
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _cuda(cuda: bool | None) -> bool:
+    if cuda is None:
+        import torch
+
+        return torch.cuda.is_available()
+    return cuda
+
+
 def resolve_batch_size(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | None = None):
     """cfg with `--batch-size auto` replaced by the batch chosen (cfg itself otherwise). memory: (bytes, where)
     instead of reading the device's."""
     if cfg.batch_size != AUTO:
         return cfg
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
+    cuda = _cuda(cuda)
     budget, where = memory or available_memory(cuda)
     usable = int(budget * HEADROOM)
     try:
         batch = largest_fitting(lambda b: needed_bytes(cfg, b, cuda) <= usable)
     except Exception as e:  # an architecture the estimator does not know
         raise UserError(f"--batch-size auto: the memory estimate cannot size this model ({e}); give --batch-size N")
-    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     if batch == 0:
         raise UserError(f"--batch-size auto: one example of --max-length {cfg.max_length} is estimated at "
-                        f"{gib(needed_bytes(cfg, 1, cuda))}, more than {gib(usable)} ({HEADROOM:.0%} of the "
-                        f"{gib(budget)} {where}); lower --max-length, or add --gradient-checkpointing or "
+                        f"{_gib(needed_bytes(cfg, 1, cuda))}, more than {_gib(usable)} ({HEADROOM:.0%} of the "
+                        f"{_gib(budget)} {where}); lower --max-length, or add --gradient-checkpointing or "
                         f"--quantization 4bit")
-    log(f"batch size auto: {batch} (estimated {gib(needed_bytes(cfg, batch, cuda))} of the {gib(usable)} usable, "
-        f"{HEADROOM:.0%} of {gib(budget)} {where}" + (f"; capped at {LIMIT}" if batch == LIMIT else "") + ")")
+    log(f"batch size auto: {batch} (estimated {_gib(needed_bytes(cfg, batch, cuda))} of the {_gib(usable)} usable, "
+        f"{HEADROOM:.0%} of {_gib(budget)} {where}" + (f"; capped at {LIMIT}" if batch == LIMIT else "") + ")")
     return dataclasses.replace(cfg, batch_size=batch)
+
+
+def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | None = None):
+    """cfg with `--checkpoint-every auto` replaced by the N chosen (cfg itself otherwise); the batch size is known."""
+    if cfg.checkpoint_every != AUTO:
+        return cfg
+    from ..lab.estimate import arch_of, load_config
+
+    cuda = _cuda(cuda)
+    budget, where = memory or available_memory(cuda)
+    usable = int(budget * HEADROOM)
+    try:
+        layers = arch_of(load_config(cfg.model)).layers
+        need = {n: needed_bytes(dataclasses.replace(cfg, checkpoint_every=n), cfg.batch_size, cuda)
+                for n in range(layers, 0, -1)}
+    except Exception as e:  # an architecture the estimator does not know
+        raise UserError(f"--checkpoint-every auto: the memory estimate cannot size this model ({e}); give "
+                        "--checkpoint-every N")
+    fitting = [n for n, b in need.items() if b <= usable]
+    if not fitting:
+        raise UserError(f"--checkpoint-every auto: with every layer checkpointed, batch {cfg.batch_size} x "
+                        f"{cfg.max_length} is estimated at {_gib(need[1])}, more than {_gib(usable)} "
+                        f"({HEADROOM:.0%} of the {_gib(budget)} {where}); lower --batch-size or --max-length, or "
+                        "add --quantization 4bit")
+    n = fitting[0]
+    recomputed = sum(i % n == 0 for i in range(layers))
+    log(f"checkpoint every auto: {n} ({recomputed} of {layers} layers recomputed; estimated {_gib(need[n])} of the "
+        f"{_gib(usable)} usable, {HEADROOM:.0%} of {_gib(budget)} {where})")
+    return dataclasses.replace(cfg, checkpoint_every=n)

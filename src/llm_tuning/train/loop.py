@@ -79,25 +79,29 @@ def check(cfg: TrainConfig):
     return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
 
 
-def batch_size_for(cfg: TrainConfig) -> TrainConfig:
-    """`--batch-size auto` resolved (train/batch_size.py); under several processes the smallest any of them
-    chose, so that every process steps the same batch."""
-    from .batch_size import AUTO, resolve_batch_size
+def sized_by_memory(cfg: TrainConfig) -> TrainConfig:
+    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (train/batch_size.py); under several processes
+    the smallest any of them chose, so that every process steps the same batch (and none runs out of memory)."""
+    from .batch_size import AUTO, resolve_batch_size, resolve_checkpoint_every
 
-    if cfg.batch_size != AUTO:
-        return cfg
-    chosen = resolve_batch_size(cfg, log)
+    for field, resolve in (("batch_size", resolve_batch_size), ("checkpoint_every", resolve_checkpoint_every)):
+        if getattr(cfg, field) == AUTO:
+            cfg = _smallest_over_processes(resolve(cfg, log), field)
+    return cfg
+
+
+def _smallest_over_processes(cfg: TrainConfig, field: str) -> TrainConfig:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        import dataclasses
+    if not (dist.is_available() and dist.is_initialized()):
+        return cfg
+    import dataclasses
 
-        import torch
+    import torch
 
-        t = torch.tensor([chosen.batch_size])
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        chosen = dataclasses.replace(chosen, batch_size=int(t.item()))
-    return chosen
+    t = torch.tensor([getattr(cfg, field)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return dataclasses.replace(cfg, **{field: int(t.item())})
 
 
 def _check_report_to(report_to):
@@ -338,7 +342,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     warn_about_launch()
     chosen, train_recs, val_recs, resume_from = check(cfg)
     loss_path = _loss_path(cfg)  # --kernels liger on a CPU stops here, in one line
-    cfg = batch_size_for(cfg)  # --batch-size auto: from the memory estimate, before the model loads
+    cfg = sized_by_memory(cfg)  # --batch-size / --checkpoint-every auto: from the memory estimate, before loading
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()

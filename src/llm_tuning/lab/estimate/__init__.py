@@ -57,14 +57,14 @@ def print_gpu_estimate(cfg) -> None:
         print(f"  note: {est['note']}")
 
 
-def _auto_batch(cfg):
-    """`estimate --batch-size auto`: the batch `train --batch-size auto` would choose, in --memory GiB or this
+def _auto(cfg):
+    """`estimate --batch-size auto` / `--checkpoint-every auto`: what `train` would choose, in --memory GiB or this
     machine's memory (said on stderr, so that --json stays one JSON document)."""
     import dataclasses
     import sys
 
     from ...errors import UserError
-    from ...train.batch_size import resolve_batch_size
+    from ...train.batch_size import resolve_batch_size, resolve_checkpoint_every
 
     cuda = cfg.device == "cuda"
     memory = (int(cfg.memory * 2**30), "given (--memory)") if cfg.memory else None
@@ -72,11 +72,11 @@ def _auto_batch(cfg):
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError("estimate --device cuda --batch-size auto: no CUDA GPU here to read the free memory "
-                            "of; give the card's memory with --memory GIB (e.g. --memory 24)")
-    run = resolve_batch_size(cfg.train_config(), lambda m: print(m, file=sys.stderr if cfg.json else sys.stdout),
-                             memory, cuda)
-    return dataclasses.replace(cfg, batch_size=run.batch_size)
+            raise UserError("estimate --device cuda with auto: no CUDA GPU here to read the free memory of; give "
+                            "the card's memory with --memory GIB (e.g. --memory 24)")
+    say = lambda m: print(m, file=sys.stderr if cfg.json else sys.stdout)  # noqa: E731
+    run = resolve_checkpoint_every(resolve_batch_size(cfg.train_config(), say, memory, cuda), say, memory, cuda)
+    return dataclasses.replace(cfg, batch_size=run.batch_size, checkpoint_every=run.checkpoint_every)
 
 
 def print_estimate(cfg) -> None:
@@ -84,8 +84,8 @@ def print_estimate(cfg) -> None:
     from ...train.batch_size import AUTO
 
     check_options(cfg)
-    if cfg.batch_size == AUTO:
-        cfg = _auto_batch(cfg)
+    if AUTO in (cfg.batch_size, cfg.checkpoint_every):
+        cfg = _auto(cfg)
     if getattr(cfg, "device", "cpu") == "cuda":
         return print_gpu_estimate(cfg)
     est = estimate_config(cfg)
