@@ -10,7 +10,7 @@ import pytest
 from conftest import SAMPLE, run_cli
 from llm_tuning.config import TrainConfig
 from llm_tuning.errors import UserError
-from llm_tuning.train.batch_size import (HEADROOM, LIMIT, needed_bytes, resolve_batch_size,
+from llm_tuning.train.batch_size import (HEADROOM, LIMIT, needed_bytes, resolve_auto, resolve_batch_size,
                                          resolve_checkpoint_every)
 
 
@@ -99,3 +99,33 @@ def test_checkpoint_every_auto_from_the_command_line(tiny_models, tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["checkpoint_every"] >= 1
     assert f"checkpoint every auto: {saved['checkpoint_every']} (" in r.stdout
+
+
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+def test_a_cpu_run_with_checkpointing_is_told_about_the_heap_unless_tcmalloc_is_loaded(tiny_models):
+    """glibc's heap put a CPU peak with checkpointing up to 40 % above the estimate (docs/memory.md): the auto
+    sizes say so, and say nothing on CUDA, without checkpointing, or under tcmalloc."""
+    import os
+    import subprocess
+    import sys
+
+    said = []
+    resolve_auto(_cfg(tiny_models["llama"], gradient_checkpointing=True), said.append, (2**40, "given"), cuda=False)
+    assert said[-1].startswith("note: with gradient checkpointing, glibc's malloc keeps freed activations")
+    for kw, cuda in (({"gradient_checkpointing": True}, True), ({}, False)):
+        said = []
+        resolve_auto(_cfg(tiny_models["llama"], **kw), said.append, (2**40, "given"), cuda=cuda)
+        assert len(said) == 1 and said[0].startswith("batch size auto: "), said
+    if not os.path.exists(TCMALLOC):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{TCMALLOC} missing: .ci/run installs libtcmalloc-minimal4")
+        pytest.skip("libtcmalloc-minimal4 is not installed (apt-get install libtcmalloc-minimal4)")
+    args = [sys.executable, "-m", "llm_tuning", "estimate", "--model", "llama-2-7b", "--gradient-checkpointing",
+            "--batch-size", "auto", "--memory", "64"]
+    plain = subprocess.run(args, capture_output=True, text=True)
+    tc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, LD_PRELOAD=TCMALLOC))
+    assert plain.returncode == tc.returncode == 0, (plain.stderr, tc.stderr)
+    assert "note: with gradient checkpointing, glibc's malloc" in plain.stdout
+    assert "batch size auto: " in tc.stdout and "note:" not in tc.stdout

@@ -82,12 +82,9 @@ def check(cfg: TrainConfig):
 def sized_by_memory(cfg: TrainConfig) -> TrainConfig:
     """`--batch-size auto`, then `--checkpoint-every auto`, resolved (train/batch_size.py); under several processes
     the smallest any of them chose, so that every process steps the same batch (and none runs out of memory)."""
-    from .batch_size import AUTO, resolve_batch_size, resolve_checkpoint_every
+    from .batch_size import resolve_auto
 
-    for field, resolve in (("batch_size", resolve_batch_size), ("checkpoint_every", resolve_checkpoint_every)):
-        if getattr(cfg, field) == AUTO:
-            cfg = _smallest_over_processes(resolve(cfg, log), field)
-    return cfg
+    return resolve_auto(cfg, log, agree=_smallest_over_processes)
 
 
 def _smallest_over_processes(cfg: TrainConfig, field: str) -> TrainConfig:

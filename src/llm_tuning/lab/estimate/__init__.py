@@ -64,7 +64,7 @@ def _auto(cfg):
     import sys
 
     from ...errors import UserError
-    from ...train.batch_size import resolve_batch_size, resolve_checkpoint_every
+    from ...train.batch_size import resolve_auto
 
     cuda = cfg.device == "cuda"
     memory = (int(cfg.memory * 2**30), "given (--memory)") if cfg.memory else None
@@ -75,7 +75,7 @@ def _auto(cfg):
             raise UserError("estimate --device cuda with auto: no CUDA GPU here to read the free memory of; give "
                             "the card's memory with --memory GIB (e.g. --memory 24)")
     say = lambda m: print(m, file=sys.stderr if cfg.json else sys.stdout)  # noqa: E731
-    run = resolve_checkpoint_every(resolve_batch_size(cfg.train_config(), say, memory, cuda), say, memory, cuda)
+    run = resolve_auto(cfg.train_config(), say, memory, cuda)
     return dataclasses.replace(cfg, batch_size=run.batch_size, checkpoint_every=run.checkpoint_every)
 
 
