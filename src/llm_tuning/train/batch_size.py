@@ -117,25 +117,35 @@ def resolve_auto(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | N
     return cfg
 
 
+def _room(memory, cuda: bool) -> tuple[int, str]:
+    """(bytes usable, how the log and errors say it)."""
+    budget, where = memory or available_memory(cuda)
+    usable = int(budget * HEADROOM)
+    return usable, f"{_gib(usable)} usable, {HEADROOM:.0%} of {_gib(budget)} {where}"
+
+
+def _estimated(flag: str, sizes):
+    """sizes(), with an architecture the estimator does not know said in one line."""
+    try:
+        return sizes()
+    except Exception as e:
+        raise UserError(f"{flag} auto: the memory estimate cannot size this model ({e}); give {flag} N")
+
+
 def resolve_batch_size(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | None = None):
     """cfg with `--batch-size auto` replaced by the batch chosen (cfg itself otherwise). memory: (bytes, where)
     instead of reading the device's."""
     if cfg.batch_size != AUTO:
         return cfg
     cuda = _cuda(cuda)
-    budget, where = memory or available_memory(cuda)
-    usable = int(budget * HEADROOM)
-    try:
-        batch = largest_fitting(lambda b: needed_bytes(cfg, b, cuda) <= usable)
-    except Exception as e:  # an architecture the estimator does not know
-        raise UserError(f"--batch-size auto: the memory estimate cannot size this model ({e}); give --batch-size N")
+    usable, room = _room(memory, cuda)
+    batch = _estimated("--batch-size", lambda: largest_fitting(lambda b: needed_bytes(cfg, b, cuda) <= usable))
     if batch == 0:
         raise UserError(f"--batch-size auto: one example of --max-length {cfg.max_length} is estimated at "
-                        f"{_gib(needed_bytes(cfg, 1, cuda))}, more than {_gib(usable)} ({HEADROOM:.0%} of the "
-                        f"{_gib(budget)} {where}); lower --max-length, or add --gradient-checkpointing or "
-                        f"--quantization 4bit")
-    log(f"batch size auto: {batch} (estimated {_gib(needed_bytes(cfg, batch, cuda))} of the {_gib(usable)} usable, "
-        f"{HEADROOM:.0%} of {_gib(budget)} {where}" + (f"; capped at {LIMIT}" if batch == LIMIT else "") + ")")
+                        f"{_gib(needed_bytes(cfg, 1, cuda))}, more than the {room}; lower --max-length, or add "
+                        "--gradient-checkpointing or --quantization 4bit")
+    log(f"batch size auto: {batch} (estimated {_gib(needed_bytes(cfg, batch, cuda))} of the {room}"
+        + (f"; capped at {LIMIT}" if batch == LIMIT else "") + ")")
     return dataclasses.replace(cfg, batch_size=batch)
 
 
@@ -146,23 +156,18 @@ def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cu
     from ..lab.estimate import arch_of, load_config
 
     cuda = _cuda(cuda)
-    budget, where = memory or available_memory(cuda)
-    usable = int(budget * HEADROOM)
-    try:
-        layers = arch_of(load_config(cfg.model)).layers
-        need = {n: needed_bytes(dataclasses.replace(cfg, checkpoint_every=n), cfg.batch_size, cuda)
-                for n in range(layers, 0, -1)}
-    except Exception as e:  # an architecture the estimator does not know
-        raise UserError(f"--checkpoint-every auto: the memory estimate cannot size this model ({e}); give "
-                        "--checkpoint-every N")
+    usable, room = _room(memory, cuda)
+    layers = _estimated("--checkpoint-every", lambda: arch_of(load_config(cfg.model)).layers)
+    need = _estimated("--checkpoint-every", lambda: {
+        n: needed_bytes(dataclasses.replace(cfg, checkpoint_every=n), cfg.batch_size, cuda)
+        for n in range(layers, 0, -1)})
     fitting = [n for n, b in need.items() if b <= usable]
     if not fitting:
         raise UserError(f"--checkpoint-every auto: with every layer checkpointed, batch {cfg.batch_size} x "
-                        f"{cfg.max_length} is estimated at {_gib(need[1])}, more than {_gib(usable)} "
-                        f"({HEADROOM:.0%} of the {_gib(budget)} {where}); lower --batch-size or --max-length, or "
-                        "add --quantization 4bit")
+                        f"{cfg.max_length} is estimated at {_gib(need[1])}, more than the {room}; lower "
+                        "--batch-size or --max-length, or add --quantization 4bit")
     n = fitting[0]
     recomputed = sum(i % n == 0 for i in range(layers))
     log(f"checkpoint every auto: {n} ({recomputed} of {layers} layers recomputed; estimated {_gib(need[n])} of the "
-        f"{_gib(usable)} usable, {HEADROOM:.0%} of {_gib(budget)} {where})")
+        f"{room})")
     return dataclasses.replace(cfg, checkpoint_every=n)
