@@ -83,7 +83,9 @@ def run(name, cmd, timeout, outdir=None, env=None, extra=None):
     if m and os.path.exists(m):
         r = json.load(open(m))
         d.update(tokens=r.get("train_tokens"), train_s=r.get("train_seconds"), train_loss=r.get("train_loss"),
-                 reserved_mib=r.get("peak_gpu_reserved_mib"))
+                 reserved_mib=r.get("peak_gpu_reserved_mib"), allocated_mib=r.get("peak_gpu_allocated_mib"),
+                 load_reserved_mib=r.get("load_peak_gpu_reserved_mib"),
+                 load_allocated_mib=r.get("load_peak_gpu_allocated_mib"))
         if r.get("train_seconds"):
             d["tok_s"] = round(r["train_tokens"] / r["train_seconds"], 1)
     for line in out.splitlines():  # the recipe's own JSON line

@@ -24,19 +24,25 @@ def reset_peak_gpu():
         torch.cuda.reset_peak_memory_stats()
 
 
-def gpu_peaks() -> dict:
-    """{"peak_gpu_reserved_mib", "peak_gpu_allocated_mib", "gpu"} on CUDA since reset_peak_gpu; {} elsewhere."""
+def gpu_peaks(prefix: str = "peak") -> dict:
+    """{"peak_gpu_reserved_mib", "peak_gpu_allocated_mib", "gpu"} on CUDA since reset_peak_gpu; {} elsewhere.
+    prefix "load_peak": the same read once the model is loaded and the method applied, without "gpu" (what the
+    whole run's peak owes to loading: 8-bit's unexplained excess, lab/estimate/gpu.py, is one question it answers)."""
     cuda = _cuda()
     if cuda is None:
         return {}
-    return {"peak_gpu_reserved_mib": round(cuda.max_memory_reserved() / 2**20, 1),
-            "peak_gpu_allocated_mib": round(cuda.max_memory_allocated() / 2**20, 1),
-            "gpu": cuda.get_device_name()}
+    out = {f"{prefix}_gpu_reserved_mib": round(cuda.max_memory_reserved() / 2**20, 1),
+           f"{prefix}_gpu_allocated_mib": round(cuda.max_memory_allocated() / 2**20, 1)}
+    return out if prefix != "peak" else {**out, "gpu": cuda.get_device_name()}
 
 
 def describe(metrics: dict) -> str | None:
     """The log line for the peaks in `metrics`, None when there are none."""
     if "peak_gpu_reserved_mib" not in metrics:
         return None
-    return (f"peak GPU memory {metrics['peak_gpu_reserved_mib'] / 1024:.2f} GiB reserved by torch "
+    line = (f"peak GPU memory {metrics['peak_gpu_reserved_mib'] / 1024:.2f} GiB reserved by torch "
             f"({metrics['peak_gpu_allocated_mib'] / 1024:.2f} GiB in tensors) on {metrics['gpu']}")
+    if "load_peak_gpu_reserved_mib" in metrics:
+        line += (f"; while loading {metrics['load_peak_gpu_reserved_mib'] / 1024:.2f} GiB reserved "
+                 f"({metrics['load_peak_gpu_allocated_mib'] / 1024:.2f} GiB in tensors)")
+    return line

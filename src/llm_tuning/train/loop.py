@@ -359,6 +359,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     rss_before_model = reset_peak_rss_mib()
     reset_peak_gpu()
     tuned = method(cfg, chosen, model(cfg, chosen, tokenizer, loss_path))
+    loaded_gpu = gpu_peaks("load_peak")  # CUDA only: the peak while loading, apart from training's
     lr = cfg.lr if cfg.lr is not None else chosen.default_lr
     eps = _choose_epsilon(tuned, cfg)
     collator = make_collator(tokenizer)
@@ -380,6 +381,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     seconds = time.time() - t0
     metrics = _metrics(chosen, tuned, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
                        run_callbacks["clock"].seconds, earlier)
+    metrics.update(loaded_gpu)
     if describe_gpu_peaks(metrics):
         log(describe_gpu_peaks(metrics))
     save(cfg, chosen, tuned, tokenizer, trainer, metrics)
