@@ -202,6 +202,10 @@ def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool)
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_nan_inf_filter=False,  # the Trainer would otherwise hide a NaN loss from the log
+        # Under DDP: every trainable parameter of every method takes part in every step (checked under torchrun,
+        # docs/distributed.md). The Trainer would choose True for a PEFT model (not a PreTrainedModel), and DDP
+        # then walks the autograd graph after each backward to find none.
+        ddp_find_unused_parameters=False,
     )
 
 
