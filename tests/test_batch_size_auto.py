@@ -129,3 +129,8 @@ def test_a_cpu_run_with_checkpointing_is_told_about_the_heap_unless_tcmalloc_is_
     assert plain.returncode == tc.returncode == 0, (plain.stderr, tc.stderr)
     assert "note: with gradient checkpointing, glibc's malloc" in plain.stdout
     assert "batch size auto: " in tc.stdout and "note:" not in tc.stdout
+    table = [a for a in args if a not in ("auto", "--memory", "64")] + ["4"]  # --batch-size 4: the estimate's table
+    plain = subprocess.run(table, capture_output=True, text=True)
+    tc = subprocess.run(table, capture_output=True, text=True, env=dict(os.environ, LD_PRELOAD=TCMALLOC))
+    assert plain.stdout.count("note: with gradient checkpointing, glibc's malloc") == 1
+    assert "total (peak)" in tc.stdout and "note:" not in tc.stdout

@@ -81,11 +81,12 @@ def _auto(cfg):
 
 def print_estimate(cfg) -> None:
     from ...models.checkpointing import check_options
-    from ...train.batch_size import AUTO
+    from ...train.batch_size import AUTO, heap_warning
 
     check_options(cfg)
-    if AUTO in (cfg.batch_size, cfg.checkpoint_every):
-        cfg = _auto(cfg)
+    auto = AUTO in (cfg.batch_size, cfg.checkpoint_every)
+    if auto:
+        cfg = _auto(cfg)  # says the heap note itself where it applies
     if getattr(cfg, "device", "cpu") == "cuda":
         return print_gpu_estimate(cfg)
     est = estimate_config(cfg)
@@ -107,3 +108,5 @@ def print_estimate(cfg) -> None:
     print(f"  {LABELS['total']:<{width}}  {_fmt(est['total']):>12}")
     if est["quantisation_savings"]:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")
+    if not auto and (note := heap_warning(cfg.train_config(), cuda=False)):
+        print(f"  {note}")
