@@ -16,7 +16,8 @@ under Triton's interpreter, see smoke_liger).
 MFU: the model's 4 FLOPs per parameter per token (forward, input gradients; recomputation not counted, as PaLM
 defines MFU) over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md); HFU adds the
 recomputed forward of the checkpointed layers (2 per parameter and token for each: 6 with every layer
-checkpointed, 5 with --checkpoint-every 2). Not yet run: the
+checkpointed, 5 with --checkpoint-every 2). The issue's "~14 % of the matrix rate" counted 6 with checkpointing
+(../shared/gpu/README.md): the HFU column of a fully checkpointed run is that figure. Not yet run: the
 figures in benchmarks/README.md come from a device call, none was available when this was written.
 """
 import argparse, json, os, subprocess, sys, tempfile, threading, time
