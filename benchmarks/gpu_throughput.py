@@ -9,9 +9,8 @@ Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdow
 Each run is its own process with its own timeout; after --deadline seconds no new run starts.
 `--smoke` runs every llm-tuning command of the benchmark on this CPU instead (tiny models of both families, 8
 records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the train command refuses is found here
-and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (9.5 minutes here
-for the first 14 commands, all exit 0, and 3 more for the two --checkpoint-every ones; the packed runs take Liger
-under Triton's interpreter, see smoke_liger).
+and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (11 minutes here,
+all 16 commands exit 0; the packed runs take Liger under Triton's interpreter, see smoke_liger).
 
 MFU: the model's 4 FLOPs per parameter per token (forward, input gradients; recomputation not counted, as PaLM
 defines MFU) over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md); HFU adds the
