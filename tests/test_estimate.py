@@ -6,6 +6,7 @@ import gc
 import json
 import weakref
 import os
+import re
 import subprocess
 import sys
 
@@ -331,8 +332,17 @@ def test_checkpoint_every_trades_memory_back_as_measured(capsys):
              for n in (1, 2, 4, 31, 32)}
     assert every[1] < every[2] < every[4] < every[32] < off, every
     assert every[31] > every[32], every
-    print_estimate(_args(json=False, gradient_checkpointing=True, checkpoint_every=2))
-    assert "gradient checkpointing (one layer in 2)" in capsys.readouterr().out
+    print_estimate(_args(json=False, gradient_checkpointing=True, checkpoint_every=2, **kw))
+    out = capsys.readouterr().out
+    assert "gradient checkpointing (one layer in 2)" in out
+    # the table's last line: what each choice would cost, the same figures as asked one by one
+    line = next(l for l in out.splitlines() if l.strip().startswith("training peak by --checkpoint-every: "))
+    shown = dict(re.findall(r"(\w+): (\d+\.\d\d) GiB", line))
+    assert list(shown) == ["1", "2", "4", "8", "none"]
+    assert all(abs(float(shown[str(n)]) - every.get(n, _total(capsys, "training", gradient_checkpointing=True,
+                                                                 checkpoint_every=n, **kw)) / GiB) < 0.006
+               for n in (1, 2, 4, 8))
+    assert abs(float(shown["none"]) - off / GiB) < 0.006
     with pytest.raises(UserError, match="--checkpoint-every 2: needs --gradient-checkpointing"):
         print_estimate(_args(checkpoint_every=2))
 

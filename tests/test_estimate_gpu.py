@@ -50,3 +50,25 @@ def test_largest_batch_that_fits_a_24_gib_card():
     assert b >= 1
     assert _est("llama-2-7b", "fp16", None, True, batch=b)["total"] <= 24 * 2**30
     assert _est("llama-2-7b", "fp16", None, True, batch=b + 1)["total"] > 24 * 2**30
+
+
+@pytest.mark.parametrize("model,precision", [("llama-2-7b", "fp16"), ("bloom-1b4", "bf16")])
+def test_partial_checkpointing_lies_between_every_layer_and_none(model, precision, capsys):
+    """--checkpoint-every N on CUDA: the layers kept add their activations (Bloom: with the SDPA attention's own
+    saved tensors), so the peak grows with N up to no checkpointing; the text output lists the choices."""
+    from llm_tuning.config import EstimateConfig
+    from llm_tuning.lab.estimate import print_estimate
+
+    def total(n, gc=True):
+        o = TrainConfig(model=model, data="-", output_dir="-", precision=precision, batch_size=4, max_length=512,
+                        gradient_checkpointing=gc, checkpoint_every=n)
+        return estimate_gpu(model, "lora", precision, None, 4, 512, gc, o)["total"]
+
+    every = [total(n) for n in (1, 2, 4, 8)]
+    assert every == sorted(every) and every[0] < every[-1] < total(1, gc=False), every
+    cfg = EstimateConfig(model=model, precision=precision, batch_size=4, max_length=512, gradient_checkpointing=True,
+                         device="cuda", json=False)
+    print_estimate(cfg)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.strip() == ("total by --checkpoint-every: " + ", ".join(
+        f"{n}: {t / 2**30:.2f} GiB" for n, t in zip((1, 2, 4, 8), every)) + f", none: {total(1, False) / 2**30:.2f} GiB")

@@ -39,6 +39,19 @@ def _settings(cfg) -> str:
     return s + (f", {extra}" if extra else "")
 
 
+def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
+    """With checkpointing, the peak (peak(cfg): bytes) at a few --checkpoint-every values and without it: what
+    recomputing fewer layers would cost in memory (docs/memory.md, "Partial checkpointing")."""
+    import dataclasses
+
+    if not cfg.gradient_checkpointing:
+        return None
+    layers = arch_of(load_config(cfg.model)).layers
+    parts = [f"{n}: {_fmt(peak(dataclasses.replace(cfg, checkpoint_every=n)))}" for n in (1, 2, 4, 8) if n < layers]
+    parts.append(f"none: {_fmt(peak(dataclasses.replace(cfg, gradient_checkpointing=False, checkpoint_every=1)))}")
+    return f"  {what} by --checkpoint-every: " + ", ".join(parts)
+
+
 def print_gpu_estimate(cfg) -> None:
     """`estimate --device cuda` (gpu.py)."""
     from .gpu import estimate_gpu
@@ -55,6 +68,16 @@ def print_gpu_estimate(cfg) -> None:
         print(f"  {label:<38}  {_fmt(est[key]):>12}")
     if est["note"]:
         print(f"  note: {est['note']}")
+    if line := _by_checkpoint_every(cfg, _gpu_total, "total"):
+        print(line)
+
+
+def _gpu_total(cfg) -> int:
+    from .gpu import estimate_gpu
+
+    run = cfg.train_config()
+    return estimate_gpu(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
+                        run.gradient_checkpointing, run, kernels=cfg.kernels)["total"]
 
 
 def _auto(cfg):
@@ -108,5 +131,7 @@ def print_estimate(cfg) -> None:
     print(f"  {LABELS['total']:<{width}}  {_fmt(est['total']):>12}")
     if est["quantisation_savings"]:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")
+    if line := _by_checkpoint_every(cfg, lambda c: estimate_config(c)["training"], "training peak"):
+        print(line)
     if not auto and (note := heap_warning(cfg.train_config(), cuda=False)):
         print(f"  {note}")
