@@ -154,6 +154,7 @@ def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cu
     if cfg.checkpoint_every != AUTO:
         return cfg
     from ..lab.estimate import arch_of, load_config
+    from ..models.checkpointing import checkpointed
 
     cuda = _cuda(cuda)
     usable, room = _room(memory, cuda)
@@ -167,7 +168,7 @@ def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cu
                         f"{cfg.max_length} is estimated at {_gib(need[1])}, more than the {room}; lower "
                         "--batch-size or --max-length, or add --quantization 4bit")
     n = fitting[0]
-    recomputed = sum(i % n == 0 for i in range(layers))
+    recomputed = sum(checkpointed(i, n) for i in range(layers))
     log(f"checkpoint every auto: {n} ({recomputed} of {layers} layers recomputed; estimated {_gib(need[n])} of the "
         f"{room})")
     return dataclasses.replace(cfg, checkpoint_every=n)

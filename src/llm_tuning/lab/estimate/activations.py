@@ -6,6 +6,7 @@ import dataclasses
 
 from ...methods.base import Footprint
 from ...models.arch import Arch
+from ...models.checkpointing import checkpointed
 from .arch import FP32, INT64
 
 
@@ -27,7 +28,7 @@ class _Run:
     every: int = 1  # --checkpoint-every: with gc, the layers checkpointed (models/checkpointing.py's rule)
 
     def checkpointed(self, index: int) -> bool:
-        return self.gc and index % self.every == 0
+        return self.gc and checkpointed(index, self.every)
 
     @property
     def tokens(self) -> int:

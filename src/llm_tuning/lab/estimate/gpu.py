@@ -21,6 +21,7 @@ this model gives it ~10 GiB: see UNMODELLED_8BIT.
 
 from __future__ import annotations
 
+from ...models.checkpointing import checkpointed
 from .arch import DTYPE_BYTES, FP32, arch_of, load_config
 from .params import method_of
 from .peak import estimate
@@ -43,7 +44,7 @@ def _bloom_sdpa_delta(a, act: int, batch: int, seq: int, kv_len: int, gc: bool, 
     eager = act * h + 2 * act * h * kv_ratio + nh * kv_len * (FP32 + (act if act != FP32 else 0))
     sdpa = act * h * (1 + 2 * kv_ratio) + act * h + FP32 * nh
     # Under checkpointing, the layers not checkpointed keep their attention, and one layer recomputes its own.
-    layers = (a.layers - sum(i % every == 0 for i in range(a.layers)) + 1) if gc else a.layers
+    layers = (a.layers - sum(checkpointed(i, every) for i in range(a.layers)) + 1) if gc else a.layers
     return (sdpa - eager) * batch * seq * layers + act * batch * nh * seq * kv_len
 
 
