@@ -41,13 +41,14 @@ def available_memory(cuda: bool) -> tuple[int, str]:
     return info["MemAvailable"] // n, "available RAM" + (f" / {n} processes" if n > 1 else "")
 
 
-def needed_bytes(cfg, batch: int, cuda: bool) -> int:
-    """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total."""
+def needed_bytes(cfg, batch: int, cuda: bool, config=None) -> int:
+    """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total.
+    config: cfg.model's config already read (load_config; the searches below read it once), or None to read it."""
     from ..lab.estimate import estimate, load_config
 
     if cfg.checkpoint_every == AUTO:  # not chosen yet: the batch is sized with every layer checkpointed
         cfg = dataclasses.replace(cfg, checkpoint_every=1)
-    config = load_config(cfg.model)
+    config = load_config(cfg.model) if config is None else config
     if cuda:
         from ..lab.estimate.gpu import estimate_gpu
 
@@ -137,14 +138,18 @@ def resolve_batch_size(cfg, log, memory: tuple[int, str] | None = None, cuda: bo
     instead of reading the device's."""
     if cfg.batch_size != AUTO:
         return cfg
+    from ..lab.estimate import load_config
+
     cuda = _cuda(cuda)
     usable, room = _room(memory, cuda)
-    batch = _estimated("--batch-size", lambda: largest_fitting(lambda b: needed_bytes(cfg, b, cuda) <= usable))
+    config = _estimated("--batch-size", lambda: load_config(cfg.model))
+    batch = _estimated("--batch-size",
+                       lambda: largest_fitting(lambda b: needed_bytes(cfg, b, cuda, config) <= usable))
     if batch == 0:
         raise UserError(f"--batch-size auto: one example of --max-length {cfg.max_length} is estimated at "
-                        f"{_gib(needed_bytes(cfg, 1, cuda))}, more than the {room}; lower --max-length, or add "
-                        "--gradient-checkpointing or --quantization 4bit")
-    log(f"batch size auto: {batch} (estimated {_gib(needed_bytes(cfg, batch, cuda))} of the {room}"
+                        f"{_gib(needed_bytes(cfg, 1, cuda, config))}, more than the {room}; lower --max-length, or "
+                        "add --gradient-checkpointing or --quantization 4bit")
+    log(f"batch size auto: {batch} (estimated {_gib(needed_bytes(cfg, batch, cuda, config))} of the {room}"
         + (f"; capped at {LIMIT}" if batch == LIMIT else "") + ")")
     return dataclasses.replace(cfg, batch_size=batch)
 
@@ -158,9 +163,10 @@ def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cu
 
     cuda = _cuda(cuda)
     usable, room = _room(memory, cuda)
-    layers = _estimated("--checkpoint-every", lambda: arch_of(load_config(cfg.model)).layers)
+    config = _estimated("--checkpoint-every", lambda: load_config(cfg.model))
+    layers = _estimated("--checkpoint-every", lambda: arch_of(config).layers)
     need = _estimated("--checkpoint-every", lambda: {
-        n: needed_bytes(dataclasses.replace(cfg, checkpoint_every=n), cfg.batch_size, cuda)
+        n: needed_bytes(dataclasses.replace(cfg, checkpoint_every=n), cfg.batch_size, cuda, config)
         for n in range(layers, 0, -1)})
     fitting = [n for n, b in need.items() if b <= usable]
     if not fitting:

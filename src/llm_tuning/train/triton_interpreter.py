@@ -112,7 +112,7 @@ def _fill_bf16(interpreter) -> None:
         def reduce(self, input, *args, **kwargs):
             if input.dtype.scalar != tl.bfloat16:
                 return plain(self, input, *args, **kwargs)
-            as_f32 = tl.core.tensor(T(_f32(input.handle.data), tl.float32), input.type.with_element_ty(tl.float32))
+            as_f32 = tl.core.tensor(f32(input.handle), input.type.with_element_ty(tl.float32))
             out = plain(self, as_f32, *args, **kwargs)
             return _back_to_bf16(out)
         return reduce

@@ -16,11 +16,21 @@ __all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_
            "estimate", "estimate_config", "print_estimate"]
 
 
-def estimate_config(cfg) -> dict:
-    """The estimate for an EstimateConfig (config/): every option of `train` that changes memory."""
+def estimate_config(cfg, config=None) -> dict:
+    """The estimate for an EstimateConfig (config/): every option of `train` that changes memory. config: cfg.model's
+    config already read (load_config), or None to read it."""
     run = cfg.train_config()
-    return estimate(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
-                    run.gradient_checkpointing, run)
+    return estimate(cfg.model if config is None else config, run.method, run.precision, run.quantization,
+                    run.batch_size, run.max_length, run.gradient_checkpointing, run)
+
+
+def _gpu_estimate(cfg, config=None) -> dict:
+    """`estimate --device cuda` for an EstimateConfig (gpu.py); config as for estimate_config."""
+    from .gpu import estimate_gpu
+
+    run = cfg.train_config()
+    return estimate_gpu(cfg.model if config is None else config, run.method, run.precision, run.quantization,
+                        run.batch_size, run.max_length, run.gradient_checkpointing, run, kernels=cfg.kernels)
 
 
 def _fmt(n: float) -> str:
@@ -40,25 +50,22 @@ def _settings(cfg) -> str:
 
 
 def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
-    """With checkpointing, the peak (peak(cfg): bytes) at a few --checkpoint-every values and without it: what
-    recomputing fewer layers would cost in memory (docs/memory.md, "Partial checkpointing")."""
+    """With checkpointing, the peak (peak(cfg, config): bytes) at a few --checkpoint-every values and without it:
+    what recomputing fewer layers would cost in memory (docs/memory.md, "Partial checkpointing")."""
     import dataclasses
 
     if not cfg.gradient_checkpointing:
         return None
-    layers = arch_of(load_config(cfg.model)).layers
-    parts = [f"{n}: {_fmt(peak(dataclasses.replace(cfg, checkpoint_every=n)))}" for n in (1, 2, 4, 8) if n < layers]
-    parts.append(f"none: {_fmt(peak(dataclasses.replace(cfg, gradient_checkpointing=False, checkpoint_every=1)))}")
+    config = load_config(cfg.model)  # once (a hub id's config is a request each time)
+    at = lambda **kw: _fmt(peak(dataclasses.replace(cfg, **kw), config))  # noqa: E731
+    parts = [f"{n}: {at(checkpoint_every=n)}" for n in (1, 2, 4, 8) if n < arch_of(config).layers]
+    parts.append(f"none: {at(gradient_checkpointing=False, checkpoint_every=1)}")
     return f"  {what} by --checkpoint-every: " + ", ".join(parts)
 
 
 def print_gpu_estimate(cfg) -> None:
     """`estimate --device cuda` (gpu.py)."""
-    from .gpu import estimate_gpu
-
-    run = cfg.train_config()
-    est = estimate_gpu(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
-                       run.gradient_checkpointing, run, kernels=cfg.kernels)
+    est = _gpu_estimate(cfg)
     if cfg.json:
         print(json.dumps({k: v for k, v in est.items() if k != "cpu"}, indent=2))
         return
@@ -68,16 +75,8 @@ def print_gpu_estimate(cfg) -> None:
         print(f"  {label:<38}  {_fmt(est[key]):>12}")
     if est["note"]:
         print(f"  note: {est['note']}")
-    if line := _by_checkpoint_every(cfg, _gpu_total, "total"):
+    if line := _by_checkpoint_every(cfg, lambda c, config: _gpu_estimate(c, config)["total"], "total"):
         print(line)
-
-
-def _gpu_total(cfg) -> int:
-    from .gpu import estimate_gpu
-
-    run = cfg.train_config()
-    return estimate_gpu(cfg.model, run.method, run.precision, run.quantization, run.batch_size, run.max_length,
-                        run.gradient_checkpointing, run, kernels=cfg.kernels)["total"]
 
 
 def _auto(cfg):
@@ -131,7 +130,7 @@ def print_estimate(cfg) -> None:
     print(f"  {LABELS['total']:<{width}}  {_fmt(est['total']):>12}")
     if est["quantisation_savings"]:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")
-    if line := _by_checkpoint_every(cfg, lambda c: estimate_config(c)["training"], "training peak"):
+    if line := _by_checkpoint_every(cfg, lambda c, config: estimate_config(c, config)["training"], "training peak"):
         print(line)
     if not auto and (note := heap_warning(cfg.train_config(), cuda=False)):
         print(f"  {note}")

@@ -172,19 +172,22 @@ def _loading_peak(config, a: Arch, precision, quantization, weights) -> float:
     return RUNTIME + count_params(a) * STORED_BYTES[stored] + weights
 
 
+def _given_or_default(o, **given) -> list:
+    """Each setting as given, or where not (None) `train`'s default (o: the TrainConfig of the method options)."""
+    return [getattr(o, k) if v is None else v for k, v in given.items()]
+
+
 def estimate(config, method: str, precision: str | None = None, quantization: str | None = None,
              batch_size: int | None = None, max_length: int | None = None, gradient_checkpointing: bool | None = None,
              opts=None) -> dict:
     """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params. A setting
     not given is `train`'s default (TrainConfig), as the command's is."""
     m, o = method_of(method), options(opts)
-    precision, batch_size, max_length, gradient_checkpointing = (
-        getattr(o, k) if v is None else v for k, v in (("precision", precision), ("batch_size", batch_size),
-                                                       ("max_length", max_length),
-                                                       ("gradient_checkpointing", gradient_checkpointing)))
+    precision, batch_size, max_length, gradient_checkpointing = _given_or_default(
+        o, precision=precision, batch_size=batch_size, max_length=max_length,
+        gradient_checkpointing=gradient_checkpointing)
     _check(m, precision, quantization, batch_size, max_length)
-    if isinstance(config, str):
-        config = load_config(config)  # once: the shapes and the stored dtype come from it
+    config = load_config(config) if isinstance(config, str) else config  # once: shapes and stored dtype
     a = arch_of(config)
     fp = m.footprint(a, o)
     p = DTYPE_BYTES[precision]
