@@ -32,11 +32,19 @@ def test_estimate_within_10_percent_of_the_h200_peaks(key):
     assert abs(got / MEASURED[key] - 1) <= 0.10, (got, MEASURED[key])
 
 
-@pytest.mark.xfail(strict=True, reason="LLM.int8 measured 17,259 MiB, above fp16; ~7 GiB of it unexplained "
-                                       "(lab/estimate/gpu.py UNMODELLED_8BIT), unmeasurable without a GPU")
-def test_8bit_estimate_within_10_percent():
-    got = _est("llama-2-7b", "fp16", "8bit", True)["total"] / MIB
-    assert abs(got / 17259 - 1) <= 0.10
+def test_8bit_peak_measured_is_the_estimate_plus_the_int8_inputs_checkpointing_kept(monkeypatch):
+    """LLM.int8 measured 17,259 MiB, above fp16. ab613c4 checkpointed it non-reentrantly, which left each layer's
+    8-bit linears' inputs alive (models/checkpointing.py; test_checkpointing shows it on the CPU): with those,
+    the estimate is within 10 % of the measurement. train now checkpoints an 8-bit base reentrantly, and the
+    estimate drops them again: 32 layers x 2,048 tokens x (3 x 4,096 + 11,008) fp32, plus the allocator's 5 %."""
+    import llm_tuning.lab.estimate.activations as activations
+
+    now = _est("llama-2-7b", "fp16", "8bit", True)["total"]
+    monkeypatch.setattr(activations, "int8_inputs_outlive_checkpointing", lambda quant, prefix: quant == "8bit")
+    then = _est("llama-2-7b", "fp16", "8bit", True)["total"]
+    assert abs(then / MIB / 17259 - 1) <= 0.10, then / MIB
+    assert then - now == pytest.approx(32 * 2048 * (3 * 4096 + 11008) * 4 * 1.05, abs=1)
+    assert now < _est("llama-2-7b", "fp16", None, True)["total"]  # below fp16 once they are gone
 
 
 def test_bloom_sdpa_keeps_less_than_eager_and_the_stock_loss_more():

@@ -27,7 +27,7 @@ def reset_peak_gpu():
 def gpu_peaks(prefix: str = "peak") -> dict:
     """{"peak_gpu_reserved_mib", "peak_gpu_allocated_mib", "gpu"} on CUDA since reset_peak_gpu; {} elsewhere.
     prefix "load_peak": the same read once the model is loaded and the method applied, without "gpu" (what the
-    whole run's peak owes to loading: 8-bit's unexplained excess, lab/estimate/gpu.py, is one question it answers)."""
+    whole run's peak owes to loading, the rest being training's)."""
     cuda = _cuda()
     if cuda is None:
         return {}

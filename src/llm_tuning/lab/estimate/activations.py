@@ -6,7 +6,7 @@ import dataclasses
 
 from ...methods.base import Footprint
 from ...models.arch import Arch
-from ...models.checkpointing import checkpointed
+from ...models.checkpointing import checkpointed, int8_inputs_outlive_checkpointing
 from .arch import FP32, INT64
 
 
@@ -26,6 +26,7 @@ class _Run:
     kv_len: int  # key positions (prefix: virtual tokens included)
     cache: float = 0.0  # per token: tensors the model's cache holds until the forward returns, not kept after
     every: int = 1  # --checkpoint-every: with gc, the layers checkpointed (models/checkpointing.py's rule)
+    int8_inputs: float = 0.0  # per token: the inputs of the last walked layer's 8-bit linears that need a gradient
 
     def checkpointed(self, index: int) -> bool:
         return self.gc and checkpointed(index, self.every)
@@ -111,6 +112,7 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     kept += extra
     if keep or r.keeps_input("down_proj", mlp_rg):
         kept += act * inter  # the product silu(g) * up, down_proj's input
+    r.int8_inputs = act * (h * y_rg + qd * attn_rg + h * y2_rg + inter * mlp_rg) if r.quant == "8bit" else 0.0
     return kept, mlp_rg or r.trains_something("down_proj")
 
 
@@ -162,6 +164,7 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     extra, keep = r.adapter_bytes("dense_4h_to_h", 4 * h, h, mlp_rg)
     kept += extra
     kept += act * 4 * h if keep or r.keeps_input("dense_4h_to_h", mlp_rg) else 0  # gelu output
+    r.int8_inputs = act * h * (y_rg + attn_rg + y2_rg + 4 * mlp_rg) if r.quant == "8bit" else 0.0
     return kept, mlp_rg or r.trains_something("dense_4h_to_h")
 
 
@@ -175,13 +178,15 @@ def _activations(r: _Run) -> dict:
     # the input (prompt, p-tuning), or enable_input_require_grads for checkpointing (every method but prefix).
     x_rg = full or r.fp.input_tokens > 0 or (r.gc and not r.prefix)
     x_rg_first = x_rg
-    per_layer = []
+    per_layer, escaped = [], []
     r.cache = 0.0
+    escapes = r.gc and int8_inputs_outlive_checkpointing(r.quant, r.prefix)
     for _ in range(a.layers):
         # DoRA with dropout keeps an fp32 copy of the weight over a half base, for its input's gradient only
         copies = r.fp.weight_copies if x_rg and act != FP32 else 0
         kept, x_rg = layer(r, x_rg)
         per_layer.append(kept * t + copies)
+        escaped.append(r.int8_inputs * t if escapes else 0.0)
     cache = r.cache * t
     one_layer = max(per_layer)  # recomputed under checkpointing: that layer as if not checkpointed, inputs needing grad
     if r.gc:
@@ -199,12 +204,13 @@ def _activations(r: _Run) -> dict:
     else:
         head += (FP32 * a.hidden + FP32 + (act * a.hidden if r.fp.norm_weights else 0)) * t
     # Checkpointing keeps each checkpointed layer's input (and, for prefix, the cache's keys and values, which our
-    # per-layer checkpointing leaves in the cache until the backward); the others keep what they keep unchecked.
+    # per-layer checkpointing leaves in the cache until the backward; over an 8-bit base, also its 8-bit linears'
+    # inputs, models/checkpointing.py); the others keep what they keep unchecked.
     constant = r.fp.layer_constant  # what a layer keeps whatever the tokens (every layer's, or one recomputed)
     stash_one = act * a.hidden * t + (2 * act * a.kv_dim * r.batch * r.kv_len if r.prefix else 0)
-    kept = [stash_one if r.checkpointed(i) else per_layer[i] + constant for i in range(a.layers)]
+    kept = [stash_one + escaped[i] if r.checkpointed(i) else per_layer[i] + constant for i in range(a.layers)]
     ckpt = [i for i in range(a.layers) if r.checkpointed(i)]
-    stash = stash_one * len(ckpt)
+    stash = sum(kept[i] for i in ckpt)
     # The last checkpointed layer's recomputation happens with every layer below it still holding what it keeps
     # (every layer checkpointed: the whole stash, as before partial checkpointing).
     below_last = sum(kept[:ckpt[-1] + 1]) if ckpt else 0.0
