@@ -179,56 +179,36 @@ from llm_tuning.config import TrainConfig
 from llm_tuning.methods import get_method
 from llm_tuning.train.fastloss import response_loss_sum
 
-spec = json.loads(sys.argv[1])
-method, ckpt = spec["method"], spec["gradient_checkpointing"]
-cfg = TrainConfig(model="-", data="-", output_dir="-", method=method, precision=spec["precision"],
-                  gradient_checkpointing=ckpt, **spec["opts"])
-dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
-model_type = spec["config"]["model_type"]
-m = get_method(method)
-fast = cfg.fast_loss and m.fast_loss
-torch.manual_seed(0)
 
-
-def prepare(config):
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config), dtype=dtype)
-    if method == "prefix":  # PEFT's own init (ours reads a tokenizer folder), with the method's checkpointing
+def prepare(spec, config):
+    cfg = TrainConfig(model="-", data="-", output_dir="-", method=spec["method"], precision=spec["precision"],
+                      gradient_checkpointing=spec["gradient_checkpointing"], **spec["opts"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
+    m = get_method(cfg.method)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec["config"]["model_type"], **config), dtype=dtype)
+    if cfg.method == "prefix":  # PEFT's own init (ours reads a tokenizer folder), with the method's checkpointing
         apply = lambda base: peft.get_peft_model(base, m.peft_config(base, cfg))  # noqa: E731
-        model = m.enable_checkpointing(model, apply, cfg.checkpoint_every) if ckpt else apply(model)
-        model.train()
-        return model
-    model = m.prepare(model, cfg)
+        model = m.enable_checkpointing(model, apply, cfg.checkpoint_every) if cfg.gradient_checkpointing else apply(model)
+    else:
+        model = m.prepare(model, cfg)
     model.train()
-    return model
+    return model, cfg.fast_loss and m.fast_loss
 
 
-def loss_of(model, ids):
+def loss_of(model, ids, fast):
     if fast:  # as train.py's Trainer for these methods: fused, chunked output layer + loss (fastloss.py)
         total, n = response_loss_sum(model, ids, None, ids)
         return total / n
     return model(input_ids=ids, labels=ids).loss
 
 
-def train(model, ids, steps):
+def train(model, fast, ids, steps):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(steps):
-        loss = loss_of(model, ids)
+        loss = loss_of(model, ids, fast)
         loss.backward()
         opt.step()
         opt.zero_grad()
-
-
-# Warm-up on a tiny model: the runtime's own first-use memory (kernel code pages, thread pools) is not tensors.
-config = {k: v for k, v in spec["config"].items() if k != "model_type"}
-tiny = dict(config, vocab_size=64, hidden_size=64)
-for key, value in (("intermediate_size", 128), ("num_hidden_layers", 1), ("n_layer", 1), ("num_attention_heads", 2),
-                   ("num_key_value_heads", 2), ("n_head", 2)):
-    if key in tiny:
-        tiny[key] = value
-train(prepare(tiny), torch.randint(3, 64, (2, 16)), 1)
-gc.collect()
-
-ids = torch.randint(3, config["vocab_size"], (spec["batch_size"], spec["max_length"]))
 
 
 def high_water():
@@ -241,50 +221,86 @@ def high_water():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the high-water mark to the current RSS
-except OSError:
-    pass
-before = high_water()
-model = prepare(config)
-train(model, ids, 3)
-print("RESULT " + json.dumps({"peak_growth": high_water() - before}))
+def reset_high_water():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark to the current RSS
+    except OSError:
+        pass
+
+
+def measure(spec):
+    config = {k: v for k, v in spec["config"].items() if k != "model_type"}
+    torch.manual_seed(0)
+    ids = torch.randint(3, config["vocab_size"], (spec["batch_size"], spec["max_length"]))
+    gc.collect()
+    reset_high_water()
+    before = high_water()
+    model, fast = prepare(spec, config)
+    train(model, fast, ids, 3)
+    return high_water() - before
+
+
+specs = json.loads(sys.argv[1])
+# Warm-up on a tiny model: the runtime's own first-use memory (kernel code pages, thread pools) is not tensors.
+first = specs[0]
+tiny = dict(first["config"], vocab_size=64, hidden_size=64)
+for key, value in (("intermediate_size", 128), ("num_hidden_layers", 1), ("n_layer", 1), ("num_attention_heads", 2),
+                   ("num_key_value_heads", 2), ("n_head", 2)):
+    if key in tiny:
+        tiny[key] = value
+model, fast = prepare(dict(first, gradient_checkpointing=False, opts={}), {k: v for k, v in tiny.items() if k != "model_type"})
+train(model, fast, torch.randint(3, 64, (2, 16)), 1)
+del model
+for spec in specs:  # one after another: each one's tensors are freed (returned to the system) before the next
+    print("RESULT " + json.dumps({"peak_growth": measure(spec)}), flush=True)
 """
 
 
-def measure_peak(method, gradient_checkpointing=False, opts=None, config=LLAMA, precision="fp32", batch_size=BATCH,
-                 max_length=LENGTH):
-    """Peak RSS growth (bytes) of 3 AdamW steps, in a fresh process, with the caches of two libraries off so
-    that RSS follows the live tensors (as a CUDA allocator's allocated bytes do), not allocation history:
+def measure_peaks(specs: list[dict]) -> list[int]:
+    """Peak RSS growth (bytes) of 3 AdamW steps for each spec (method, gradient_checkpointing, opts, config,
+    precision, batch_size, max_length), one after another in one fresh process, with the caches of two libraries
+    off so that RSS follows the live tensors (as a CUDA allocator's allocated bytes do), not allocation history:
     glibc's heap keeps freed tensors' pages (a fixed mmap threshold gives each tensor its own mapping, returned
-    on free), and MKL's memory manager keeps its GEMM packing buffers (~15 MiB here) after the first step."""
-    spec = dict(method=method, gradient_checkpointing=gradient_checkpointing, opts=opts or {}, config=config,
-                precision=precision, batch_size=batch_size, max_length=max_length)
+    on free, so one spec's tensors are gone before the next), and MKL's memory manager keeps its GEMM packing
+    buffers (~15 MiB here) after the first step."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MKL_DISABLE_FAST_MM="1",
                OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
-    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(spec)], capture_output=True, text=True, env=env,
-                       timeout=300)
-    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
-    assert line is not None, r.stderr[-3000:]
-    return json.loads(line[7:])["peak_growth"]
+    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(specs)], capture_output=True, text=True, env=env,
+                       timeout=900)
+    lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    assert len(lines) == len(specs), r.stderr[-3000:]
+    return [json.loads(l[7:])["peak_growth"] for l in lines]
 
 
-@pytest.mark.parametrize("method,checkpointing,opts", [
-    ("lora", False, {}), ("full", False, {}), ("prefix", False, {}), ("lora", True, {}),
-    ("full", False, {"fast_loss": False}), ("prefix", False, {"prefix_projection": True}),
-    ("ptuning", False, {"encoder": "lstm"}), ("dora", False, {}), ("vera", False, {}), ("oft", False, {}),
-    ("lntuning", False, {}), ("lora", True, {"checkpoint_every": 2}), ("lora", True, {"checkpoint_every": 3}),
-], ids=["lora", "full", "prefix", "lora-checkpointing", "full-stock-loss", "prefix-projection", "ptuning-lstm", "dora",
-        "vera", "oft", "lntuning", "lora-checkpoint-every-2", "lora-checkpoint-every-3"])
-def test_estimate_within_15_percent_of_measured_peak(method, checkpointing, opts):
+PEAK_CASES = {  # id -> (method, gradient checkpointing, options)
+    "lora": ("lora", False, {}), "full": ("full", False, {}), "prefix": ("prefix", False, {}),
+    "lora-checkpointing": ("lora", True, {}), "full-stock-loss": ("full", False, {"fast_loss": False}),
+    "prefix-projection": ("prefix", False, {"prefix_projection": True}),
+    "ptuning-lstm": ("ptuning", False, {"encoder": "lstm"}), "dora": ("dora", False, {}), "vera": ("vera", False, {}),
+    "oft": ("oft", False, {}), "lntuning": ("lntuning", False, {}),
+    "lora-checkpoint-every-2": ("lora", True, {"checkpoint_every": 2}),
+    "lora-checkpoint-every-3": ("lora", True, {"checkpoint_every": 3}),
+}
+
+
+@pytest.fixture(scope="module")
+def measured_peaks():
+    """Every case's peak, measured in one process (a process each would spend ~8 s per case importing torch)."""
+    specs = [dict(method=m, gradient_checkpointing=gc_, opts=o, config=LLAMA, precision="fp32", batch_size=BATCH,
+                  max_length=LENGTH) for m, gc_, o in PEAK_CASES.values()]
+    return dict(zip(PEAK_CASES, measure_peaks(specs)))
+
+
+@pytest.mark.parametrize("case", list(PEAK_CASES))
+def test_estimate_within_15_percent_of_measured_peak(case, measured_peaks):
     """lora and full take train.py's fused output layer + loss (fastloss.py), prefix the stock causal-LM loss."""
-    measured = measure_peak(method, checkpointing, opts)
+    method, checkpointing, opts = PEAK_CASES[case]
+    measured = measured_peaks[case]
     est = estimate(LLAMA, method, "fp32", batch_size=BATCH, max_length=LENGTH, gradient_checkpointing=checkpointing,
                    opts=opts)["tensors"]  # measured: the peak's growth from the RSS before, the runtime excluded
     err = est / measured - 1
-    print(f"{method}{' + checkpointing' if checkpointing else ''} {opts or ''}: measured {measured / MiB:.1f} MiB, "
-          f"estimated {est / MiB:.1f} MiB ({100 * err:+.1f} %)")
+    print(f"{case}: measured {measured / MiB:.1f} MiB, estimated {est / MiB:.1f} MiB ({100 * err:+.1f} %)")
     assert abs(err) <= 0.15, (est / MiB, measured / MiB)
 
 
