@@ -7,6 +7,10 @@ and checkpointing cost, without data loading.
 
     .venv/bin/python benchmarks/precision_memory.py            # prints a Markdown table
     .venv/bin/python benchmarks/precision_memory.py --hidden 1024 --layers 8 --steps 5
+    .venv/bin/python benchmarks/precision_memory.py --hidden 1024 --layers 8 --seq-len 512 --only 8bit
+
+An 8-bit base with checkpointing runs twice: as train checkpoints it (reentrant) and as it did before 2026-12-06
+(non-reentrant, which leaves every layer's 8-bit inputs alive: models/checkpointing.py).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ def worker(args):
     from llm_tuning.models import load_model
 
     cuda = torch.cuda.is_available()
+    if args.nonreentrant:  # the way before 2026-12-06, for the side-by-side row
+        import llm_tuning.models.checkpointing as checkpointing
+
+        checkpointing._int8_base = lambda model: False
     model = load_model(args.model_dir, args.precision, quantization=args.quantization or None)
     if not cuda and not args.quantization:
         model = model.cpu()
@@ -42,6 +50,7 @@ def worker(args):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     cfg = TrainConfig(model=args.model_dir, data="-", output_dir="-", method="lora", precision=args.precision,
                       lora_dropout=0.0, quantization=args.quantization or None, gradient_checkpointing=args.gc)
+    torch.manual_seed(0)  # the same adapter start in every configuration
     model = get_method("lora").prepare(model, cfg)
     device = next(model.parameters()).device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -83,11 +92,13 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated bases to run: full, 8bit, 4bit (default: all)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
     ap.add_argument("--quantization", default="", help=argparse.SUPPRESS)
     ap.add_argument("--gc", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--nonreentrant", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
@@ -108,23 +119,30 @@ def main():
         print(f"LoRA (r=8, q_proj+v_proj) on a random Llama of {n / 1e6:.1f}M parameters (hidden {args.hidden}, "
               f"{args.layers} layers), batch {args.batch_size} x {args.seq_len} tokens, {args.steps} timed steps; {device}\n")
         cuda = torch.cuda.is_available()
-        head = "| precision | base | checkpointing | tokens/s | peak RSS MiB | RSS growth in training MiB |" + (" peak CUDA MiB |" if cuda else "")
+        head = ("| precision | base | checkpointing | tokens/s | peak RSS MiB | RSS growth in training MiB | loss |"
+                + (" peak CUDA MiB |" if cuda else ""))
         print(head)
         print("|" + "---|" * (head.count("|") - 1))
+        only = set(filter(None, args.only.split(",")))
         for precision, quant in CONFIGS:
-            for gc in (False, True):
+            if only and (quant or "full") not in only:
+                continue
+            for gc, before in [(False, False), (True, False)] + ([(True, True)] if quant == "8bit" else []):
                 cmd = [sys.executable, __file__, "--worker", "--model-dir", tmp, "--precision", precision,
                        "--quantization", quant or "", "--seq-len", str(args.seq_len), "--batch-size",
-                       str(args.batch_size), "--steps", str(args.steps)] + (["--gc"] if gc else [])
+                       str(args.batch_size), "--steps", str(args.steps)] + (["--gc"] if gc else []) \
+                    + (["--nonreentrant"] if before else [])
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
-                name = f"| {precision} | {quant or 'full'} | {'on' if gc else 'off'} |"
+                mode = "on, non-reentrant (before)" if before else "on" if gc else "off"
+                name = f"| {precision} | {quant or 'full'} | {mode} |"
                 if line is None:
                     err = (r.stderr.strip().splitlines() or ["?"])[-1][:80]
-                    print(f"{name} failed: {err} | | |" + (" |" if cuda else ""), flush=True)
+                    print(f"{name} failed: {err} | | | |" + (" |" if cuda else ""), flush=True)
                     continue
                 m = json.loads(line[7:])
-                print(f"{name} {m['tokens_per_s']:.0f} | {m['peak_rss_mib']:.0f} | {m['train_rss_growth_mib']:.0f} |"
+                print(f"{name} {m['tokens_per_s']:.0f} | {m['peak_rss_mib']:.0f} | {m['train_rss_growth_mib']:.0f} | "
+                      f"{m['loss']:.6f} |"
                       + (f" {m['peak_cuda_mib']:.0f} |" if cuda else ""), flush=True)
 
 
