@@ -149,14 +149,15 @@ def _int8_inputs_alive(loss) -> int:
     return sum(kept.values())
 
 
-def _int8_run(path, variant, batch, checkpointing):
-    from peft import prepare_model_for_kbit_training
+def _int8_run(path, variant, tokenizer, batch, checkpointing):
+    """train's own model and method steps (train/loop.py) over an 8-bit base, then one forward and backward."""
+    from llm_tuning.train import loop
 
     cfg = make_cfg(path, variant)
     cfg.quantization, cfg.gradient_checkpointing = "8bit", checkpointing
+    chosen = get_method(cfg.method)
     torch.manual_seed(0)
-    base = prepare_model_for_kbit_training(load_model(path, quantization="8bit"), use_gradient_checkpointing=False)
-    model = get_method(cfg.method).prepare(base, cfg)
+    model = loop.method(cfg, chosen, loop.model(cfg, chosen, tokenizer))
     model.train()
     loss = model(**batch).loss
     alive = _int8_inputs_alive(loss)
@@ -186,15 +187,16 @@ def test_checkpointing_an_8bit_base_keeps_none_of_its_int8_inputs(arch, tiny_mod
     from llm_tuning.models import checkpointing
 
     path = tiny_models[arch]
-    batch = fixed_batch(prepare_tokenizer(load_tokenizer(path), log=lambda m: None), sample_records)
-    loss0, grads0, _, cfg = _int8_run(path, "lora", batch, False)
-    loss1, grads1, alive, _ = _int8_run(path, "lora", batch, True)
+    tok = prepare_tokenizer(load_tokenizer(path), log=lambda m: None)
+    batch = fixed_batch(tok, sample_records)
+    loss0, grads0, _, cfg = _int8_run(path, "lora", tok, batch, False)
+    loss1, grads1, alive, _ = _int8_run(path, "lora", tok, batch, True)
     assert alive == 0
     assert abs(loss0 - loss1) <= 1e-5 and grads0.keys() == grads1.keys()
     for k in grads0:
         assert (grads0[k] - grads1[k]).abs().max().item() <= 1e-5, k
     monkeypatch.setattr(checkpointing, "_int8_base", lambda model: False)  # the old, non-reentrant way
-    _, _, before, _ = _int8_run(path, "lora", batch, True)
+    _, _, before, _ = _int8_run(path, "lora", tok, batch, True)
     assert before > 0
     assert _estimated_int8_inputs(path, batch, cfg, monkeypatch, lambda quant, prefix: quant == "8bit") == before
 
@@ -204,8 +206,9 @@ def test_prefix_over_an_8bit_base_keeps_its_int8_inputs_as_estimated(arch, tiny_
     """Prefix tuning's own checkpointing stays non-reentrant (models/checkpointing.py): its 8-bit inputs stay alive,
     and the estimate counts exactly them."""
     path = tiny_models[arch]
-    batch = fixed_batch(prepare_tokenizer(load_tokenizer(path), log=lambda m: None), sample_records)
-    _, _, alive, cfg = _int8_run(path, "prefix", batch, True)
+    tok = prepare_tokenizer(load_tokenizer(path), log=lambda m: None)
+    batch = fixed_batch(tok, sample_records)
+    _, _, alive, cfg = _int8_run(path, "prefix", tok, batch, True)
     assert alive > 0
     from llm_tuning.models.checkpointing import int8_inputs_outlive_checkpointing
 
