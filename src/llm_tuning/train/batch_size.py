@@ -44,19 +44,12 @@ def available_memory(cuda: bool) -> tuple[int, str]:
 def needed_bytes(cfg, batch: int, cuda: bool, config=None) -> int:
     """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total.
     config: cfg.model's config already read (load_config; the searches below read it once), or None to read it."""
-    from ..lab.estimate import estimate, load_config
+    from ..lab.estimate import estimate_run
 
-    if cfg.checkpoint_every == AUTO:  # not chosen yet: the batch is sized with every layer checkpointed
-        cfg = dataclasses.replace(cfg, checkpoint_every=1)
-    config = load_config(cfg.model) if config is None else config
-    if cuda:
-        from ..lab.estimate.gpu import estimate_gpu
-
-        return estimate_gpu(config, cfg.method, cfg.precision, cfg.quantization, batch, cfg.max_length,
-                            cfg.gradient_checkpointing, cfg, kernels=cfg.kernels)["total"]
-    est = estimate(config, cfg.method, cfg.precision, cfg.quantization, batch, cfg.max_length,
-                   cfg.gradient_checkpointing, cfg)
-    return est["total"] - est["runtime"]
+    every = 1 if cfg.checkpoint_every == AUTO else cfg.checkpoint_every  # not chosen yet: sized with every layer
+    run = dataclasses.replace(cfg, batch_size=batch, checkpoint_every=every)
+    est = estimate_run(run, config, cuda)
+    return est["total"] if cuda else est["total"] - est["runtime"]
 
 
 def largest_fitting(fits, limit: int = LIMIT) -> int:

@@ -13,24 +13,24 @@ from .params import count_params, method_of, trainable_params
 from .peak import LABELS, SUMMED, estimate
 
 __all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_params", "trainable_params",
-           "estimate", "estimate_config", "print_estimate"]
+           "estimate", "estimate_config", "estimate_run", "print_estimate"]
+
+
+def estimate_run(run, config=None, cuda: bool = False) -> dict:
+    """The estimate for a training run (a TrainConfig: every option of `train` that changes memory), for the CPU
+    or, cuda, the GPU (gpu.py). config: run.model's config already read (load_config), or None to read it."""
+    args = (run.model if config is None else config, run.method, run.precision, run.quantization, run.batch_size,
+            run.max_length, run.gradient_checkpointing, run)
+    if cuda:
+        from .gpu import estimate_gpu
+
+        return estimate_gpu(*args, kernels=run.kernels)
+    return estimate(*args)
 
 
 def estimate_config(cfg, config=None) -> dict:
-    """The estimate for an EstimateConfig (config/): every option of `train` that changes memory. config: cfg.model's
-    config already read (load_config), or None to read it."""
-    run = cfg.train_config()
-    return estimate(cfg.model if config is None else config, run.method, run.precision, run.quantization,
-                    run.batch_size, run.max_length, run.gradient_checkpointing, run)
-
-
-def _gpu_estimate(cfg, config=None) -> dict:
-    """`estimate --device cuda` for an EstimateConfig (gpu.py); config as for estimate_config."""
-    from .gpu import estimate_gpu
-
-    run = cfg.train_config()
-    return estimate_gpu(cfg.model if config is None else config, run.method, run.precision, run.quantization,
-                        run.batch_size, run.max_length, run.gradient_checkpointing, run, kernels=cfg.kernels)
+    """The estimate for an EstimateConfig (config/), on its --device; config as for estimate_run."""
+    return estimate_run(cfg.train_config(), config, getattr(cfg, "device", "cpu") == "cuda")
 
 
 def _fmt(n: float) -> str:
@@ -65,7 +65,7 @@ def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
 
 def print_gpu_estimate(cfg) -> None:
     """`estimate --device cuda` (gpu.py)."""
-    est = _gpu_estimate(cfg)
+    est = estimate_config(cfg)
     if cfg.json:
         print(json.dumps({k: v for k, v in est.items() if k != "cpu"}, indent=2))
         return
@@ -75,7 +75,7 @@ def print_gpu_estimate(cfg) -> None:
         print(f"  {label:<38}  {_fmt(est[key]):>12}")
     if est["note"]:
         print(f"  note: {est['note']}")
-    if line := _by_checkpoint_every(cfg, lambda c, config: _gpu_estimate(c, config)["total"], "total"):
+    if line := _by_checkpoint_every(cfg, lambda c, config: estimate_config(c, config)["total"], "total"):
         print(line)
 
 
