@@ -135,6 +135,11 @@ def _int8_inputs_alive(loss) -> int:
     """Bytes of the distinct tensors bitsandbytes' 8-bit matmuls hold on their autograd nodes (ctx.A on the CPU,
     ctx.tensors on CUDA) reachable from the loss: what the forward leaves for the backward outside autograd's
     saved tensors, where checkpointing cannot drop it."""
+    return sum(int8_inputs(loss).values())
+
+
+def int8_inputs(loss) -> dict:
+    """{storage address: bytes} of those tensors."""
     seen, stack, kept = set(), [loss.grad_fn], {}
     while stack:
         node = stack.pop()
@@ -146,7 +151,7 @@ def _int8_inputs_alive(loss) -> int:
                 if isinstance(t, torch.Tensor):
                     kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         stack.extend(f for f, _ in node.next_functions)
-    return sum(kept.values())
+    return kept
 
 
 def _int8_run(path, variant, tokenizer, batch, checkpointing):

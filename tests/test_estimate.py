@@ -113,15 +113,20 @@ def test_parameter_counts_equal_the_real_models(config):
 # ---------------------------------------------------------------- activations = what autograd keeps
 
 
-def _saved_bytes(config, method, precision, opts):
+def _saved_bytes(config, method, precision, opts, sdpa=False):
     """Bytes of the distinct tensors autograd keeps for the backward (parameters excluded), with the loss path
-    train.py takes: fastloss.py's fused output layer + loss for full/BitFit/LoRA/IA3 unless fast_loss is off."""
+    train.py takes: fastloss.py's fused output layer + loss for full/BitFit/LoRA/IA3 unless fast_loss is off.
+    sdpa: Bloom with the project's SDPA attention (models/speedups.py), as train runs it."""
     from llm_tuning.methods import get_method
+    from llm_tuning.models.speedups import speed_up
     from llm_tuning.train.fastloss import response_loss_sum
 
     torch.manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    model = _apply(_build(config).to(dtype), method, opts)
+    base = _build(config).to(dtype)
+    if sdpa:
+        assert speed_up(base) == 2 * config["n_layer"]  # every layer's attention and GeLU replaced
+    model = _apply(base, method, opts)
     if precision != "fp32" and not get_method(method).in_base_dtype:  # Method.prepare: fp32 adapter weights
         for p in model.parameters():
             if p.requires_grad:
@@ -166,6 +171,57 @@ def test_activations_are_what_autograd_keeps(variant, precision, config):
     real = _saved_bytes(config, method, precision, opts)
     est = estimate(config, method, precision, batch_size=2, max_length=64, opts=opts)["activations"]
     assert abs(est - real) <= 0.02 * real, (est, real)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("variant", ["full", "bitfit", "prompt", "prefix", "prefix-proj", "lora", "ia3", "ptuning-mlp"])
+def test_bloom_sdpa_activations_are_what_autograd_keeps(variant, precision):
+    """The walk of Bloom's attention as the project's SDPA replacement (what train runs and the CUDA estimate
+    assumes): q, k, v as views of the fused projection, the output, a logsumexp, one bias for every layer."""
+    method, opts = _options(variant, "bloom")
+    real = _saved_bytes(TINY_BLOOM, method, precision, opts, sdpa=True)
+    est = estimate(TINY_BLOOM, method, precision, batch_size=2, max_length=64, opts=opts, bloom_sdpa=True)
+    assert abs(est["activations"] - real) <= 0.02 * real, (est["activations"], real)
+
+
+@pytest.mark.parametrize("speedups", [True, False], ids=["sdpa", "eager"])
+@pytest.mark.parametrize("variant", ["lora", "prefix", "prompt-random", "ia3"])
+def test_8bit_bloom_activations_are_what_autograd_and_bitsandbytes_keep(variant, speedups, tiny_models):
+    """Over an 8-bit base (train's own loading and method steps): autograd's saved tensors plus the inputs
+    bitsandbytes' 8-bit matmuls hold on their autograd nodes, against the walk with Bloom's SDPA or eager attention."""
+    from test_checkpointing import int8_inputs
+    from test_methods import make_cfg
+
+    from llm_tuning.data.tokenize import prepare_tokenizer
+    from llm_tuning.methods import get_method
+    from llm_tuning.models import load_tokenizer
+    from llm_tuning.train import loop
+    from llm_tuning.train.fastloss import response_loss_sum
+
+    path = tiny_models["bloom"]
+    cfg = make_cfg(path, variant)
+    cfg.quantization, cfg.speedups = "8bit", speedups
+    chosen = get_method(cfg.method)
+    torch.manual_seed(0)
+    model = loop.method(cfg, chosen, loop.model(cfg, chosen, prepare_tokenizer(load_tokenizer(path), log=print)))
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *model.buffers()]}
+    kept = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[(s.data_ptr(), s.nbytes())] = t
+        return t
+
+    ids = torch.randint(3, 600, (2, 64))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        total, n = response_loss_sum(model, ids, None, ids)
+    gc.collect()
+    saved = {ptr for ptr, _ in kept}
+    real = sum(nbytes for _, nbytes in kept) + sum(b for ptr, b in int8_inputs(total).items() if ptr not in saved)
+    est = estimate(path, cfg.method, "fp32", "8bit", 2, 64, False, cfg, bloom_sdpa=speedups)["activations"]
+    assert abs(est - real) <= 0.01 * real, (est, real)
 
 
 # ---------------------------------------------------------------- peak memory of real training steps

@@ -18,14 +18,15 @@ __all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_
 
 def estimate_run(run, config=None, cuda: bool = False) -> dict:
     """The estimate for a training run (a TrainConfig: every option of `train` that changes memory), for the CPU
-    or, cuda, the GPU (gpu.py). config: run.model's config already read (load_config), or None to read it."""
+    or, cuda, the GPU (gpu.py). config: run.model's config already read (load_config), or None to read it.
+    Bloom's attention is walked as the run has it: the project's SDPA unless --speedups is off."""
     args = (run.model if config is None else config, run.method, run.precision, run.quantization, run.batch_size,
             run.max_length, run.gradient_checkpointing, run)
     if cuda:
         from .gpu import estimate_gpu
 
-        return estimate_gpu(*args, kernels=run.kernels)
-    return estimate(*args)
+        return estimate_gpu(*args, kernels=run.kernels, speedups=run.speedups)
+    return estimate(*args, bloom_sdpa=run.speedups)
 
 
 def estimate_config(cfg, config=None) -> dict:
@@ -67,7 +68,7 @@ def print_gpu_estimate(cfg) -> None:
     """`estimate --device cuda` (gpu.py)."""
     est = estimate_config(cfg)
     if cfg.json:
-        print(json.dumps({k: v for k, v in est.items() if k != "cpu"}, indent=2))
+        print(json.dumps({k: v for k, v in est.items() if k != "parts"}, indent=2))
         return
     print(f"{cfg.model}: method {cfg.method}, {_settings(cfg)}, on a CUDA GPU")
     for label, key in (("tensors at the peak", "tensors"), ("reserved by torch's caching allocator", "reserved"),

@@ -1,4 +1,5 @@
-"""Activation bytes autograd keeps, walked op by op through one decoder layer (Llama SDPA, Bloom eager)."""
+"""Activation bytes autograd keeps, walked op by op through one decoder layer (Llama SDPA; Bloom eager, or the
+project's SDPA attention, models/speedups.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class _Run:
     cache: float = 0.0  # per token: tensors the model's cache holds until the forward returns, not kept after
     every: int = 1  # --checkpoint-every: with gc, the layers checkpointed (models/checkpointing.py's rule)
     int8_inputs: float = 0.0  # per token: the inputs of the last walked layer's 8-bit linears that need a gradient
+    sdpa: bool = False  # Bloom: the project's SDPA attention (models/speedups.py) rather than transformers' eager
 
     def checkpointed(self, index: int) -> bool:
         return self.gc and checkpointed(index, self.every)
@@ -135,11 +137,16 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     kept += extra
     kept += act * h if keep or r.keeps_input("query_key_value", y_rg) else 0
     attn_rg = y_rg or r.prefix or r.trains_something("query_key_value")
-    if not r.prefix and not r.gc:
+    if not r.prefix and not r.gc and not (r.sdpa and attn_rg):
         # use_cache is on in training: the cache's k, v are views that keep the fused qkv output alive until the
-        # forward returns (the cache is not part of the graph)
+        # forward returns (the cache is not part of the graph; under SDPA the backward keeps it anyway)
         r.cache += 3 * act * h
-    if attn_rg:
+    if attn_rg and r.sdpa:
+        # scaled_dot_product_attention keeps q, k, v, its output and a logsumexp per head (fp32). q, k, v are views
+        # of the fused q/k/v output, which q keeps whole; prefix: k, v are the cache's concatenations, kept too.
+        # The one [batch, heads, q, kv] bias every layer shares is counted once (_activations).
+        kept += 3 * act * h + (2 * act * h * kv_ratio if r.prefix else 0) + act * h + FP32 * nh
+    elif attn_rg:
         # reshape to (batch*heads, len, head_dim) copies q, k, v out of the fused output (prefix: k, v are the
         # cache's contiguous concatenations, kept as they are); baddbmm keeps q and k, bmm keeps v and the
         # probabilities; softmax in fp32 keeps its fp32 output, and the cast back to the hidden dtype is another
@@ -151,7 +158,8 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
         kept += nh * r.kv_len * (FP32 + (act if act != FP32 else 0))
     extra, keep = r.adapter_bytes("dense", h, h, attn_rg)
     kept += extra
-    kept += act * h if keep or r.keeps_input("dense", attn_rg) else 0  # merged heads, dense's input
+    # merged heads, dense's input (SDPA's output is laid out [batch, len, heads, dim]: merging is a view of it)
+    kept += act * h if (keep or r.keeps_input("dense", attn_rg)) and not (r.sdpa and attn_rg) else 0
     h1_rg = attn_rg or r.trains_something("dense")
     y2_rg = h1_rg or ln_trains
     kept += layernorm(y2_rg)
@@ -201,6 +209,8 @@ def _activations(r: _Run) -> dict:
     # (The output layer and the loss: see estimate(), they depend on the loss path.)
     if a.family == "bloom":
         head += (act * a.hidden + 2 * act) * t
+        if r.sdpa:  # the shared ALiBi + mask bias, built once per forward (models/speedups.py)
+            head += act * a.heads * t * r.kv_len
     else:
         head += (FP32 * a.hidden + FP32 + (act * a.hidden if r.fp.norm_weights else 0)) * t
     # Checkpointing keeps each checkpointed layer's input (and, for prefix, the cache's keys and values, which our
@@ -216,7 +226,9 @@ def _activations(r: _Run) -> dict:
     below_last = sum(kept[:ckpt[-1] + 1]) if ckpt else 0.0
     # While one layer's backward runs: the gradients of its widest intermediates (Llama: of silu(g)*up, of
     # silu(g), up and g; Bloom: of the gelu output and input, and of the score matrix in fp32 and hidden dtype).
-    if a.family == "bloom":
+    if a.family == "bloom" and r.sdpa:  # no score matrix: the gelu's gradients, then q, k, v's
+        transient = max(2 * act * 4 * a.hidden, act * a.hidden * (1 + 2 * r.kv_len / r.seq)) * t
+    elif a.family == "bloom":
         transient = (2 * act * 4 * a.hidden + a.heads * r.kv_len * (FP32 + 2 * act)) * t
     else:
         transient = (4 * act * a.intermediate + 2 * act * a.hidden) * t

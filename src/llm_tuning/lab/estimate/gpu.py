@@ -7,9 +7,10 @@ for the backward, the transient at the peak), with what differs on a CUDA device
   assumption: not measured by this project, which has no GPU of its own);
 - the caching allocator reserves more than the tensors' peak (2 MiB / 20 MiB segment rounding, blocks split and
   kept): ALLOCATOR_OVERHEAD of the tensors;
-- Bloom runs the project's SDPA attention (models/speedups.py): on CUDA the memory-efficient kernel keeps q, k, v,
-  its output and a logsumexp per head, not eager attention's [heads x length] probabilities per token and
-  layer (the CPU estimate keeps those: an upper bound there), plus the one bias shared by every layer;
+- Bloom runs the project's SDPA attention (models/speedups.py): the fused kernels keep q, k, v, its output and a
+  logsumexp per head, not eager attention's [heads x length] probabilities per token and layer (the CPU estimate
+  keeps those: an upper bound there), plus the one bias shared by every layer; the walk models it
+  (activations.py, `sdpa`), held against autograd's saved tensors on the CPU (bf16, fp32, 8-bit) within 2 %;
 - the loss: with --kernels auto/liger Liger's fused linear cross-entropy, chunked like the CPU's fused loss (the
   same memory model); --kernels none the stock loss over all logits;
 - loading is not a GPU peak: weights are moved (and quantised) tensor by tensor.
@@ -23,9 +24,7 @@ to 3 % under the measurement. train now checkpoints an 8-bit base reentrantly (n
 
 from __future__ import annotations
 
-from ...models.checkpointing import checkpointed
-from .arch import DTYPE_BYTES, FP32, arch_of, load_config
-from .params import method_of
+from .arch import load_config
 from .peak import estimate
 
 CUDA_CONTEXT = 512 * 2**20
@@ -35,22 +34,11 @@ NOTE_8BIT = (
     "Llama-2-7B LoRA at 4 x 512, 16.9 GiB, 3 % above this model of that build")
 
 
-def _bloom_sdpa_delta(a, act: int, batch: int, seq: int, kv_len: int, gc: bool, every: int = 1) -> float:
-    """Bytes the SDPA attention keeps minus what the CPU estimate's eager attention keeps (negative), plus the
-    shared [batch, heads, q, kv] bias. Per token and layer, eager: q, k, v copies and the probabilities in fp32
-    and the hidden dtype; SDPA: the fused q/k/v output (q, k, v are views of it), its output, logsumexp."""
-    h, nh, kv_ratio = a.hidden, a.heads, kv_len / seq
-    eager = act * h + 2 * act * h * kv_ratio + nh * kv_len * (FP32 + (act if act != FP32 else 0))
-    sdpa = act * h * (1 + 2 * kv_ratio) + act * h + FP32 * nh
-    # Under checkpointing, the layers not checkpointed keep their attention, and one layer recomputes its own.
-    layers = (a.layers - sum(checkpointed(i, every) for i in range(a.layers)) + 1) if gc else a.layers
-    return (sdpa - eager) * batch * seq * layers + act * batch * nh * seq * kv_len
-
-
 def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size=1, max_length=512,
                  gradient_checkpointing=False, opts=None, kernels="auto", speedups=True) -> dict:
-    """Peak GPU memory in bytes: {"tensors", "reserved", "context", "total"} plus the CPU estimate it starts from
-    (under "cpu"). kernels: the loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
+    """Peak GPU memory in bytes: {"tensors", "reserved", "context", "total"} plus the tensor estimate by component
+    it starts from (under "parts": peak.py's, Bloom's attention walked as SDPA when speedups is on). kernels: the
+    loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
     import dataclasses
 
     from ...config import TrainConfig
@@ -59,18 +47,12 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
         config = load_config(config)
     o = opts if opts is not None else TrainConfig(model="-", data="-", output_dir="-", method=method)
     o = dataclasses.replace(o, fast_loss=(kernels != "none"))
-    cpu = estimate(config, method, precision, quantization, batch_size, max_length, gradient_checkpointing, o)
-    a = arch_of(config)
-    tensors = float(cpu["tensors"])
-    if a.family == "bloom" and speedups:
-        act = FP32 if quantization else DTYPE_BYTES[precision]
-        fp = method_of(method).footprint(a, o)  # virtual tokens in the input (prompt, ptuning), the keys (prefix)
-        seq = max_length + fp.input_tokens
-        kv_len = seq + fp.prefix_tokens
-        tensors += _bloom_sdpa_delta(a, act, batch_size, seq, kv_len, gradient_checkpointing, o.checkpoint_every)
+    parts = estimate(config, method, precision, quantization, batch_size, max_length, gradient_checkpointing, o,
+                   bloom_sdpa=speedups)
+    tensors = float(parts["tensors"])
     reserved = tensors * (1 + ALLOCATOR_OVERHEAD)
     return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
-            "total": int(reserved + CUDA_CONTEXT), "cpu": cpu,
+            "total": int(reserved + CUDA_CONTEXT), "parts": parts,
             "note": NOTE_8BIT if quantization == "8bit" else ""}
 
 

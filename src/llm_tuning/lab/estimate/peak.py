@@ -4,11 +4,12 @@ No weights are read: the numbers follow from the tensor shapes of the architectu
 precision, the quantisation, the batch and the sequence length. The estimate models what *this project's*
 training does (see train.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over a
 half base (`Method.prepare`); `prepare_model_for_kbit_training` over a quantised base (which casts the
-non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for Bloom (train.py
-replaces it with SDPA by default, speedups.py, which keeps less: one shared bias instead of each layer's
-[B, heads, L, L] probabilities, so for Bloom the estimate is an upper bound; modelling the SDPA path is still
-to do); the fused output layer + loss of fastloss.py (vocabulary blocks or row chunks) for every method (unless fast_loss is off;
-that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
+non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for
+Bloom (train replaces it with SDPA by default, speedups.py, which keeps less at real sizes: one shared bias instead
+of each layer's [B, heads, L, L] probabilities, so for Bloom the CPU estimate is an upper bound there;
+`bloom_sdpa` walks the SDPA path, which the CUDA estimate uses, held against autograd's saved tensors like the
+eager one); the fused output layer + loss of fastloss.py (vocabulary blocks or row chunks) for every method
+(unless fast_loss is off; that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
 one decoder layer op by op and asking, for each op, which inputs or outputs autograd keeps for the backward
@@ -94,10 +95,10 @@ def _check(method, precision, quantization, batch_size, max_length):
         raise EstimateError("--batch-size and --max-length must be at least 1")
 
 
-def _run_for(a: Arch, fp: Footprint, act, quantization, gc, batch_size, max_length, every=1) -> _Run:
+def _run_for(a: Arch, fp: Footprint, act, quantization, gc, batch_size, max_length, every=1, sdpa=False) -> _Run:
     """The activation walk's view of this run: hidden dtype, positions (virtual tokens included), targets."""
     seq = max_length + fp.input_tokens
-    return _Run(a, fp, act, quantization, gc, batch_size, seq, seq + fp.prefix_tokens, every=every)
+    return _Run(a, fp, act, quantization, gc, batch_size, seq, seq + fp.prefix_tokens, every=every, sdpa=sdpa)
 
 
 def _fused_output_layer(a: Arch, fp: Footprint, act, p, batch_size, seq, t) -> tuple[float, float, float]:
@@ -179,9 +180,10 @@ def _given_or_default(o, **given) -> list:
 
 def estimate(config, method: str, precision: str | None = None, quantization: str | None = None,
              batch_size: int | None = None, max_length: int | None = None, gradient_checkpointing: bool | None = None,
-             opts=None) -> dict:
+             opts=None, bloom_sdpa: bool = False) -> dict:
     """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params. A setting
-    not given is `train`'s default (TrainConfig), as the command's is."""
+    not given is `train`'s default (TrainConfig), as the command's is. bloom_sdpa: walk Bloom's attention as the
+    project's SDPA replacement (models/speedups.py; the CUDA estimate does) rather than eager (an upper bound)."""
     m, o = method_of(method), options(opts)
     precision, batch_size, max_length, gradient_checkpointing = _given_or_default(
         o, precision=precision, batch_size=batch_size, max_length=max_length,
@@ -200,7 +202,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     # (prepare_model_for_kbit_training) and bitsandbytes returns each matmul in its input's dtype.
     act = FP32 if quantization else p
     r = _run_for(a, fp, act, quantization, gradient_checkpointing, batch_size, max_length,
-                 getattr(o, "checkpoint_every", 1))
+                 getattr(o, "checkpoint_every", 1), sdpa=bloom_sdpa)
     ac = _activations(r)
     backbone = ac["layers"] + ac["head"] + ac["stash"]
     fast = bool(o.fast_loss) and m.fast_loss
