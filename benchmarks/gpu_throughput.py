@@ -12,8 +12,8 @@ records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the trai
 and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (11 minutes here,
 all 16 commands exit 0; the packed runs take Liger under Triton's interpreter, see smoke_liger). The four
 `bloom-mem-*` runs (MEMORY_RUNS: where the memory estimate misses; they run only when --only names them) were
-added after that: `--smoke --only bloom-mem-lora,bloom-mem-prompt,bloom-mem-prefix-proj,bloom-mem-lora-8bit`
-(1 minute, all 4 exit 0, every row 4 x 512 tokens).
+added after that: `--smoke --only bloom-mem-lora,bloom-mem-prompt,bloom-mem-prompt-16,bloom-mem-prefix-proj,
+bloom-mem-lora-8bit` (all exit 0, every row 4 x 512 tokens).
 
 MFU: the model's 4 FLOPs per parameter per token (forward, input gradients; recomputation not counted, as PaLM
 defines MFU) over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md); HFU adds the
@@ -218,7 +218,8 @@ def long_subset(n, joined=4):
 
 MEMORY_RUNS = {  # Bloom-1b4 at the H200's measured shape, where the estimate misses (docs/gpu.md, "GPU memory")
     "bloom-mem-lora": ["--method", "lora"],  # within the goal: the control
-    "bloom-mem-prompt": ["--method", "prompt"],
+    "bloom-mem-prompt": ["--method", "prompt"],  # 10 virtual tokens: key length 522, not a multiple of 8
+    "bloom-mem-prompt-16": ["--method", "prompt", "--num-virtual-tokens", "16"],  # 528: if the miss is the mask copy
     "bloom-mem-prefix-proj": ["--method", "prefix", "--prefix-projection", "true"],
     "bloom-mem-lora-8bit": ["--method", "lora", "--quantization", "8bit"],
 }
