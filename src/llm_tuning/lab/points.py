@@ -51,12 +51,10 @@ def _last_error(log_path: str, code) -> str:
 
 def estimate_mib(run_cfg: dict):
     """The estimator's training-memory figure for this run, MiB (None where it cannot say)."""
-    from .estimate import estimate, load_config
+    from .estimate import estimate_run
 
     try:
-        opts = TrainConfig(**{k: v for k, v in run_cfg.items() if k in FIELDS})
-        r = estimate(load_config(run_cfg["model"]), opts.method, opts.precision, opts.quantization, opts.batch_size,
-                     opts.max_length, opts.gradient_checkpointing, opts)
+        r = estimate_run(TrainConfig(**{k: v for k, v in run_cfg.items() if k in FIELDS}))
         return r["tensors"] / 2**20  # the report's measured figure starts from the RSS before the model load
     except Exception:  # the estimate is a column of the report, never a reason to fail a run
         return None

@@ -137,11 +137,12 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     kept += extra
     kept += act * h if keep or r.keeps_input("query_key_value", y_rg) else 0
     attn_rg = y_rg or r.prefix or r.trains_something("query_key_value")
-    if not r.prefix and not r.gc and not (r.sdpa and attn_rg):
+    sdpa = r.sdpa and attn_rg  # the SDPA attention's graph (without a gradient to carry, none is kept)
+    if not r.prefix and not r.gc and not sdpa:
         # use_cache is on in training: the cache's k, v are views that keep the fused qkv output alive until the
         # forward returns (the cache is not part of the graph; under SDPA the backward keeps it anyway)
         r.cache += 3 * act * h
-    if attn_rg and r.sdpa:
+    if sdpa:
         # scaled_dot_product_attention keeps q, k, v, its output and a logsumexp per head (fp32). q, k, v are views
         # of the fused q/k/v output, which q keeps whole; prefix: k, v are the cache's concatenations, kept too.
         # The one [batch, heads, q, kv] bias every layer shares is counted once (_activations).
@@ -159,7 +160,7 @@ def _bloom_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     extra, keep = r.adapter_bytes("dense", h, h, attn_rg)
     kept += extra
     # merged heads, dense's input (SDPA's output is laid out [batch, len, heads, dim]: merging is a view of it)
-    kept += act * h if (keep or r.keeps_input("dense", attn_rg)) and not (r.sdpa and attn_rg) else 0
+    kept += act * h if (keep or r.keeps_input("dense", attn_rg)) and not sdpa else 0
     h1_rg = attn_rg or r.trains_something("dense")
     y2_rg = h1_rg or ln_trains
     kept += layernorm(y2_rg)

@@ -7,10 +7,10 @@ for the backward, the transient at the peak), with what differs on a CUDA device
   assumption: not measured by this project, which has no GPU of its own);
 - the caching allocator reserves more than the tensors' peak (2 MiB / 20 MiB segment rounding, blocks split and
   kept): ALLOCATOR_OVERHEAD of the tensors;
-- Bloom runs the project's SDPA attention (models/speedups.py): the fused kernels keep q, k, v, its output and a
-  logsumexp per head, not eager attention's [heads x length] probabilities per token and layer (the CPU estimate
-  keeps those: an upper bound there), plus the one bias shared by every layer; the walk models it
-  (activations.py, `sdpa`), held against autograd's saved tensors on the CPU (bf16, fp32, 8-bit) within 2 %;
+- Bloom runs the project's SDPA attention (models/speedups.py) unless --speedups is off: the fused kernels keep
+  q, k, v, its output and a logsumexp per head, not eager attention's [heads x length] probabilities per token
+  and layer, plus the one bias shared by every layer; the walk models it (activations.py, `sdpa`), held against
+  autograd's saved tensors on the CPU (bf16, fp32, 8-bit) within 2 %, which on CUDA is an assumption;
 - the loss: with --kernels auto/liger Liger's fused linear cross-entropy, chunked like the CPU's fused loss (the
   same memory model); --kernels none the stock loss over all logits;
 - loading is not a GPU peak: weights are moved (and quantised) tensor by tensor.

@@ -4,11 +4,10 @@ No weights are read: the numbers follow from the tensor shapes of the architectu
 precision, the quantisation, the batch and the sequence length. The estimate models what *this project's*
 training does (see train.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over a
 half base (`Method.prepare`); `prepare_model_for_kbit_training` over a quantised base (which casts the
-non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama, transformers' eager attention for
-Bloom (train replaces it with SDPA by default, speedups.py, which keeps less at real sizes: one shared bias instead
-of each layer's [B, heads, L, L] probabilities, so for Bloom the CPU estimate is an upper bound there;
-`bloom_sdpa` walks the SDPA path, which the CUDA estimate uses, held against autograd's saved tensors like the
-eager one); the fused output layer + loss of fastloss.py (vocabulary blocks or row chunks) for every method
+non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama; for Bloom, with `bloom_sdpa`, the
+project's SDPA attention (speedups.py, what train runs unless --speedups is off: one shared bias instead of each
+layer's [B, heads, L, L] probabilities; estimate_run asks for it as the run has it), else transformers' eager
+attention, both held against autograd's saved tensors; the fused output layer + loss of fastloss.py (vocabulary blocks or row chunks) for every method
 (unless fast_loss is off; that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
@@ -101,6 +100,16 @@ def _run_for(a: Arch, fp: Footprint, act, quantization, gc, batch_size, max_leng
     return _Run(a, fp, act, quantization, gc, batch_size, seq, seq + fp.prefix_tokens, every=every, sdpa=sdpa)
 
 
+def _output_layer(r: _Run, p, fast: bool) -> tuple[float, float, float]:
+    """The output layer and the loss: (kept for the backward, forward transient, backward transient); the stock
+    loss's transients are its own phases (_stock_loss_phases)."""
+    a, fp = r.arch, r.fp
+    if fast:
+        return _fused_output_layer(a, fp, r.act, p, r.batch, r.seq, r.tokens)
+    # the stock causal-LM loss: lm_head keeps its input when it trains; log_softmax keeps its fp32 output
+    return (r.act * a.hidden * r.tokens if fp.linear_weights else 0) + FP32 * a.vocab * r.tokens, 0.0, 0.0
+
+
 def _fused_output_layer(a: Arch, fp: Footprint, act, p, batch_size, seq, t) -> tuple[float, float, float]:
     """fastloss.py (train's default for every method): the output layer and the cross-entropy run fused, piece
     by piece, on the learned positions only (here every position but the last: an upper bound), their gradients
@@ -183,7 +192,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
              opts=None, bloom_sdpa: bool = False) -> dict:
     """Peak training memory in bytes, by component (see SUMMED), plus trainable_params and total_params. A setting
     not given is `train`'s default (TrainConfig), as the command's is. bloom_sdpa: walk Bloom's attention as the
-    project's SDPA replacement (models/speedups.py; the CUDA estimate does) rather than eager (an upper bound)."""
+    project's SDPA replacement (models/speedups.py; what train runs unless --speedups is off) rather than eager."""
     m, o = method_of(method), options(opts)
     precision, batch_size, max_length, gradient_checkpointing = _given_or_default(
         o, precision=precision, batch_size=batch_size, max_length=max_length,
@@ -208,9 +217,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     fast = bool(o.fast_loss) and m.fast_loss
     if fast:
         ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
-        out_kept, out_forward, out_backward = _fused_output_layer(a, fp, act, p, batch_size, r.seq, r.tokens)
-    else:  # the stock causal-LM loss: lm_head keeps its input when it trains; log_softmax keeps its fp32 output
-        out_kept = (act * a.hidden * r.tokens if fp.linear_weights else 0) + FP32 * a.vocab * r.tokens
+    out_kept, out_forward, out_backward = _output_layer(r, p, fast)
     kept = backbone + out_kept
     # Dequantising: bitsandbytes materialises one linear's weight at a time in the compute dtype (fp32 for 8-bit's
     # input gradient).
