@@ -4,19 +4,21 @@ The project's own version of ../shared/gpu/probe.py (same builds, records and re
 --kernels on and off, tokens/s, MFU and peak GPU memory (NVML, CUDA context included) against
 `estimate --device cuda`. Run on the GPU machine from the project root after `bash ../shared/gpu/prepare.sh`
 with EXTRA_WHEELS=liger-kernel==0.8.5 (device call: command
-`PROBE=benchmarks/gpu_throughput.py bash .gpu/run.sh [--only NAME,NAME] [--deadline 480]`, carry [".gpu"]).
+`PROBE=benchmarks/gpu_throughput.py bash .gpu/run.sh [--only NAME,NAME] [--deadline 380]`, carry [".gpu"],
+timeout_s 560; docs/gpu.md, "Benchmarks", has the planned calls).
 Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdown table at the end.
 Each run is its own process with its own timeout; after --deadline seconds no new run starts.
 `--smoke` runs every llm-tuning command of the benchmark on this CPU instead (tiny models of both families, 8
 records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the train command refuses is found here
 and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (11 minutes here,
-all 16 commands exit 0; the packed runs take Liger under Triton's interpreter, see smoke_liger). The four
+all 16 commands exit 0; the packed runs take Liger under Triton's interpreter, see smoke_liger). The five
 `bloom-mem-*` runs (MEMORY_RUNS: where the memory estimate misses; they run only when --only names them) were
 added after that: `--smoke --only bloom-mem-lora,bloom-mem-prompt,bloom-mem-prompt-16,bloom-mem-prefix-proj,
 bloom-mem-lora-8bit` (all exit 0, every row 4 x 512 tokens).
 
 MFU: the model's 4 FLOPs per parameter per token (forward, input gradients; recomputation not counted, as PaLM
-defines MFU) over MATMUL_RATE, the H200's measured bf16 matrix rate (../shared/gpu/README.md); HFU adds the
+defines MFU) over the bf16 matrix rate the env run measures on the GPU at hand (8192^3 matmuls; MATMUL_RATE, the
+H200's 790 TFLOP/s of ../shared/gpu/README.md, only if that fails: an H100 is lent too); HFU adds the
 recomputed forward of the checkpointed layers (2 per parameter and token for each: 6 with every layer
 checkpointed, 5 with --checkpoint-every 2). The issue's "~14 % of the matrix rate" counted 6 with checkpointing
 (../shared/gpu/README.md): the HFU column of a fully checkpointed run is that figure. Not yet run: the
@@ -73,7 +75,8 @@ def _polled(cmd, timeout, env):
 def run(name, cmd, timeout, outdir=None, env=None, extra=None):
     if ARGS.smoke and cmd[1] == RECIPE:
         return None  # the recipe is CUDA-only
-    if time.time() - T0 > ARGS.deadline or (ARGS.only and name not in ARGS.only and not name.startswith("build")):
+    always = name.startswith(("build", "env"))  # the models a selected run needs, and the versions line
+    if time.time() - T0 > ARGS.deadline or (ARGS.only and name not in ARGS.only and not always):
         return None
     t = time.time()
     rc, out, peak = _polled(cmd, timeout, env)
@@ -91,9 +94,11 @@ def run(name, cmd, timeout, outdir=None, env=None, extra=None):
                  load_allocated_mib=r.get("load_peak_gpu_allocated_mib"))
         if r.get("train_seconds"):
             d["tok_s"] = round(r["train_tokens"] / r["train_seconds"], 1)
-    for line in out.splitlines():  # the recipe's own JSON line
+    for line in out.splitlines():  # the recipe's own JSON line, the env run's matrix rate
         if line.startswith('{"recipe"'):
             r = json.loads(line); d.update(tokens=r["real_tokens"], train_s=r["train_s"], tok_s=r["tokens_per_s"])
+        if line.startswith('{"matmul_rate"'):
+            d.update(json.loads(line))
     record(d)
     return d
 
@@ -256,6 +261,27 @@ def llama_runs(L):
             -(-32 // n) / 32)
 
 
+ENV = """
+import json, time, torch, transformers, peft, bitsandbytes as b
+print(torch.__version__, torch.version.cuda, transformers.__version__, peft.__version__, b.__version__,
+      torch.cuda.get_device_name())
+import liger_kernel; print('liger ok')
+a = torch.randn(8192, 8192, device='cuda', dtype=torch.bfloat16); c = torch.empty_like(a)
+for i in range(40):  # 10 to warm up, 30 timed
+    if i == 10:
+        torch.cuda.synchronize(); t = time.perf_counter()
+    torch.mm(a, a, out=c)
+torch.cuda.synchronize()
+print(json.dumps({"matmul_rate": round(30 * 2 * 8192**3 / (time.perf_counter() - t))}))
+"""
+
+
+def wanted(family):
+    """Whether a run of this family (every run's name says "bloom" or "llama") is selected: a model is built,
+    saved and its records cut only then (a Llama-2-7B build writes 13 GB, time a device call cannot spare)."""
+    return not ARGS.only or any(family in name for name in ARGS.only)
+
+
 def table():
     rows = [json.loads(l) for l in open(os.path.join(OUT, "results.jsonl"))]
     tok = {r["name"]: r.get("tok_s") for r in rows}
@@ -274,7 +300,7 @@ def table():
 
 
 def main():
-    global W, OUT, ZH, TOK
+    global W, OUT, ZH, TOK, MATMUL_RATE
     if ARGS.smoke:  # this CPU, the shared data, its own folders
         shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
         W, OUT = W + "-smoke", os.environ.get("OUT", W + "-smoke-out")
@@ -285,20 +311,23 @@ def main():
                 os.remove(os.path.join(OUT, f))
     os.makedirs(W, exist_ok=True); os.makedirs(OUT, exist_ok=True)
     if not ARGS.smoke:
-        run("env", [PY, "-c", "import torch, transformers, peft, bitsandbytes as b; print(torch.__version__, "
-                "torch.version.cuda, transformers.__version__, peft.__version__, b.__version__, "
-                "torch.cuda.get_device_name()); import liger_kernel; print('liger ok')"], 90)
-    B = os.path.join(W, "bloom1b4"); build("bloom", B); bloom_runs(B); bloom_memory_runs(B)
-    L = os.path.join(W, "llama7b"); build("llama", L); llama_runs(L)
+        env = run("env", [PY, "-c", ENV], 90)
+        if env and env.get("matmul_rate"):  # MFU against this GPU's rate, not the H200's
+            MATMUL_RATE = env["matmul_rate"]
+    if wanted("bloom"):
+        B = os.path.join(W, "bloom1b4"); build("bloom", B); bloom_runs(B); bloom_memory_runs(B)
+    if wanted("llama"):
+        L = os.path.join(W, "llama7b"); build("llama", L); llama_runs(L)
     table()
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="", help="comma-separated run names (builds always run)")
-    ap.add_argument("--deadline", type=float, default=None, help="seconds; 480 on the GPU, none with --smoke")
+    ap.add_argument("--only", default="", help="comma-separated run names (only the models they use are built)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds; 380 on the GPU (a run may take 150 more), none with --smoke")
     ap.add_argument("--smoke", action="store_true", help="every llm-tuning command on this CPU, tiny models, 2 steps")
     ARGS = ap.parse_args(); ARGS.only = set(filter(None, ARGS.only.split(",")))
     if ARGS.deadline is None:
-        ARGS.deadline = float("inf") if ARGS.smoke else 480
+        ARGS.deadline = float("inf") if ARGS.smoke else 380
     main()
