@@ -7,7 +7,8 @@ with EXTRA_WHEELS=liger-kernel==0.8.5 (device call: command
 `PROBE=benchmarks/gpu_throughput.py bash .gpu/run.sh [--only NAME,NAME] [--deadline 380]`, carry [".gpu"],
 timeout_s 560; docs/gpu.md, "Benchmarks", has the planned calls).
 Writes $OUT/results.jsonl (one line per run) and $OUT/runs.log; prints a markdown table at the end.
-Each run is its own process with its own timeout; after --deadline seconds no new run starts.
+Each run is its own process with its own timeout; after --deadline seconds no new run starts. A name in --only
+that is no run stops the benchmark at once, with the list of runs (check_only).
 `--smoke` runs every llm-tuning command of the benchmark on this CPU instead (tiny models of both families, 8
 records, 2 steps, the recipe left out: it is CUDA-only), so that a flag the train command refuses is found here
 and not in the device's 15 minutes: `.venv/bin/python benchmarks/gpu_throughput.py --smoke` (11 minutes here,
@@ -32,6 +33,7 @@ RECIPE = os.path.join(ROOT, ".gpu", "recipe.py")
 W = os.path.join(tempfile.gettempdir(), "gpu-throughput")
 OUT = os.environ.get("OUT", W + "-out")
 PY, T0 = sys.executable, time.time()
+NAMES = None  # a list while check_only walks the runs
 ZH = os.path.join(DATA, "alpaca_gpt4_zh", "alpaca_zh_train.json")
 TOK = os.path.join(DATA, "tokenizers", "llama2")
 MATMUL_RATE = 790e12
@@ -73,6 +75,8 @@ def _polled(cmd, timeout, env):
 
 
 def run(name, cmd, timeout, outdir=None, env=None, extra=None):
+    if NAMES is not None:  # check_only's walk: nothing runs
+        NAMES.append(name); return None
     if ARGS.smoke and cmd[1] == RECIPE:
         return None  # the recipe is CUDA-only
     always = name.startswith(("build", "env"))  # the models a selected run needs, and the versions line
@@ -145,6 +149,8 @@ AutoTokenizer.from_pretrained({tok!r}).save_pretrained({path!r})
 
 
 def subset(n):
+    if NAMES is not None:
+        return ""
     path = os.path.join(W, f"zh{n}.json")
     n = 8 if ARGS.smoke else n
     json.dump(json.load(open(ZH))[:n], open(path, "w"), ensure_ascii=False)
@@ -154,6 +160,8 @@ def subset(n):
 def estimate_mib(model, flags) -> dict:
     """`llm-tuning estimate --device cuda` for the run's memory flags: {"estimate_mib": the total (NVML's analogue),
     "estimate_tensors_mib": the tensors (max_memory_allocated's)}, {} if it fails."""
+    if NAMES is not None:
+        return {}
     keep = {"--method", "--precision", "--quantization", "--batch-size", "--max-length", "--gradient-checkpointing",
             "--checkpoint-every", "--kernels", "--speedups", "--num-virtual-tokens", "--prefix-projection",
             "--encoder"}
@@ -213,6 +221,8 @@ def bloom_runs(B):
 def long_subset(n, joined=4):
     """n records, each one instruction with the outputs of `joined` records after it: every row fills 512 tokens,
     as the estimate assumes (the plain records are shorter and length-grouped)."""
+    if NAMES is not None:
+        return ""
     path = os.path.join(W, f"zh{n}-long.json")
     recs = json.load(open(ZH))[:n * joined]
     json.dump([{"instruction": recs[i]["instruction"], "input": "",
@@ -233,7 +243,7 @@ MEMORY_RUNS = {  # Bloom-1b4 at the H200's measured shape, where the estimate mi
 def bloom_memory_runs(B):
     """Only when named in --only (or --smoke): peak allocated, reserved and NVML against the estimate's tensors
     and total, bf16, batch 4 x 512 full rows, no checkpointing, 12 steps, the methods' defaults."""
-    if not (ARGS.smoke or ARGS.only & set(MEMORY_RUNS)):
+    if NAMES is None and not (ARGS.smoke or ARGS.only & set(MEMORY_RUNS)):
         return
     data = long_subset(48)
     for name, flags in MEMORY_RUNS.items():
@@ -299,8 +309,21 @@ def table():
               f"{r.get('allocated_mib') or ''} / {r.get('reserved_mib') or ''} | {r.get('estimate_tensors_mib', '')} |")
 
 
+def check_only():
+    """Every name --only asks for is a run: the benchmark is walked with nothing run to list them (a misspelt name
+    would otherwise run nothing, and cost a device call)."""
+    global NAMES
+    NAMES = []
+    bloom_runs("bloom"); bloom_memory_runs("bloom"); llama_runs("llama")
+    known, NAMES = set(NAMES), None
+    unknown = sorted(ARGS.only - known)
+    if unknown:
+        sys.exit(f"--only: no run named {', '.join(unknown)}; the runs are: {', '.join(sorted(known))}")
+
+
 def main():
     global W, OUT, ZH, TOK, MATMUL_RATE
+    check_only()
     if ARGS.smoke:  # this CPU, the shared data, its own folders
         shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
         W, OUT = W + "-smoke", os.environ.get("OUT", W + "-smoke-out")
