@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+import transformers
+from packaging.version import Version
 from safetensors.torch import load_file
 
 from conftest import ROOT, SAMPLE, run_cli
@@ -81,6 +83,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
         assert json.load(f)["steps"] == STEPS
 
 
+@pytest.mark.skipif(Version(transformers.__version__) < Version("5.18"),
+                    reason="transformers < 5.18 cannot resume under several CPU processes (the test below)")
 def test_resume_under_two_processes(runs, tmp_path):
     model, single, ddp, _ = runs
     # the folder a kill during the save of step 4 leaves: checkpoint-4 without its marker, no final artefacts,
@@ -98,6 +102,31 @@ def test_resume_under_two_processes(runs, tmp_path):
     assert r.stdout.count(f"removing {cut / 'checkpoint-4'}: its save never finished") == 1
     assert f"resuming from {cut / 'checkpoint-2'}" in r.stdout
     _assert_same_run(single, cut)
+
+
+def test_resume_under_processes_needs_a_transformers_that_can(runs, tmp_path, monkeypatch):
+    """transformers 5.17 and earlier put a resumed optimizer state on "cpu:0" under several CPU processes, which
+    torch cannot load (seen with 5.17, the GPU image's): rank 0 says so in one line before touching the folder."""
+    import transformers  # now: importing peft 0.21 puts a new transformers module in sys.modules (seen here)
+
+    from llm_tuning.errors import UserError
+    from llm_tuning.train.rundir import prepare_output_dir
+
+    cut = tmp_path / "cut"
+    shutil.copytree(runs[2], cut)
+    os.remove(cut / "checkpoint-4" / "COMPLETE")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(UserError, match=r"--resume under 2 processes on a CPU needs transformers >= 5\.18 "
+                                        r"\(transformers 5\.17\.0 cannot"):
+        prepare_output_dir(str(cut), resume=True, overwrite=False)
+    assert (cut / "checkpoint-4").is_dir()  # the unfinished checkpoint is still there
+    monkeypatch.setattr(transformers, "__version__", "5.18.0")
+    assert prepare_output_dir(str(cut), resume=True, overwrite=False) == str(cut / "checkpoint-2")
+    assert not (cut / "checkpoint-4").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")  # one process: its optimizer state goes to "cpu"
+    assert prepare_output_dir(str(cut), resume=True, overwrite=False) == str(cut / "checkpoint-2")
 
 
 def _accelerate_launch(tmp_path, *launch_args):

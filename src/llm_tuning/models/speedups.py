@@ -55,7 +55,7 @@ def _packed_bias(pos, heads, dtype):
     ALiBi slope x the key's position inside its example, plus the mask (0 where the key is in the query's own
     example and not after it, the dtype's minimum elsewhere) - the padded batch's bias for each example."""
     import torch
-    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
     pos = pos.to(torch.long)
     first = pos[:, :1] - 1
@@ -63,7 +63,9 @@ def _packed_bias(pos, heads, dtype):
     n = pos.shape[1]
     causal = torch.ones(n, n, dtype=torch.bool, device=pos.device).tril()
     allowed = (segment[:, :, None] == segment[:, None, :]) & causal  # [batch, q, kv]
-    slopes = _get_alibi_slopes(heads, pos.device).float()
+    # Bloom's slopes: the public builder's bias at position 1 (its private slope helper is not in every transformers
+    # 5: 5.17, the GPU image's, lacks it)
+    slopes = build_alibi_tensor(torch.ones(1, 2, device=pos.device), heads, torch.float32)[:, 0, 1]
     alibi = slopes[None, :, None, None] * pos[:, None, None, :].float()  # [batch, heads, 1, kv]
     mask = torch.zeros(allowed.shape, dtype=torch.float32, device=pos.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)

@@ -126,6 +126,22 @@ def _drop_incomplete_checkpoints(output_dir: str):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def check_resume_under_processes():
+    """transformers before 5.18 loads a resumed optimizer state onto TrainingArguments.device when several
+    processes train: on a CPU that is "cpu:0", which torch.load cannot restore (a traceback in every process)."""
+    if world_size() == 1:
+        return
+    import torch
+    import transformers
+    from packaging.version import Version
+
+    if torch.cuda.is_available() or Version(transformers.__version__) >= Version("5.18"):
+        return
+    raise UserError(f"--resume under {world_size()} processes on a CPU needs transformers >= 5.18 (transformers "
+                    f"{transformers.__version__} cannot load the checkpoint's optimizer state there); "
+                    "pip install -U 'transformers>=5.18', then run the same command again")
+
+
 def prepare_output_dir(out: str, resume: bool, overwrite: bool) -> str | None:
     """Returns the checkpoint to resume from, if any."""
     if os.path.isfile(out):
@@ -135,6 +151,7 @@ def prepare_output_dir(out: str, resume: bool, overwrite: bool) -> str | None:
         if not ckpts:
             log(f"--resume: no complete checkpoint in {out}; starting from the beginning")
             return None
+        check_resume_under_processes()  # before anything in the folder is removed
         _drop_incomplete_checkpoints(out)
         return ckpts[-1]
     if os.path.isdir(out) and os.listdir(out):
