@@ -34,6 +34,7 @@ W = os.path.join(tempfile.gettempdir(), "gpu-throughput")
 OUT = os.environ.get("OUT", W + "-out")
 PY, T0 = sys.executable, time.time()
 NAMES = None  # a list while check_only walks the runs
+FAMILIES = {}  # "bloom" / "llama" -> the names of its runs (check_only)
 ZH = os.path.join(DATA, "alpaca_gpt4_zh", "alpaca_zh_train.json")
 TOK = os.path.join(DATA, "tokenizers", "llama2")
 MATMUL_RATE = 790e12
@@ -287,9 +288,9 @@ import liger_kernel; print('liger ok')  # last: without it the rate above still 
 
 
 def wanted(family):
-    """Whether a run of this family (every run's name says "bloom" or "llama") is selected: a model is built,
-    saved and its records cut only then (a Llama-2-7B build writes 13 GB, time a device call cannot spare)."""
-    return not ARGS.only or any(family in name for name in ARGS.only)
+    """Whether a run of this family is selected: a model is built, saved and its records cut only then (a
+    Llama-2-7B build writes 13 GB, time a device call cannot spare)."""
+    return not ARGS.only or bool(ARGS.only & FAMILIES[family])
 
 
 def table():
@@ -313,9 +314,12 @@ def check_only():
     """Every name --only asks for is a run: the benchmark is walked with nothing run to list them (a misspelt name
     would otherwise run nothing, and cost a device call)."""
     global NAMES
-    NAMES = []
-    bloom_runs("bloom"); bloom_memory_runs("bloom"); llama_runs("llama")
-    known, NAMES = set(NAMES), None
+    for family, walk in (("bloom", lambda: (bloom_runs(""), bloom_memory_runs(""))), ("llama", lambda: llama_runs(""))):
+        NAMES = []
+        walk()
+        FAMILIES[family] = set(NAMES)
+    NAMES = None
+    known = set().union(*FAMILIES.values())
     unknown = sorted(ARGS.only - known)
     if unknown:
         sys.exit(f"--only: no run named {', '.join(unknown)}; the runs are: {', '.join(sorted(known))}")
