@@ -14,6 +14,7 @@ from packaging.version import Version
 from safetensors.torch import load_file
 
 from conftest import ROOT, SAMPLE, run_cli
+from llm_tuning.train.rundir import RESUMES_ON_CPU_PROCESSES
 
 STEPS = 4
 TIMEOUT = 600
@@ -83,7 +84,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
         assert json.load(f)["steps"] == STEPS
 
 
-@pytest.mark.skipif(Version(transformers.__version__) < Version("5.18"),
+@pytest.mark.skipif(Version(transformers.__version__) < Version(RESUMES_ON_CPU_PROCESSES),
                     reason="transformers < 5.18 cannot resume under several CPU processes (the test below)")
 def test_resume_under_two_processes(runs, tmp_path):
     model, single, ddp, _ = runs

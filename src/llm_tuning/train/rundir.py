@@ -126,6 +126,10 @@ def _drop_incomplete_checkpoints(output_dir: str):
             shutil.rmtree(path, ignore_errors=True)
 
 
+# the first transformers that resumes several CPU processes (it loads the optimizer state onto "cpu", not "cpu:0")
+RESUMES_ON_CPU_PROCESSES = "5.18"
+
+
 def check_resume_under_processes():
     """transformers before 5.18 loads a resumed optimizer state onto TrainingArguments.device when several
     processes train: on a CPU that is "cpu:0", which torch.load cannot restore (a traceback in every process)."""
@@ -135,11 +139,12 @@ def check_resume_under_processes():
     import transformers
     from packaging.version import Version
 
-    if torch.cuda.is_available() or Version(transformers.__version__) >= Version("5.18"):
+    need = RESUMES_ON_CPU_PROCESSES
+    if torch.cuda.is_available() or Version(transformers.__version__) >= Version(need):
         return
-    raise UserError(f"--resume under {world_size()} processes on a CPU needs transformers >= 5.18 (transformers "
+    raise UserError(f"--resume under {world_size()} processes on a CPU needs transformers >= {need} (transformers "
                     f"{transformers.__version__} cannot load the checkpoint's optimizer state there); "
-                    "pip install -U 'transformers>=5.18', then run the same command again")
+                    f"pip install -U 'transformers>={need}', then run the same command again")
 
 
 def prepare_output_dir(out: str, resume: bool, overwrite: bool) -> str | None:
