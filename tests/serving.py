@@ -36,7 +36,7 @@ def trained_adapters(tiny_models, tmp_path_factory, methods=("lora", "ia3", "pro
 def alone(model_path, adapter, instruction=QUESTION, max_new_tokens=12) -> str:
     """The greedy answer of `adapter` loaded by itself (llm_tuning.infer), the reference for the server."""
     from llm_tuning.infer import generate, load_for_inference
-    from llm_tuning.infer.engine import Sampling
+    from llm_tuning.infer.sampling import Sampling
 
     model, tok, _ = load_for_inference(model_path, adapter)
     return generate(model, tok, [{"instruction": instruction, "input": ""}], sampling=Sampling(max_new_tokens))[0]

@@ -37,7 +37,7 @@ def say(child, line) -> str:
 
 def test_conversation_keeps_history_and_reset_clears_it(tiny_models, lora):
     from llm_tuning.infer import generate, load_for_inference
-    from llm_tuning.infer.engine import Sampling
+    from llm_tuning.infer.sampling import Sampling
     from llm_tuning.infer.chat import printable
 
     child = spawn("--model", tiny_models["llama"], "--adapter", lora, "--max-new-tokens", "12")

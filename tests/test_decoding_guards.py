@@ -7,7 +7,7 @@ import torch
 
 from llm_tuning.data.templates import format_prompt
 from llm_tuning.data.tokenize import encode_prompt, prepare_tokenizer
-from llm_tuning.infer.engine import Sampling
+from llm_tuning.infer.sampling import Sampling
 from llm_tuning.infer.generate import generate_ids
 from llm_tuning.models import load_model, load_tokenizer
 

@@ -3,7 +3,7 @@ the pretrained stories260K is tests/test_defaults_learn.py: every variant at its
 
 import json
 
-from llm_tuning.infer.engine import Sampling
+from llm_tuning.infer.sampling import Sampling
 import torch
 
 from conftest import LLAMA2_TOKENIZER, need_shared

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llm_tuning.infer.engine import Sampling
+from llm_tuning.infer.sampling import Sampling
 import torch
 
 from llm_tuning.config import TrainConfig

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from llm_tuning.infer.engine import Sampling
+from llm_tuning.infer.sampling import Sampling
 
 from conftest import run_cli
 from serving import QUESTION, Server, alone, trained_adapters
@@ -225,7 +225,7 @@ def test_streamed_pieces_join_to_the_whole_answer(tiny_models, which):
     import random
 
     from conftest import LLAMA2_TOKENIZER, need_shared
-    from llm_tuning.infer.engine import _Text
+    from llm_tuning.infer.streaming import _Text
     from llm_tuning.models import load_tokenizer
 
     tok = load_tokenizer(tiny_models["llama"] if which == "tiny-bpe" else need_shared(LLAMA2_TOKENIZER))

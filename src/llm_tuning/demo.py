@@ -91,7 +91,7 @@ def _measure(model_path: str, records: list[dict], shown: dict) -> dict:
 
     model, tok, _ = load_for_inference(model_path)
     loss = response_loss(model, tok, records, max_length=256)["loss"]
-    from .infer.engine import Sampling
+    from .infer.sampling import Sampling
 
     answer = generate(model, tok, [shown], sampling=Sampling(MAX_NEW_TOKENS))[0]
     return {"loss": loss, "answer": answer, "rouge_l": rouge(answer, shown["output"])["rouge-l"]}

@@ -23,7 +23,7 @@ def _load(cfg):
 
 def generate(cfg):
     from ..infer import generate as answer
-    from ..infer.engine import Sampling
+    from ..infer.sampling import Sampling
 
     model, tok, info = _load(cfg)
     rec = {"instruction": cfg.prompt, "input": cfg.input, "output": ""}
@@ -43,7 +43,7 @@ def evaluate(cfg):
     if cfg.generate:
         from ..lab.scoring import generation_metrics
 
-        from ..infer.engine import Sampling
+        from ..infer.sampling import Sampling
 
         sampling = Sampling(cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # greedy

@@ -6,7 +6,7 @@ from __future__ import annotations
 def chat(cfg):
     from ..infer import load_for_inference
     from ..infer.chat import run_chat
-    from ..infer.engine import Sampling
+    from ..infer.sampling import Sampling
 
     model, tok, info = load_for_inference(cfg.model, cfg.adapter, cfg.precision, cfg.trust_remote_code,
                                           cfg.quantization)

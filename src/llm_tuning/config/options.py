@@ -112,7 +112,7 @@ def check_ranges(obj, cls_name: str | None = None):
 
 def declared(cls, name: str):
     """The default of option `name` as dataclass `cls` declares it: a library type that mirrors some options (a
-    typed slice such as infer.engine.Sampling) takes its defaults from here instead of repeating them."""
+    typed slice such as infer.sampling.Sampling) takes its defaults from here instead of repeating them."""
     return cls.__dataclass_fields__[name].default
 
 

@@ -78,7 +78,7 @@ HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits, Ctrl-C stops an
 
 def run_chat(model, tokenizer, template: str, sampling, system: str = "", out=None) -> None:
     """The REPL: read a line, stream the answer, keep the history. Returns on /exit or end of input."""
-    from .engine import ContextTooLong, context_limit, stream_generate
+    from .streaming import ContextTooLong, context_limit, stream_generate
 
     try:
         import readline  # noqa: F401 - line editing and history for input()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 def generate(model, tokenizer, records: list[dict], template: str = "default", sampling=None,
              batch_size: int = 8) -> list[str]:
     """Answers for records (the `output` field is ignored; `system` and `history` lead, as in training).
-    `sampling`: an engine.Sampling (default: greedy, the commands' default length); stops at eos."""
+    `sampling`: a sampling.Sampling (default: greedy, the commands' default length); stops at eos."""
     return answer_ids(model, tokenizer, records, template, sampling, batch_size)[0]
 
 
@@ -28,7 +28,7 @@ def answer_ids(model, tokenizer, records: list[dict], template: str = "default",
                batch_size: int = 8) -> tuple[list[str], list[list[int]]]:
     """generate()'s answers and the token ids each was decoded from (its eos included where the model ended it)."""
     from ..data.tokenize import prompt_ids
-    from .engine import Sampling
+    from .sampling import Sampling
 
     s = sampling or Sampling()
     prompts = [prompt_ids(tokenizer, r, template) for r in records]
@@ -62,7 +62,7 @@ def stream_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id:
     """Decode one batch, yielding at every step the new token of each prompt (None once a prompt has ended with
     eos). Stops when every prompt has ended or after `max_new_tokens`; closing the iterator stops decoding (a
     stop string, a client gone). `seed` makes sampling repeatable (a generator of its own, not torch's).
-    `penalties`: transformers' logits processors against loops (engine.Sampling.penalties), applied to each row's
+    `penalties`: transformers' logits processors against loops (sampling.Sampling.penalties), applied to each row's
     own tokens (its prompt and answer so far, not the padding)."""
     import torch
 

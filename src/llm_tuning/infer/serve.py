@@ -1,6 +1,6 @@
 """`llm-tuning serve`: an OpenAI-compatible HTTP API over many adapters, and the web playground.
 
-Scheduling: every generation runs on one worker thread, one at a time, in arrival order (engine.Worker).
+Scheduling: every generation runs on one worker thread, one at a time, in arrival order (worker.Worker).
 Switching adapters is global state of the shared base model, so two generations never overlap and a request's
 tokens can never mix with another's. The asyncio side only parses, queues and streams: tokens travel from the
 worker to the request's asyncio queue, and from there to the client as server-sent events. Prompts are
@@ -22,8 +22,9 @@ from starlette.requests import Request  # at module level: FastAPI resolves the 
 
 from ..errors import UserError
 from .adapters import AdapterSet
-from .engine import (ContextTooLong, QueueFull, Sampling, ShuttingDown, Stopped, Worker, check_context,
-                     context_limit, stream_generate, surely_too_long)
+from .sampling import Sampling
+from .streaming import ContextTooLong, check_context, context_limit, stream_generate, surely_too_long
+from .worker import QueueFull, ShuttingDown, Stopped, Worker
 from .guards import BodyLimit, KeyCheck, Limits, make_server
 from . import openai_schema as S
 

@@ -137,7 +137,7 @@ class _Comparison:
                    {"data": self.cc.data, "split_seed": self.cc.split_seed, **self.split})
 
     def _eval_args(self):
-        from ..infer.engine import Sampling
+        from ..infer.sampling import Sampling
 
         sampling = Sampling(self.cc.max_new_tokens, repetition_penalty=self.cc.repetition_penalty,  # greedy
                             no_repeat_ngram_size=self.cc.no_repeat_ngram_size)

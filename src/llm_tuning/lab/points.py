@@ -137,8 +137,8 @@ def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None 
 
 def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, sampling, template: str,
              max_length: int, predictions_path: str | None) -> dict:
-    """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: an
-    engine.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends)."""
+    """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: a
+    sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends)."""
     from ..infer import load_for_inference
     from ..train.heldout import response_loss
     from .scoring import generation_metrics

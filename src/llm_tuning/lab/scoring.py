@@ -6,7 +6,7 @@ import json
 
 
 def generation_metrics(model, tokenizer, records, template, sampling, batch_size=8, predictions_path=None) -> dict:
-    """Batched answers to `records` (`sampling`: an engine.Sampling, greedy unless it samples), scored against their
+    """Batched answers to `records` (`sampling`: a sampling.Sampling, greedy unless it samples), scored against their
     `output` with ROUGE-1/2/L and BLEU-4. With `predictions_path`, writes one JSON line per record: prompt,
     reference, prediction."""
     from ..data.templates import format_prompt
