@@ -22,6 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the reference decoding lives with the tests (tests/helpers.py)
 STORIES = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "models", "stories260K-hf"))
 
 PROMPTS = ["Tell me a story about a cat.", "Write a short poem about the sea.", "What is the color of the sky?",
@@ -64,7 +65,8 @@ def main():
 
     from llm_tuning.data.templates import format_prompt
     from llm_tuning.data.tokenize import encode_prompt, prepare_tokenizer
-    from llm_tuning.infer.generate import _generate_without_cache, generate_ids
+    from helpers import generate_without_cache
+    from llm_tuning.infer.generate import generate_ids
     from llm_tuning.models import load_tokenizer
 
     path = args.model or (STORIES if os.path.isdir(STORIES) else None)
@@ -95,7 +97,7 @@ def main():
         assert all(len(o) == new for o in outs)
 
     def uncached(method):
-        assert len(_generate_without_cache(models[method], prompts[0], never, new)) == new
+        assert len(generate_without_cache(models[method], prompts[0], never, new)) == new
 
     configs = {}
     for batch in (1, 8):

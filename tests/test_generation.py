@@ -10,14 +10,10 @@ import torch
 from llm_tuning.config import TrainConfig
 from llm_tuning.data.templates import format_prompt
 from llm_tuning.data.tokenize import encode_prompt, prepare_tokenizer
-from llm_tuning.infer.generate import (
-    _generate_without_cache,
-    generate,
-    generate_ids,
-    stream_ids,
-)
+from llm_tuning.infer.generate import generate, generate_ids, stream_ids
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
+from helpers import generate_without_cache
 
 PROMPT_LEARNING = {
     "prompt-text": {"method": "prompt", "prompt_init": "text"},
@@ -79,10 +75,10 @@ def prompts(models, sample_records):
 def test_cached_decoding_equals_the_uncached_reference(variant, arch, models, prompts):
     tok, ids = prompts[arch]
     model = adapter_model(models[arch], variant)
-    reference = [_generate_without_cache(model, p, tok.eos_token_id, NEW) for p in ids]
+    reference = [generate_without_cache(model, p, tok.eos_token_id, NEW) for p in ids]
     assert len({tuple(r) for r in reference}) > 1 and all(len(set(r)) > 1 for r in reference[:2])
     stop = stop_token(reference)  # as eos: rows of the batch end at different steps
-    reference = [_generate_without_cache(model, p, stop, NEW) for p in ids]
+    reference = [generate_without_cache(model, p, stop, NEW) for p in ids]
     assert len({len(r) for r in reference}) > 1
     batched = generate_ids(model, ids, stop, tok.pad_token_id, NEW, batch_size=8)
     assert batched == reference
@@ -123,8 +119,8 @@ def test_sampling_is_repeatable_with_a_seed_and_varies_without(models, prompts):
 def test_stream_yields_one_token_per_row_and_none_after_eos(models, prompts):
     tok, ids = prompts["bloom"]
     model = adapter_model(models["bloom"], "prompt-text")
-    stop = stop_token([_generate_without_cache(model, p, tok.eos_token_id, NEW) for p in ids])
-    ref = [_generate_without_cache(model, p, stop, NEW) for p in ids]
+    stop = stop_token([generate_without_cache(model, p, tok.eos_token_id, NEW) for p in ids])
+    ref = [generate_without_cache(model, p, stop, NEW) for p in ids]
     steps = list(stream_ids(model, ids, stop, tok.pad_token_id, NEW))
     assert len(steps) == max(len(r) for r in ref) and len({len(r) for r in ref}) > 1
     for row, r in enumerate(ref):
@@ -136,6 +132,6 @@ def test_generate_decodes_records(models, sample_records, prompts):
     tok, ids = prompts["llama"]
     model = adapter_model(models["llama"], "ptuning-mlp")
     answers = generate(model, tok, sample_records[:3], sampling=Sampling(NEW), batch_size=2)
-    expected = [tok.decode(_generate_without_cache(model, p, tok.eos_token_id, NEW), skip_special_tokens=True).strip()
+    expected = [tok.decode(generate_without_cache(model, p, tok.eos_token_id, NEW), skip_special_tokens=True).strip()
                 for p in ids[:3]]
     assert answers == expected

@@ -8,7 +8,8 @@ and put before the input's embeddings, as PEFT's own forward does; prefix tuning
 them. After that first forward every method decodes one token per step from the cache, through the base model.
 
 Why not `model.generate`: with transformers 5.24 and PEFT 0.21 it is wrong for the prompt-learning methods
-(see `_generate_without_cache`, kept as the reference the tests and benchmarks/generation_speed.py compare with).
+(see `generate_without_cache` in tests/helpers.py, the reference the tests and benchmarks/generation_speed.py
+compare with).
 """
 
 from __future__ import annotations
@@ -181,35 +182,3 @@ def _pick(logits, do_sample: bool, temperature: float, top_p: float, gen):
     keep[:, 0] = True
     choice = torch.multinomial(sorted_p * keep, 1, generator=gen)
     return order.gather(-1, choice).squeeze(-1)
-
-
-def _generate_without_cache(model, prompt: list[int], eos_token_id: int, max_new_tokens: int = 128,
-                            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[int]:
-    """The reference decoding (tests and benchmarks only): one prompt, a full forward of the PEFT model per token;
-    returns the new token ids (eos included when reached).
-
-    With transformers 5.24 and PEFT 0.21, `generate` on prompt-learning models is wrong: it hands the model its own
-    (empty) cache under the new `cache` name, so the prefix PEFT puts under `past_key_values` is silently
-    ignored (a prefix adapter generated exactly what the base model generates, seen on stories260K); prompt
-    tuning crashes on a mask shape; and with left padding PEFT drops position ids. The plain forward applies
-    the virtual tokens correctly, so this is what the cached decoding above must reproduce token for token
-    (tests/test_generation.py)."""
-    import torch
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt)], device=device)
-    start = ids.shape[1]
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
-            if do_sample:
-                probs = torch.softmax(logits / max(temperature, 1e-5), -1)
-                sorted_p, order = probs.sort(descending=True)
-                keep = sorted_p.cumsum(0) - sorted_p < top_p
-                nxt = order[keep][torch.multinomial(sorted_p[keep] / sorted_p[keep].sum(), 1)]
-            else:
-                nxt = logits.argmax().view(1)
-            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-            if int(nxt) == eos_token_id:
-                break
-    return ids[0, start:].tolist()
