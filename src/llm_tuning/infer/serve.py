@@ -26,6 +26,7 @@ from .sampling import Sampling
 from .streaming import ContextTooLong, check_context, context_limit, stream_generate, surely_too_long
 from .worker import QueueFull, ShuttingDown, Stopped, Worker
 from .guards import BodyLimit, KeyCheck, Limits, make_server
+from .report_files import report_routes
 from . import openai_schema as S
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -88,7 +89,7 @@ def create_app(adapters: AdapterSet, api_key: str | None = None, reports: str | 
     async def playground():
         return FileResponse(os.path.join(STATIC, "playground.html"), media_type="text/html")
 
-    _report_routes(app, reports, FileResponse)
+    report_routes(app, reports)
     return app
 
 
@@ -290,56 +291,6 @@ async def _events(job, worker, rid, req, chat):
         yield "data: [DONE]\n\n"
     finally:
         worker.stop(job, "client")  # the client hung up (or we are done): the worker stops at the next token
-
-
-def _report_routes(app, reports: str | None, FileResponse):
-    """compare reports: /reports/index.json lists them, /reports/PATH serves a file under the reports folder."""
-    root = os.path.realpath(reports) if reports else None
-
-    @app.get("/reports/index.json")
-    async def report_index():
-        return {"root": bool(root), "reports": list_reports(root) if root else []}
-
-    @app.get("/reports/{path:path}")
-    async def report_file(path: str):
-        if not root:
-            raise APIError(404, "no reports folder: start the server with --reports DIR", code="not_found")
-        full = report_path(root, path)
-        if full is None:
-            raise APIError(404, "no such report file inside the reports folder", code="not_found")
-        return FileResponse(full)
-
-
-def _inside(root: str, path: str) -> bool:
-    return os.path.commonpath([root, path]) == root
-
-
-def report_path(root: str, path: str) -> str | None:
-    """The file `path` names under `root` (a folder: its report.html), resolved after its last component is
-    joined (symbolic links, `..`, absolute paths), or None when that is not a file inside `root`."""
-    if "\0" in path:
-        return None
-    full = os.path.realpath(os.path.join(root, path))
-    if os.path.isdir(full):
-        full = os.path.realpath(os.path.join(full, "report.html"))
-    return full if _inside(root, full) and os.path.isfile(full) else None
-
-
-def list_reports(root: str, depth: int = 3) -> list[dict]:
-    """Folders under `root` (at most `depth` levels down) holding a compare report.html, with their titles."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        rel = os.path.relpath(folder, root)
-        if rel.count(os.sep) >= depth:
-            dirs[:] = []
-        dirs.sort()
-        page = os.path.realpath(os.path.join(folder, "report.html"))
-        if "report.html" in files and _inside(root, page):  # a link to a file elsewhere is not listed
-            with open(page, encoding="utf-8", errors="replace") as f:
-                m = re.search(r"<title>(.*?)</title>", f.read(4096), re.S)
-            found.append({"path": "" if rel == "." else rel.replace(os.sep, "/"),
-                          "title": m.group(1).strip() if m else rel})
-    return found
 
 
 def serve(cfg, log=print) -> None:
