@@ -14,7 +14,7 @@ from packaging.version import Version
 from safetensors.torch import load_file
 
 from conftest import ROOT, SAMPLE, run_cli
-from llm_tuning.train.rundir import RESUMES_ON_CPU_PROCESSES
+from llm_tuning.train.processes import RESUMES_ON_CPU_PROCESSES
 
 STEPS = 4
 TIMEOUT = 600

@@ -29,3 +29,25 @@ def test_extra_callbacks_see_every_step_and_can_stop_the_run(tiny_models, tmp_pa
     assert cb.steps == [1, 2] and cb.ended == 1
     assert result.steps == 2
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_quiet_is_one_runs_own(tiny_models, tmp_path, capsys):
+    """train(quiet=True) prints no log line and no progress bar; the process's next run, and the log lines
+    after it, are back to normal."""
+    from conftest import SAMPLE
+    from llm_tuning.config import TrainConfig
+    from llm_tuning.log import log
+    from llm_tuning.train import train
+
+    def run(name, quiet):
+        train(TrainConfig(model=tiny_models["llama"], data=SAMPLE, method="lora", output_dir=str(tmp_path / name),
+                          max_steps=1, batch_size=2, max_length=64, save_steps=100, quiet=quiet))
+        return capsys.readouterr()
+
+    quiet = run("quiet", True)
+    assert quiet.out == "" and "training:" not in quiet.err
+    log("between the runs")
+    loud = run("loud", False)
+    assert loud.out.startswith("[llm-tuning] between the runs\n") and "[llm-tuning] data: " in loud.out
+    assert f"[llm-tuning] saved the lora adapter, tokenizer, config.yaml and metrics.json to {tmp_path / 'loud'}\n" \
+        in loud.out and "training:" in loud.err

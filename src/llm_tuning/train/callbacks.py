@@ -13,8 +13,10 @@ import os
 
 from transformers import TrainerCallback
 
+from ..log import is_quiet
 from .memory import seconds_since_process_start
-from .rundir import barrier, mark_complete
+from .processes import barrier
+from .rundir import mark_complete
 
 
 class NothingLeftToTrain(Exception):
@@ -114,9 +116,7 @@ class Progress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         from tqdm.auto import tqdm
 
-        from .rundir import QUIET
-
-        if not state.is_world_process_zero or QUIET["on"]:
+        if not state.is_world_process_zero or is_quiet():
             return
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
                         dynamic_ncols=True)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..log import log, quiet
 from ..models.load import quiet_libraries
 from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from .memory import peak_rss_mib, reset_peak_rss_mib
-from .rundir import (QUIET, TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
-                     warn_about_launch, write_final)
+from .processes import warn_about_launch
+from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, prepare_output_dir_once, write_final
 
 
 @dataclass
@@ -338,8 +339,12 @@ def _loss_path(cfg) -> str:
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Train as `llm-tuning train` does. callbacks: extra transformers TrainerCallbacks (Python API only; e.g.
     benchmarks/step_breakdown.py profiles the training steps with one)."""
+    with quiet(cfg.quiet):  # --quiet for this run only
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     t0 = time.time()
-    QUIET["on"] = cfg.quiet
     warn_about_launch()
     chosen, train_recs, val_recs, resume_from = check(cfg)
     loss_path = _loss_path(cfg)  # --kernels liger on a CPU stops here, in one line

@@ -6,7 +6,7 @@ a temporary folder and moved into place, the run-info file last (its presence me
 
 Under N processes (torchrun, `accelerate launch`: DDP), one process owns the folder: rank 0 prepares it (and
 may empty it with --overwrite) before any other looks at it, writes the markers, the log and the final
-artefacts, and prints the log lines; the others wait for it at a barrier.
+artefacts; the others wait for it at a barrier (processes.py).
 """
 
 from __future__ import annotations
@@ -17,83 +17,15 @@ import re
 import shutil
 
 from ..errors import UserError, spell
+from ..log import log
 from ..methods import RUN_INFO
+from .processes import barrier, check_resume_under_processes, is_main_process, start_process_group, world_size
 
 COMPLETE = "COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 # the training process's figures a resumed finished run keeps (its mean training loss goes through train_loss)
 TRAINING_FIGURES = ("train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib", "startup_seconds")
 
-
-def world_size() -> int:
-    """Processes of this run, as torchrun / `accelerate launch` export it (1 when started alone)."""
-    return int(os.environ.get("WORLD_SIZE") or 1)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK") or 0) == 0
-
-
-QUIET = {"on": False}  # train(quiet=True) / --quiet: log() and the progress bar say nothing
-
-
-def log(msg: str):
-    if is_main_process() and not QUIET["on"]:
-        print(f"[llm-tuning] {msg}", flush=True)
-
-
-def start_process_group():
-    """Join the process group now (it is up before the Trainer makes its own, which then reuses it): the output
-    folder is prepared before anything heavy. Gloo on CPU, NCCL on GPU, as the Trainer's TrainingArguments pick."""
-    import torch
-    from accelerate import PartialState
-
-    PartialState(cpu=not torch.cuda.is_available())
-
-
-def barrier():
-    if world_size() > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
-
-
-def _asked_processes() -> str | None:
-    """How many processes `accelerate launch` was asked for, read from its command line (our parent); None if
-    this process was not started by a multi-process `accelerate launch`."""
-    if "ACCELERATE_USE_CPU" not in os.environ or "MASTER_PORT" not in os.environ:
-        return None  # accelerate's single-process launcher sets MASTER_PORT only when asked for more than one
-    try:
-        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-            argv = f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return "more than one"
-    for i, a in enumerate(argv):
-        if a.startswith(("--num_processes=", "--num-processes=")):
-            return a.split("=", 1)[1]
-        if a in ("--num_processes", "--num-processes") and i + 1 < len(argv):
-            return argv[i + 1]
-    return "more than one"
-
-
-def warn_about_launch():
-    """What accelerate 1.15 changes silently: `accelerate launch --cpu --num_processes 2` starts ONE plain process,
-    and an FSDP config on processes without GPUs runs plain DDP (it enables FSDP for accelerator devices only)."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        import torch
-
-        if not torch.cuda.is_available():
-            log("warning: the accelerate config asks for FSDP, but accelerate enables FSDP on GPUs (and other "
-                "accelerators) only: these CPU processes train as plain DDP (every process holds the whole model)")
-    if world_size() > 1 or any(os.environ.get(v) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
-        return
-    asked = _asked_processes()
-    if asked and asked != "1":
-        log(f"warning: accelerate launch was asked for {asked} processes but started only this one (its --cpu "
-            "launcher runs N processes only through mpirun); this run trains on 1 process. For N processes run "
-            "`accelerate launch --multi_gpu --num_processes N $(which llm-tuning) train ...` (on a machine without "
-            "GPUs it starts N CPU processes over gloo) or `torchrun --nproc_per_node N $(which llm-tuning) train ...`")
 
 
 def complete_checkpoints(output_dir: str) -> list[str]:
@@ -124,27 +56,6 @@ def _drop_incomplete_checkpoints(output_dir: str):
         if _CKPT.match(name) and not os.path.exists(os.path.join(path, COMPLETE)):
             log(f"removing {path}: its save never finished")
             shutil.rmtree(path, ignore_errors=True)
-
-
-# the first transformers that resumes several CPU processes (it loads the optimizer state onto "cpu", not "cpu:0")
-RESUMES_ON_CPU_PROCESSES = "5.18"
-
-
-def check_resume_under_processes():
-    """transformers before 5.18 loads a resumed optimizer state onto TrainingArguments.device when several
-    processes train: on a CPU that is "cpu:0", which torch.load cannot restore (a traceback in every process)."""
-    if world_size() == 1:
-        return
-    import torch
-    import transformers
-    from packaging.version import Version
-
-    need = RESUMES_ON_CPU_PROCESSES
-    if torch.cuda.is_available() or Version(transformers.__version__) >= Version(need):
-        return
-    raise UserError(f"--resume under {world_size()} processes on a CPU needs transformers >= {need} (transformers "
-                    f"{transformers.__version__} cannot load the checkpoint's optimizer state there); "
-                    f"pip install -U 'transformers>={need}', then run the same command again")
 
 
 def prepare_output_dir(out: str, resume: bool, overwrite: bool) -> str | None:
