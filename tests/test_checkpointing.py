@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import SAMPLE, run_cli
+from helpers import fixed_batch, int8_inputs, make_cfg
 from llm_tuning.models.checkpointing import _decoder_layers
 from llm_tuning.data.tokenize import prepare_tokenizer
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
-from test_methods import fixed_batch, make_cfg
 
 
 def _loss_grads_and_layer_runs(path, variant, batch, checkpointing, every=1):
@@ -136,22 +136,6 @@ def _int8_inputs_alive(loss) -> int:
     ctx.tensors on CUDA) reachable from the loss: what the forward leaves for the backward outside autograd's
     saved tensors, where checkpointing cannot drop it."""
     return sum(int8_inputs(loss).values())
-
-
-def int8_inputs(loss) -> dict:
-    """{storage address: bytes} of those tensors."""
-    seen, stack, kept = set(), [loss.grad_fn], {}
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if "MatMul8bit" in type(node).__name__:
-            for t in [getattr(node, "A", None), *(getattr(node, "tensors", None) or ())]:
-                if isinstance(t, torch.Tensor):
-                    kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        stack.extend(f for f, _ in node.next_functions)
-    return kept
 
 
 def _int8_run(path, variant, tokenizer, batch, checkpointing):

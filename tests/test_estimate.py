@@ -189,8 +189,7 @@ def test_bloom_sdpa_activations_are_what_autograd_keeps(variant, precision):
 def test_8bit_bloom_activations_are_what_autograd_and_bitsandbytes_keep(variant, speedups, tiny_models):
     """Over an 8-bit base (train's own loading and method steps): autograd's saved tensors plus the inputs
     bitsandbytes' 8-bit matmuls hold on their autograd nodes, against the walk with Bloom's SDPA or eager attention."""
-    from test_checkpointing import int8_inputs
-    from test_methods import make_cfg
+    from helpers import int8_inputs, make_cfg
 
     from llm_tuning.data.tokenize import prepare_tokenizer
     from llm_tuning.methods import get_method

@@ -8,7 +8,7 @@ from llm_tuning.data.tokenize import prepare_tokenizer
 from llm_tuning.train.fastloss import response_loss_sum
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
-from test_methods import VARIANTS, make_cfg
+from helpers import VARIANTS, make_cfg
 
 
 @pytest.mark.parametrize("chunked", [False, True])

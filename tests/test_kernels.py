@@ -63,7 +63,7 @@ def test_liger_gives_the_fused_loss_values_on_cuda(arch, tiny_models, sample_rec
     from llm_tuning.models import load_model, load_tokenizer
     from llm_tuning.train.fastloss import response_loss_sum
     from llm_tuning.train.kernels import apply_liger, liger_linear_cross_entropy_sum
-    from test_methods import make_cfg
+    from helpers import make_cfg
 
     path = tiny_models[arch]
     tok = prepare_tokenizer(load_tokenizer(path), log=lambda m: None)

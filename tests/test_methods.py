@@ -5,23 +5,13 @@ import pytest
 from llm_tuning.infer.sampling import Sampling
 import torch
 
-from llm_tuning.config import TrainConfig
-from llm_tuning.data.collate import make_collator
-from llm_tuning.data.tokenize import encode_records, prepare_tokenizer
-from llm_tuning.methods import VARIANTS as METHOD_VARIANTS
+from helpers import ENC, NVT, OB, R, VARIANTS, VR, fixed_batch, make_cfg
+from llm_tuning.data.tokenize import prepare_tokenizer
 from llm_tuning.methods import get_method
 from llm_tuning.models import count_parameters, load_model, load_tokenizer
 
 H, L, I, NH, NKV = 64, 2, 128, 4, 2  # the tiny sizes (models.TINY_DEFAULTS)
 KVD = H // NH * NKV  # Llama key/value width with grouped-query attention
-NVT, ENC, R = 4, 32, 4
-
-# Every variant the project names (methods.VARIANTS); the LoRA family without dropout so that outputs are
-# deterministic here.
-LORA_FAMILY = {"lora", "dora", "rslora", "pissa"}
-VARIANTS = {name: dict(kw, **({"lora_dropout": 0.0} if kw["method"] in LORA_FAMILY else {}))
-            for name, kw in METHOD_VARIANTS.items()}
-VR, OB = 16, 16  # VeRA rank, OFT block size for the tiny models
 
 
 def base_total(arch, vocab):
@@ -59,18 +49,6 @@ def closed_form_trainable(variant, arch, vocab):
         "oft": L * ins // OB * (OB * (OB - 1) // 2),  # per target: input / block blocks, each a skew upper triangle
         "lntuning": (2 * L + 1) * norm,  # two norms per layer and the final one
     }[variant]
-
-
-def make_cfg(model_path, variant):
-    kw = dict(VARIANTS[variant])
-    return TrainConfig(model=model_path, data="-", output_dir="-", num_virtual_tokens=NVT, encoder_hidden_size=ENC,
-                       lora_r=R, lora_alpha=8, prompt_text="下面是一条指令", vera_r=VR, oft_block_size=OB, **kw)
-
-
-def fixed_batch(tokenizer, records):
-    enc = encode_records(tokenizer, records[:4], max_length=64)
-    feats = [{"input_ids": i, "labels": l} for i, l in zip(enc.input_ids, enc.labels)]
-    return make_collator(tokenizer)(feats)
 
 
 def logits_of(model, batch):

@@ -13,7 +13,7 @@ from llm_tuning.errors import UserError
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
 from llm_tuning.train.fastloss import response_loss_sum
-from test_methods import make_cfg
+from helpers import make_cfg
 
 
 def _batches(path, records):

@@ -8,7 +8,7 @@ from llm_tuning.data.collate import make_collator
 from llm_tuning.data.tokenize import encode_records, prepare_tokenizer
 from llm_tuning.methods import get_method
 from llm_tuning.models import load_model, load_tokenizer
-from test_methods import make_cfg
+from helpers import make_cfg
 
 
 def _batch(path, records):
