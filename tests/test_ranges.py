@@ -16,8 +16,8 @@ from conftest import run_cli
 from llm_tuning import config as C
 from llm_tuning.cli import COMMANDS, main
 from llm_tuning.cli.flags import cli_fields, flag_name
-from llm_tuning.config.options import base_type, range_text
 from llm_tuning.errors import UserError
+from llm_tuning.options import base_type, range_text
 
 NUMERIC = (int, float)
 # a value for each required option, so that only the out-of-range value can stop the command

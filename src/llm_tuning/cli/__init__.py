@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import config as C
 from ..errors import UserError, on_command_line
+from ..options import load_yaml
 from . import lab, quantlab, run, serve, starter
 from .flags import add_options, config_from_args
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(command: Command, args: argparse.Namespace):
     path = getattr(args, "config_file", None)
-    file_values = C.load_yaml(path) if path else None
+    file_values = load_yaml(path) if path else None
     return config_from_args(command.config, args, file_values, path or "config")
 
 

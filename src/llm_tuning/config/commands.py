@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..data.templates import TEMPLATE_NAMES
 from ..methods import option_fields
-from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option, same_as
+from ..models.precision import PRECISIONS, QUANTIZATIONS
+from ..options import option, same_as
 from .train import C, D, M, T, TrainConfig
 
 

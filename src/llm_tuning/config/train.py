@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..data.templates import TEMPLATE_NAMES
 from ..methods import METHODS, option_fields
-from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, check_ranges, option
+from ..models.precision import PRECISIONS, QUANTIZATIONS
+from ..options import check_ranges, option
 
 M, D, MT, T, C = "model", "data", "method", "training", "checkpoints"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config.commands import GenerateConfig
-from ..config.options import declared
 from ..errors import UserError
+from ..options import declared
 
 
 @dataclass

@@ -7,8 +7,9 @@ import dataclasses
 import math
 import re
 
-from ..config import FIELDS, CompareConfig, coerce, load_yaml
+from ..config import FIELDS, CompareConfig
 from ..errors import UserError
+from ..options import coerce, load_yaml
 
 COMPARE_FIELDS = {f.name: f for f in dataclasses.fields(CompareConfig)}
 # Train options the comparison sets itself for every run (its split, seeds, budget and checkpoints).
