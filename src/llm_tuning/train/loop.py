@@ -54,7 +54,7 @@ def check(cfg: TrainConfig):
     """Everything that can be checked before heavy imports: method, data, model path, output folder.
     Returns (method, training records, held-out records, checkpoint to resume from)."""
     from ..data.formats import load_records, split_records
-    from ..methods import get_method
+    from ..methods import check_quantizable, get_method
     from ..models.checkpointing import check_options as check_checkpointing
     from ..models.load import check_source
 
@@ -64,10 +64,7 @@ def check(cfg: TrainConfig):
         from ..data.packing import check_packing
 
         check_packing(method)
-    if cfg.quantization and not method.trains_on_quantized:
-        raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base (it needs "
-                        "the base's full-precision weights); use lora (QLoRA), ia3, prompt, ptuning or prefix, or "
-                        "drop --quantization")
+    check_quantizable(cfg.method, cfg.quantization)
     data = load_records(cfg.data, skip_bad_records=cfg.skip_bad_records, encoding=cfg.encoding)
     if data.skipped:
         log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
