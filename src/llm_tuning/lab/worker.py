@@ -39,8 +39,8 @@ def _output_to(path: str):
 
 def _train_one(config_path: str) -> tuple[int, str]:
     from ..config import TrainConfig
-    from ..options import build_config, load_yaml
     from ..errors import UserError
+    from ..options import build_config, load_yaml
     from ..train.loop import train_process
 
     try:
