@@ -305,7 +305,7 @@ def validate(cfg: TrainConfig, tuned, tokenizer, val_recs):
     """The held-out loss over response tokens (None without held-out records)."""
     if not val_recs:
         return None
-    from .heldout import response_loss
+    from ..evaluate import response_loss
 
     loss = response_loss(tuned, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
     log(f"held-out loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f}) on {len(val_recs)} records")
