@@ -41,6 +41,9 @@ class TrainSettings:
     skip_bad_records: bool = option(False, "drop invalid records (counted) instead of failing", group=D)
     cache: bool = option(True, "reuse tokenised data across runs ($LLM_TUNING_CACHE)", group=D)
     val_size: float = option(0.0, "held-out split: a fraction (<1) or a count (>=1)", group=D, range="[0, inf)")
+    val_data: str | None = option(None, "validation records from their own file, in any format --data takes (its "
+                                        "--encoding and --skip-bad-records apply), instead of a --val-size split",
+                                  group=D)
     # method
     method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=MT,
                          hints={"qlora": "QLoRA is LoRA on a quantised base: --method lora --quantization 4bit (or "
