@@ -80,6 +80,25 @@ def test_merge_generate_eval_cli(lora_run, tiny_models, tmp_path):
     assert abs(evals[True]["loss"] - evals[False]["loss"]) < 1e-5  # merged model == adapter on base
 
 
+def test_eval_generate_scores_the_answers_it_writes(lora_run, tiny_models, tmp_path):
+    from llm_tuning.evaluate.text_metrics import score
+
+    out, _ = lora_run
+    predictions = tmp_path / "predictions.jsonl"
+    r = run_cli("eval", "--model", tiny_models["llama"], "--adapter", str(out), "--data", SAMPLE, "--limit", "3",
+                "--max-length", "96", "--generate", "--max-new-tokens", "6", "--predictions", str(predictions),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    scores = json.loads(r.stdout.strip().splitlines()[-1])
+    lines = [json.loads(l) for l in predictions.read_text(encoding="utf-8").splitlines()]
+    records = json.load(open(SAMPLE, encoding="utf-8"))[:3]
+    assert [l["reference"] for l in lines] == [rec["output"] for rec in records]
+    assert all(rec["instruction"] in l["prompt"] for rec, l in zip(records, lines))
+    expected = score([l["prediction"] for l in lines], [l["reference"] for l in lines])
+    assert {k: scores[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")} == {
+        k: expected[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")}
+
+
 def test_merge_refuses_prompt_methods(tiny_models, tmp_path):
     out = tmp_path / "prefix"
     r = run_cli("train", "--model", tiny_models["bloom"], "--data", SAMPLE, "--method", "prefix", "--max-steps", "1",
