@@ -29,3 +29,19 @@ def test_extra_callbacks_see_every_step_and_can_stop_the_run(tiny_models, tmp_pa
     assert cb.steps == [1, 2] and cb.ended == 1
     assert result.steps == 2
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_val_data_with_a_val_size_is_refused_before_any_work(tmp_path):
+    import re
+
+    import pytest
+
+    from conftest import SAMPLE
+    from llm_tuning.config import TrainConfig
+    from llm_tuning.errors import UserError
+    from llm_tuning.train import train
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=re.escape(f"--val-data {SAMPLE} and --val-size 0.1: ") + ".*not both; drop one"):
+        train(TrainConfig(model="no/such/model", data=SAMPLE, val_data=SAMPLE, val_size=0.1, output_dir=str(out)))
+    assert not out.exists()

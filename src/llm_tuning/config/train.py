@@ -46,6 +46,9 @@ class TrainSettings:
     cache: bool = option(True, "reuse tokenised data across runs ($LLM_TUNING_CACHE)", group=DATA_GROUP)
     val_size: float = option(0.0, "held-out split: a fraction (<1) or a count (>=1)",
                              group=DATA_GROUP, range="[0, inf)")
+    val_data: str | None = option(None, "validation records from their own file, in any format --data takes (its "
+                                        "--encoding and --skip-bad-records apply), instead of a --val-size split",
+                                  group=DATA_GROUP)
     # method
     method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=METHOD_GROUP,
                          hints={"qlora": "QLoRA is LoRA on a quantised base: --method lora --quantization 4bit (or "
