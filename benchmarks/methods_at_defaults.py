@@ -36,7 +36,7 @@ def main():
     from llm_tuning.infer import load_for_inference
     from llm_tuning.methods import METHODS, VARIANTS
     from llm_tuning.train import train
-    from llm_tuning.train.heldout import response_loss
+    from llm_tuning.evaluate import response_loss
 
     names = [n for n in args.variants.split(",") if n] or list(VARIANTS)
     train_recs, val_recs = split_records(load_records(args.data).records, args.val, seed=0)

@@ -160,7 +160,7 @@ def worker(args):
               "rate": (rate_before + matmul_flops_per_s(1.5)) / 2, "train_loss": r.get("train_loss")}
     if args.heldout:
         sys.path.insert(0, os.path.join(ROOT, "src"))
-        from llm_tuning.train.heldout import response_loss
+        from llm_tuning.evaluate import response_loss
 
         with open(args.heldout) as f:
             val = json.load(f)

@@ -80,6 +80,25 @@ def test_merge_generate_eval_cli(lora_run, tiny_models, tmp_path):
     assert abs(evals[True]["loss"] - evals[False]["loss"]) < 1e-5  # merged model == adapter on base
 
 
+def test_eval_generate_scores_the_answers_it_writes(lora_run, tiny_models, tmp_path):
+    from llm_tuning.evaluate.text_metrics import score
+
+    out, _ = lora_run
+    predictions = tmp_path / "predictions.jsonl"
+    r = run_cli("eval", "--model", tiny_models["llama"], "--adapter", str(out), "--data", SAMPLE, "--limit", "3",
+                "--max-length", "96", "--generate", "--max-new-tokens", "6", "--predictions", str(predictions),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    scores = json.loads(r.stdout.strip().splitlines()[-1])
+    lines = [json.loads(l) for l in predictions.read_text(encoding="utf-8").splitlines()]
+    records = json.load(open(SAMPLE, encoding="utf-8"))[:3]
+    assert [l["reference"] for l in lines] == [rec["output"] for rec in records]
+    assert all(rec["instruction"] in l["prompt"] for rec, l in zip(records, lines))
+    expected = score([l["prediction"] for l in lines], [l["reference"] for l in lines])
+    assert {k: scores[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")} == {
+        k: expected[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")}
+
+
 def test_merge_refuses_prompt_methods(tiny_models, tmp_path):
     out = tmp_path / "prefix"
     r = run_cli("train", "--model", tiny_models["bloom"], "--data", SAMPLE, "--method", "prefix", "--max-steps", "1",
@@ -212,6 +231,37 @@ def test_skip_bad_records_trains_on_the_rest(tmp_path, tiny_models):
                 "--output-dir", str(tmp_path / "o"), "--skip-bad-records", "--max-length", "512")
     assert r.returncode == 0, r.stderr
     assert "skipped 2 bad records" in r.stdout and "data: 6 training examples" in r.stdout
+
+
+def test_val_data_file_is_what_the_heldout_loss_is_measured_on(tmp_path, tiny_models):
+    recs = json.load(open(SAMPLE, encoding="utf-8"))
+    data = _write(tmp_path / "train.json", json.dumps(recs[:20], ensure_ascii=False))
+    # another format than --data, and a bad record that --skip-bad-records drops from it as from --data
+    lines = [json.dumps(r, ensure_ascii=False) for r in recs[100:105]] + ['{"instruction": "x"}']
+    val = _write(tmp_path / "val.jsonl", "\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    r = run_cli("train", "--model", tiny_models["llama"], "--data", data, "--val-data", val, "--skip-bad-records",
+                "--max-steps", "2", "--eval-steps", "1", "--batch-size", "2", "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"skipped 1 bad records of {val}" in r.stdout and " training examples, 5 held out" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["log_history"] if "eval_loss" in e] == [1, 2]  # the Trainer's, on them too
+    e = run_cli("eval", "--model", tiny_models["llama"], "--adapter", str(out), "--data", val, "--skip-bad-records",
+                "--batch-size", "2", "--json")
+    assert e.returncode == 0, e.stderr
+    evaluated = json.loads(e.stdout.strip().splitlines()[-1])
+    assert evaluated["records"] == 5
+    assert metrics["eval_loss"] == pytest.approx(evaluated["loss"], rel=1e-6)
+    assert f"held-out loss {evaluated['loss']:.4f}" in r.stdout
+
+
+def test_val_data_and_val_size_together_are_refused(tmp_path, tiny_models):
+    out = tmp_path / "o"
+    r = run_cli("train", "--model", tiny_models["llama"], "--data", SAMPLE, "--val-data", SAMPLE, "--val-size", "8",
+                "--output-dir", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert f"--val-data {SAMPLE} and --val-size 8: " in r.stderr and "drop one" in r.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("args, expected", [

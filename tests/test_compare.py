@@ -100,7 +100,7 @@ def test_base_row_and_mean_std_over_seeds(compare_run):
 
 
 def test_rate_is_chosen_on_validation_records_apart_from_the_heldout_ones(compare_run):
-    from llm_tuning.data.formats import load_records, split_records
+    from llm_tuning.data.formats import load_records
 
     out, _, _ = compare_run
     split = json.load(open(out / "data" / "split.json"))
@@ -109,7 +109,7 @@ def test_rate_is_chosen_on_validation_records_apart_from_the_heldout_ones(compar
     assert not (parts["train"] & parts["validation"]) and not (parts["train"] & parts["heldout"])
     assert not (parts["validation"] & parts["heldout"])
     records = load_records(EN_DATA).records
-    validation = [records[i] for i in split["validation"]]
+    training, validation = ([records[i] for i in split[k]] for k in ("train", "validation"))
     heldout = [json.dumps(records[i], sort_keys=True) for i in split["heldout"]]
     rows = _rows(out)
     for name, grid in (("lora-r4", [1e-3, 1e-2]), ("prefix-proj", None)):
@@ -123,8 +123,8 @@ def test_rate_is_chosen_on_validation_records_apart_from_the_heldout_ones(compar
                 assert json.load(open(point / "metrics.json"))["eval_loss"] == v
                 run_cfg = yaml.safe_load(open(point / "train.yaml"))
                 data = load_records(run_cfg["data"]).records
-                _, val = split_records(data, run_cfg["val_size"], run_cfg["seed"])
-                assert val == validation
+                assert run_cfg["val_size"] == 0 and load_records(run_cfg["val_data"]).records == validation
+                assert data == training  # the training records in the split's order, whatever the seed
                 # ... and the training process never saw a held-out record
                 assert not {json.dumps(r, sort_keys=True) for r in data} & set(heldout)
                 history = json.load(open(point / "metrics.json"))["log_history"]

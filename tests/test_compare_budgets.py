@@ -11,7 +11,7 @@ import yaml
 from conftest import EN_DATA, STORIES, need_shared
 
 from llm_tuning.lab.budgets import rank_agreement, ranks, spearman
-from llm_tuning.lab.scoring import answer_stats
+from llm_tuning.evaluate import answer_stats
 
 RUNS = ("lora", "ia3", "bitfit")
 

@@ -19,7 +19,7 @@ from llm_tuning.data.formats import load_records, split_records
 from llm_tuning.infer import load_for_inference
 from llm_tuning.methods import VARIANTS
 from llm_tuning.train import train
-from llm_tuning.train.heldout import response_loss
+from llm_tuning.evaluate import response_loss
 
 MAX_LENGTH = 128
 STEPS = 60

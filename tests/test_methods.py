@@ -1,13 +1,16 @@
 """Every method on tiny Bloom and tiny Llama: closed-form parameter counts, learning, save/load, merge."""
 
+import re
+
 import pytest
 
 from llm_tuning.infer.sampling import Sampling
 import torch
 
 from helpers import ENC, NVT, OB, R, VARIANTS, VR, fixed_batch, make_cfg
+from llm_tuning.cli import main
 from llm_tuning.data.tokenize import prepare_tokenizer
-from llm_tuning.methods import get_method
+from llm_tuning.methods import METHODS, check_quantizable, get_method
 from llm_tuning.models import count_parameters, load_model, load_tokenizer
 
 H, L, I, NH, NKV = 64, 2, 128, 4, 2  # the tiny sizes (models.TINY_DEFAULTS)
@@ -233,3 +236,28 @@ def test_lora_keeps_peft_layers_over_linear_subclasses(tiny_models):
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         assert len(layers) == 2 * L
         assert all((type(m) is fused_lora_linear()) != swap for m in layers)
+
+
+def test_quantised_base_refusal_names_every_method_that_can_train_on_one(tmp_path, capsys):
+    """One check (methods.check_quantizable) for train and the estimate: it refuses exactly the methods whose
+    trains_on_quantized is False, and its message lists every method whose trains_on_quantized is True."""
+    can = [m.name for m in METHODS.values() if m.trains_on_quantized]
+    cannot = [m.name for m in METHODS.values() if not m.trains_on_quantized]
+    assert {"full", "bitfit"} <= set(cannot)
+    for name in METHODS:
+        assert check_quantizable(name, None) is None
+    for name in can:
+        assert check_quantizable(name, "4bit") is None
+    for name in cannot:
+        commands = {"train": ["train", "--model", "m", "--data", "d.json", "--method", name, "--quantization", "8bit",
+                              "--output-dir", str(tmp_path / "out")],
+                    "estimate": ["estimate", "--model", "llama-2-7b", "--method", name, "--precision", "fp16",
+                                 "--quantization", "8bit"]}
+        for command, argv in commands.items():
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"llm-tuning {command}: error: --method {name} cannot train on a --quantization "
+                                  "8bit base") and "\n" not in err
+            listed = re.search(r"use one of (.+?) \(", err).group(1).split(", ")
+            assert listed == can, err
+        assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from llm_tuning.lab.metrics import bleu4, bleu_units, rouge, score, segment
+from llm_tuning.evaluate.text_metrics import bleu4, bleu_units, rouge, score, segment
 
 TOL = 1e-4  # on the 0..100 scale
 
@@ -137,7 +137,7 @@ def test_importing_metrics_does_not_load_heavy_packages():
     import subprocess
     import sys
 
-    code = ("import sys, llm_tuning.lab.metrics; "
+    code = ("import sys, llm_tuning.evaluate; "
             "print(sorted(m for m in ('jieba', 'rouge_chinese', 'nltk') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""Options are declared once (config.py): the flags, YAML checks and docs tables all come from the declarations."""
+"""Options are declared once (config/, through llm_tuning.options): the flags, YAML checks and docs tables all
+come from the declarations."""
 
 import dataclasses
 import os
@@ -8,9 +9,9 @@ import sys
 import pytest
 
 from conftest import ROOT, run_cli
-from llm_tuning import config as C
 from llm_tuning.cli import COMMANDS, build_parser
 from llm_tuning.cli.flags import cli_fields
+from llm_tuning.config import FIELDS, CompareConfig, TrainConfig
 
 
 def _flags(parser, command):
@@ -25,15 +26,15 @@ def test_every_field_is_a_flag_and_every_flag_a_field(command):
 
 
 def test_train_takes_every_train_config_field():
-    settable = {f.name for f in dataclasses.fields(C.TrainConfig) if f.metadata.get("cli", True)}
-    assert _flags(build_parser(), "train") == settable == set(C.FIELDS)
+    settable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)}
+    assert _flags(build_parser(), "train") == settable == set(FIELDS)
 
 
 def test_each_help_text_is_written_once_in_the_code():
     """A borrowed option (same_as) shares its declaration's help; no help string is typed twice anywhere in the
     source (the generated docs tables are the only other copies, and test_docs_are_current keeps them equal)."""
     helps = {f.metadata["help"] for c in COMMANDS for f in cli_fields(c.config)}
-    helps |= {f.metadata["help"] for f in cli_fields(C.CompareConfig)}
+    helps |= {f.metadata["help"] for f in cli_fields(CompareConfig)}
     code = ""
     for top in ("src", "tests", "benchmarks"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
@@ -55,7 +56,7 @@ def test_docs_are_current():
 def test_estimate_takes_every_train_option_that_changes_memory():
     """Method options and the run's shape: whatever train takes of these, estimate takes too."""
     memory_groups = ("method", "prompt / p-tuning / prefix", "lora")
-    wanted = {f.name for f in cli_fields(C.TrainConfig) if f.metadata["group"] in memory_groups}
+    wanted = {f.name for f in cli_fields(TrainConfig) if f.metadata["group"] in memory_groups}
     wanted -= {"prompt_init", "prompt_text", "lora_alpha"}  # values, not shapes: no memory changes with them
     wanted |= {"precision", "quantization", "batch_size", "max_length", "gradient_checkpointing", "fast_loss"}
     assert wanted <= _flags(build_parser(), "estimate")

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from llm_tuning import config as C
 from llm_tuning.cli import COMMANDS, main
 from llm_tuning.cli.flags import cli_fields, flag_name
-from llm_tuning.config.options import base_type, range_text
+from llm_tuning.config import CompareConfig, TrainConfig
 from llm_tuning.errors import UserError
+from llm_tuning.options import base_type, range_text
 
 NUMERIC = (int, float)
 # a value for each required option, so that only the out-of-range value can stop the command
@@ -52,7 +52,7 @@ def _cases():
 def test_every_numeric_option_declares_a_range():
     missing = [f"{c.name} {flag_name(f.name)}" for c in COMMANDS for f in _numeric(c.config)
                if not f.metadata.get("range")]
-    missing += [f"compare YAML {f.name}" for f in _numeric(C.CompareConfig) if not f.metadata.get("range")]
+    missing += [f"compare YAML {f.name}" for f in _numeric(CompareConfig) if not f.metadata.get("range")]
     assert not missing
 
 
@@ -79,7 +79,7 @@ def test_out_of_range_flag_is_refused(command, f, value, tmp_path, capsys, monke
              f"llm-tuning {command.name}: error: {flag_name(f.name)} {value}: out of range")
 
 
-@pytest.mark.parametrize("f", [f for f in _numeric(C.TrainConfig)], ids=lambda f: f.name)
+@pytest.mark.parametrize("f", [f for f in _numeric(TrainConfig)], ids=lambda f: f.name)
 def test_out_of_range_train_yaml_key_and_python_value_are_refused(f, tmp_path, capsys, monkeypatch):
     for value in outside(f):
         (tmp_path / "train.yaml").write_text(yaml.safe_dump({"model": "m", "data": "d.json", "output_dir": "out",
@@ -87,10 +87,10 @@ def test_out_of_range_train_yaml_key_and_python_value_are_refused(f, tmp_path, c
         _refused(["train", "--config", "train.yaml"], tmp_path, capsys, monkeypatch,
                  f"train.yaml: {f.name} {value}: out of range")
         with pytest.raises(UserError, match=rf"^TrainConfig\({f.name}={value}\): out of range \(must be "):
-            C.TrainConfig(**{f.name: value})
+            TrainConfig(**{f.name: value})
 
 
-@pytest.mark.parametrize("f", _numeric(C.CompareConfig), ids=lambda f: f.name)
+@pytest.mark.parametrize("f", _numeric(CompareConfig), ids=lambda f: f.name)
 def test_out_of_range_compare_yaml_key_is_refused(f, tmp_path, capsys, monkeypatch):
     for value in outside(f):
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": "m", "data": "d.json", "output_dir": "out",
@@ -100,7 +100,7 @@ def test_out_of_range_compare_yaml_key_is_refused(f, tmp_path, capsys, monkeypat
 
 
 def test_help_and_docs_show_the_range():
-    f = next(f for f in dataclasses.fields(C.TrainConfig) if f.name == "max_length")
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == "max_length")
     assert range_text(f) == ">= 1"
     r = run_cli("train", "--help")
     assert "range: >= 1" in " ".join(r.stdout.split())

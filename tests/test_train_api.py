@@ -31,6 +31,22 @@ def test_extra_callbacks_see_every_step_and_can_stop_the_run(tiny_models, tmp_pa
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
 
 
+def test_val_data_with_a_val_size_is_refused_before_any_work(tmp_path):
+    import re
+
+    import pytest
+
+    from conftest import SAMPLE
+    from llm_tuning.config import TrainConfig
+    from llm_tuning.errors import UserError
+    from llm_tuning.train import train
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=re.escape(f"--val-data {SAMPLE} and --val-size 0.1: ") + ".*not both; drop one"):
+        train(TrainConfig(model="no/such/model", data=SAMPLE, val_data=SAMPLE, val_size=0.1, output_dir=str(out)))
+    assert not out.exists()
+
+
 def test_quiet_is_one_runs_own(tiny_models, tmp_path, capsys):
     """train(quiet=True) prints no log line and no progress bar; the process's next run, and the log lines
     after it, are back to normal."""

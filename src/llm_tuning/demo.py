@@ -86,8 +86,8 @@ def _train(model: str, data: str, output_dir: str, steps: int, settings: dict):
 def _measure(model_path: str, records: list[dict], shown: dict) -> dict:
     """Loss on `records` (response tokens) and the greedy answer to `shown`, with its ROUGE-L."""
     from .infer import generate, load_for_inference
-    from .lab.metrics import rouge
-    from .train.heldout import response_loss
+    from .evaluate import response_loss
+    from .evaluate.text_metrics import rouge
 
     model, tok, _ = load_for_inference(model_path)
     loss = response_loss(model, tok, records, max_length=256)["loss"]

@@ -12,8 +12,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import config as C
+from ..config import (ChatConfig, CompareCommand, DemoConfig, EstimateConfig, EvalConfig, GenerateConfig,
+                      InitModelConfig, MergeConfig, QuantlabConfig, ServeConfig, TrainConfig)
 from ..errors import UserError, on_command_line
+from ..options import load_yaml
 from . import lab, quantlab, run, serve, starter
 from .flags import add_options, config_from_args
 
@@ -28,21 +30,21 @@ class Command:
 
 
 COMMANDS = [
-    Command("demo", "the embedded default: tiny model + bundled Chinese sample, LoRA, merge, generate", C.DemoConfig,
+    Command("demo", "the embedded default: tiny model + bundled Chinese sample, LoRA, merge, generate", DemoConfig,
             starter.demo),
-    Command("init-model", "build a tiny random Bloom or Llama with a tokenizer", C.InitModelConfig, starter.init_model),
-    Command("train", "fine-tune a model with one method", C.TrainConfig, run.train, yaml=True),
-    Command("merge", "fold a LoRA / IA3 / BitFit adapter into its base model", C.MergeConfig, run.merge),
-    Command("generate", "answer an instruction", C.GenerateConfig, run.generate),
-    Command("eval", "held-out response loss and perplexity (--generate: ROUGE / BLEU)", C.EvalConfig, run.evaluate),
-    Command("estimate", "predict peak training memory from a model config (no weights needed)", C.EstimateConfig,
+    Command("init-model", "build a tiny random Bloom or Llama with a tokenizer", InitModelConfig, starter.init_model),
+    Command("train", "fine-tune a model with one method", TrainConfig, run.train, yaml=True),
+    Command("merge", "fold a LoRA / IA3 / BitFit adapter into its base model", MergeConfig, run.merge),
+    Command("generate", "answer an instruction", GenerateConfig, run.generate),
+    Command("eval", "held-out response loss and perplexity (--generate: ROUGE / BLEU)", EvalConfig, run.evaluate),
+    Command("estimate", "predict peak training memory from a model config (no weights needed)", EstimateConfig,
             lab.estimate),
-    Command("compare", "run several methods on one budget and write a report (table + plots)", C.CompareCommand,
+    Command("compare", "run several methods on one budget and write a report (table + plots)", CompareCommand,
             lab.compare),
     Command("quantlab", "measure int8 / LLM.int8 / NF4 / FP4 errors on a model and its data (report + plots)",
-            C.QuantlabConfig, quantlab.run),
-    Command("chat", "talk to a model (and adapter) in the terminal, answers streamed", C.ChatConfig, serve.chat),
-    Command("serve", "OpenAI-compatible API over a base and many adapters, web playground at /", C.ServeConfig,
+            QuantlabConfig, quantlab.run),
+    Command("chat", "talk to a model (and adapter) in the terminal, answers streamed", ChatConfig, serve.chat),
+    Command("serve", "OpenAI-compatible API over a base and many adapters, web playground at /", ServeConfig,
             serve.serve),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(command: Command, args: argparse.Namespace):
     path = getattr(args, "config_file", None)
-    file_values = C.load_yaml(path) if path else None
+    file_values = load_yaml(path) if path else None
     return config_from_args(command.config, args, file_values, path or "config")
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..config import CompareConfig
-from ..config.options import range_text
+from ..options import range_text
 from .flags import cli_fields, flag_name, show_default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

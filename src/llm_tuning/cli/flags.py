@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import base_type, build_config, parse_bool
-from ..config.options import range_text
+from ..options import base_type, build_config, parse_bool, range_text
 
 
 def flag_name(name: str) -> str:
@@ -64,4 +63,4 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
 def config_from_args(cls, args: argparse.Namespace, file_values: dict | None = None, config_path: str = "config"):
     """The config dataclass from the flags given (and a YAML file's values under them)."""
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
-    return build_config(file_values, flags, config_path, cls)
+    return build_config(cls, file_values, flags, config_path)

@@ -32,7 +32,7 @@ def generate(cfg):
 
 def evaluate(cfg):
     from ..data.formats import load_records
-    from ..train.heldout import response_loss
+    from ..evaluate import response_loss
 
     records = load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records
     if cfg.limit:
@@ -41,9 +41,8 @@ def evaluate(cfg):
     template = _template(cfg, info)
     r = response_loss(model, tok, records, template, cfg.max_length, cfg.batch_size)
     if cfg.generate:
-        from ..lab.scoring import generation_metrics
-
         from ..infer.sampling import Sampling
+        from ..infer.scoring import generation_metrics
 
         sampling = Sampling(cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # greedy

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..data.templates import TEMPLATE_NAMES
 from ..methods import option_fields
-from .options import PRECISIONS, QUANTIZATIONS, TEMPLATE_NAMES, option, same_as
-from .train import C, D, M, T, TrainConfig
+from ..models.precision import PRECISIONS, QUANTIZATIONS
+from ..options import option, same_as
+from .train import CHECKPOINTS_GROUP, DATA_GROUP, MODEL_GROUP, TRAINING_GROUP, TrainConfig
 
-
-I, G, E = "inference", "generation", "evaluation"
+GENERATION_GROUP, EVALUATION_GROUP = "generation", "evaluation"
 
 
 @dataclass
@@ -19,11 +20,11 @@ class LoadConfig:
 
     model: str = same_as(TrainConfig, "model")
     adapter: str | None = option(None, "adapter folder written by `llm-tuning train` (or a plain PEFT adapter)",
-                                 group=M)
+                                 group=MODEL_GROUP)
     precision: str = same_as(TrainConfig, "precision")
     quantization: str | None = same_as(TrainConfig, "quantization")
     template: str | None = option(None, "prompt template (default: the adapter's, else default)",
-                                  choices=TEMPLATE_NAMES, group=D)
+                                  choices=TEMPLATE_NAMES, group=DATA_GROUP)
     trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
 
 
@@ -31,20 +32,20 @@ class LoadConfig:
 class GenerateConfig(LoadConfig):
     """`llm-tuning generate`: answer one instruction."""
 
-    prompt: str = option("", "the instruction", group=G, required=True)
-    input: str = option("", "optional input for the instruction", group=G)
-    max_new_tokens: int = option(128, "answer length limit in tokens", group=G, range="[1, inf)")
-    sample: bool = option(False, "sample instead of greedy decoding", group=G)
-    temperature: float = option(0.7, "sampling temperature (with --sample)", group=G, range="(0, inf)")
+    prompt: str = option("", "the instruction", group=GENERATION_GROUP, required=True)
+    input: str = option("", "optional input for the instruction", group=GENERATION_GROUP)
+    max_new_tokens: int = option(128, "answer length limit in tokens", group=GENERATION_GROUP, range="[1, inf)")
+    sample: bool = option(False, "sample instead of greedy decoding", group=GENERATION_GROUP)
+    temperature: float = option(0.7, "sampling temperature (with --sample)", group=GENERATION_GROUP, range="(0, inf)")
     top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this much probability",
-                          group=G, range="(0, 1]")
+                          group=GENERATION_GROUP, range="(0, 1]")
     repetition_penalty: float = option(1.0, "against loops: a token already in the prompt or answer has its logit "
                                             "divided by this (>1: less likely; 1: off; transformers' "
-                                            "RepetitionPenaltyLogitsProcessor, greedy or sampled)", group=G,
-                                       range="(0, inf)")
+                                            "RepetitionPenaltyLogitsProcessor, greedy or sampled)",
+                                       group=GENERATION_GROUP, range="(0, inf)")
     no_repeat_ngram_size: int = option(0, "against loops: no n-gram of this many tokens twice in prompt + answer "
-                                          "(0: off; transformers' NoRepeatNGramLogitsProcessor)", group=G,
-                                       range="[0, inf)")
+                                          "(0: off; transformers' NoRepeatNGramLogitsProcessor)",
+                                       group=GENERATION_GROUP, range="[0, inf)")
 
 
 @dataclass
@@ -54,16 +55,17 @@ class EvalConfig(LoadConfig):
     data: str = same_as(TrainConfig, "data")
     encoding: str | None = same_as(TrainConfig, "encoding")
     max_length: int = same_as(TrainConfig, "max_length")
-    batch_size: int = option(8, "records per forward pass", group=E, range="[1, inf)")
-    limit: int | None = option(None, "evaluate only the first N records", group=E, range="[1, inf)")
+    batch_size: int = option(8, "records per forward pass", group=EVALUATION_GROUP, range="[1, inf)")
+    limit: int | None = option(None, "evaluate only the first N records", group=EVALUATION_GROUP, range="[1, inf)")
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
     generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
-                                   "BLEU-4 on characters", group=E)
+                                   "BLEU-4 on characters", group=EVALUATION_GROUP)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
     repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
     no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
-    predictions: str | None = option(None, "with --generate: write prompt/reference/prediction JSONL here", group=E)
-    json: bool = option(False, "print JSON instead of a table", group=E)
+    predictions: str | None = option(None, "with --generate: write prompt/reference/prediction JSONL here",
+                                     group=EVALUATION_GROUP)
+    json: bool = option(False, "print JSON instead of a table", group=EVALUATION_GROUP)
 
 
 @dataclass
@@ -72,14 +74,14 @@ class MergeConfig:
 
     model: str = same_as(TrainConfig, "model")
     adapter: str = same_as(LoadConfig, "adapter", required=True)
-    output: str = option("", "folder for the merged standalone model", group=M, required=True)
-    overwrite: bool = option(False, "replace a non-empty output folder", group=M)
-    save_precision: str = option("fp32", "dtype of the written model", choices=PRECISIONS, group=M)
+    output: str = option("", "folder for the merged standalone model", group=MODEL_GROUP, required=True)
+    overwrite: bool = option(False, "replace a non-empty output folder", group=MODEL_GROUP)
+    save_precision: str = option("fp32", "dtype of the written model", choices=PRECISIONS, group=MODEL_GROUP)
     save_quantization: str | None = option(None, "re-quantise the merged model before saving", choices=QUANTIZATIONS,
-                                           group=M)
+                                           group=MODEL_GROUP)
     merge_base: str = option("auto", "for an adapter trained on a quantised base: merge into the original weights or "
                                      "the dequantised quantised ones (auto: dequantized for 4bit, original for 8bit)",
-                             choices=("auto", "original", "dequantized"), group=M)
+                             choices=("auto", "original", "dequantized"), group=MODEL_GROUP)
     trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
 
 
@@ -88,7 +90,7 @@ class EstimateSettings:
     """`llm-tuning estimate`'s options but the methods' own (EstimateConfig below adds those)."""
 
     model: str = option("", "a preset (llama-2-7b, bloom-1b4), a model folder, a config.json or a hub id",
-                        group=M, required=True)
+                        group=MODEL_GROUP, required=True)
     method: str = same_as(TrainConfig, "method")
     precision: str = same_as(TrainConfig, "precision")
     quantization: str | None = same_as(TrainConfig, "quantization")
@@ -100,11 +102,11 @@ class EstimateSettings:
     speedups: bool = same_as(TrainConfig, "speedups")  # Bloom's attention: SDPA keeps less than eager
     # the GPU path (issue 21): lab/estimate/gpu.py
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
-                         choices=("cpu", "cuda"), group=M)
+                         choices=("cpu", "cuda"), group=MODEL_GROUP)
     kernels: str = same_as(TrainConfig, "kernels")
     memory: float | None = option(None, "with an auto size: the GiB the run may use (default: this machine's "
-                                        "available RAM, or with --device cuda its GPU's free memory)", group=M,
-                                  range="(0, inf)")
+                                        "available RAM, or with --device cuda its GPU's free memory)",
+                                  group=MODEL_GROUP, range="(0, inf)")
     json: bool = same_as(EvalConfig, "json")
 
     def train_config(self) -> TrainConfig:
@@ -127,17 +129,18 @@ EstimateConfig.__doc__ = "`llm-tuning estimate`: peak training memory from a mod
 class InitModelConfig:
     """`llm-tuning init-model`: a tiny random Bloom or Llama with a tokenizer."""
 
-    arch: str = option("", "architecture", choices=("bloom", "llama"), group=M, required=True)
-    output: str = option("", "folder for the model and tokenizer", group=M, required=True)
-    tokenizer: str | None = option(None, "existing tokenizer folder (default: train a byte-level BPE)", group=M)
+    arch: str = option("", "architecture", choices=("bloom", "llama"), group=MODEL_GROUP, required=True)
+    output: str = option("", "folder for the model and tokenizer", group=MODEL_GROUP, required=True)
+    tokenizer: str | None = option(None, "existing tokenizer folder (default: train a byte-level BPE)",
+                                   group=MODEL_GROUP)
     train_text: str | None = option(None, "alpaca data to train the BPE on (default: the bundled Chinese sample)",
-                                    group=M)
-    vocab_size: int = option(2000, "BPE vocabulary size", group=M, range="[259, inf)")
-    hidden_size: int | None = option(None, "hidden size (default 64)", group=M, range="[1, inf)")
-    num_layers: int | None = option(None, "decoder layers (default 2)", group=M, range="[1, inf)")
-    num_heads: int | None = option(None, "attention heads (default 4)", group=M, range="[1, inf)")
-    num_kv_heads: int | None = option(None, "Llama key/value heads (default 2)", group=M, range="[1, inf)")
-    intermediate_size: int | None = option(None, "Llama MLP width (default 128)", group=M, range="[1, inf)")
+                                    group=MODEL_GROUP)
+    vocab_size: int = option(2000, "BPE vocabulary size", group=MODEL_GROUP, range="[259, inf)")
+    hidden_size: int | None = option(None, "hidden size (default 64)", group=MODEL_GROUP, range="[1, inf)")
+    num_layers: int | None = option(None, "decoder layers (default 2)", group=MODEL_GROUP, range="[1, inf)")
+    num_heads: int | None = option(None, "attention heads (default 4)", group=MODEL_GROUP, range="[1, inf)")
+    num_kv_heads: int | None = option(None, "Llama key/value heads (default 2)", group=MODEL_GROUP, range="[1, inf)")
+    intermediate_size: int | None = option(None, "Llama MLP width (default 128)", group=MODEL_GROUP, range="[1, inf)")
     seed: int = same_as(TrainConfig, "seed", default=0)
     overwrite: bool = same_as(MergeConfig, "overwrite")
 
@@ -146,10 +149,10 @@ class InitModelConfig:
 class DemoConfig:
     """`llm-tuning demo`: the embedded default job (tiny model, bundled sample, no network)."""
 
-    output_dir: str = option("runs/demo", "folder for the demo's models", group=C)
-    steps: int = option(100, "LoRA steps on the 20 records set aside", group=T, range="[1, inf)")
+    output_dir: str = option("runs/demo", "folder for the demo's models", group=CHECKPOINTS_GROUP)
+    steps: int = option(100, "LoRA steps on the 20 records set aside", group=TRAINING_GROUP, range="[1, inf)")
     pretrain_steps: int = option(600, "steps of the stand-in pre-training (a full fine-tune of the random model on "
-                                      "the other records)", group=T, range="[1, inf)")
+                                      "the other records)", group=TRAINING_GROUP, range="[1, inf)")
 
 
 @dataclass
@@ -157,10 +160,11 @@ class CompareCommand:
     """`llm-tuning compare`: several methods on one budget, a report with table and plots."""
 
     config: str = option("", "compare YAML: model, data, output_dir, budget_tokens, runs (see docs/compare.md)",
-                         group=C, required=True)
-    force: bool = option(False, "rerun runs that already have a result.json", group=C)
+                         group=CHECKPOINTS_GROUP, required=True)
+    force: bool = option(False, "rerun runs that already have a result.json", group=CHECKPOINTS_GROUP)
     output_dir: str | None = option(None, "write the report here instead of the YAML's output_dir (a committed "
-                                          "example's folder is never rewritten unless named here)", group=C)
+                                          "example's folder is never rewritten unless named here)",
+                                    group=CHECKPOINTS_GROUP)
 
 
 @dataclass
@@ -169,54 +173,60 @@ class CompareConfig:
 
     model: str = same_as(TrainConfig, "model")
     data: str = same_as(TrainConfig, "data")
-    output_dir: str = option("", "the report folder (one sub-folder per run)", group=C, required=True)
+    output_dir: str = option("", "the report folder (one sub-folder per run)", group=CHECKPOINTS_GROUP, required=True)
     runs: list = option([], "the runs: a list of mappings, each with a name, a method and any train option",
-                        group=C, required=True)
+                        group=CHECKPOINTS_GROUP, required=True)
     budget_tokens: int | None = option(None, "training tokens per run; the steps follow from the records' mean "
-                                             "length", group=T, range="[1, inf)")
-    max_steps: int | None = option(None, "steps per run instead of budget_tokens", group=T, range="[1, inf)")
+                                             "length", group=TRAINING_GROUP, range="[1, inf)")
+    max_steps: int | None = option(None, "steps per run instead of budget_tokens",
+                                   group=TRAINING_GROUP, range="[1, inf)")
     budgets: list = option([1], "multiples of the budget (budget_tokens or max_steps) to compare at, e.g. [1, 4]: "
                                 "each a whole comparison in budget-Nx/, the report says whether the order of the "
-                                "methods holds between them", group=T)
-    eval_records: int = option(20, "held-out records answered for ROUGE / BLEU", group=E, range="[0, inf)")
-    max_new_tokens: int = option(64, "answer length limit for ROUGE / BLEU", group=E, range="[1, inf)")
-    samples: int = option(3, "sample answers shown in the report, the base model's beside each run's", group=E,
-                          range="[0, inf)")
+                                "methods holds between them", group=TRAINING_GROUP)
+    eval_records: int = option(20, "held-out records answered for ROUGE / BLEU",
+                               group=EVALUATION_GROUP, range="[0, inf)")
+    max_new_tokens: int = option(64, "answer length limit for ROUGE / BLEU", group=EVALUATION_GROUP, range="[1, inf)")
+    samples: int = option(3, "sample answers shown in the report, the base model's beside each run's",
+                          group=EVALUATION_GROUP, range="[0, inf)")
     quote_records: bool = option(True, "the samples quote the held-out record's instruction and reference (false: "
-                                       "the answers alone, for data whose licence forbids quoting it)", group=E)
+                                       "the answers alone, for data whose licence forbids quoting it)",
+                                 group=EVALUATION_GROUP)
     repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
     no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
-    title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=E)
-    common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=T)
+    title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=EVALUATION_GROUP)
+    common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=TRAINING_GROUP)
     heldout_size: float = option(0.1, "held-out records of the table (a fraction or a count): every run and the "
-                                      "base are scored on them, nothing is chosen on them", group=D, range="(0, inf)")
+                                      "base are scored on them, nothing is chosen on them",
+                                 group=DATA_GROUP, range="(0, inf)")
     val_size: float = option(0.1, "validation records (a fraction or a count), apart from the held-out ones: "
                                   "the learning rate is chosen on them, the loss during training measured on them",
-                             group=D, range="[0, inf)")
+                             group=DATA_GROUP, range="[0, inf)")
     split_seed: int = option(0, "seed of the held-out / validation / training split (one split for every run)",
-                             group=D, range="[0, 4294967295]")
+                             group=DATA_GROUP, range="[0, 4294967295]")
     seeds: list = option([], "training seeds: each run is repeated per seed, the table shows mean ± std "
-                             "(default: the train option seed alone)", group=T)
+                             "(default: the train option seed alone)", group=TRAINING_GROUP)
     lr: object = option(None, "learning rate of the runs that set none: a number, a list of rates to sweep, or "
                               "auto (the method's default rate times lr_factors); default: the method's rate",
-                        group=T)
+                        group=TRAINING_GROUP)
     lr_factors: list = option([1 / 3, 1, 3], "lr: auto sweeps the method's default rate times these factors "
-                                             "(default 1/3, 1, 3)", group=T)
+                                             "(default 1/3, 1, 3)", group=TRAINING_GROUP)
     lr_extend: int = option(2, "a sweep whose best rate is its lowest or highest adds a rate 3x beyond that edge, "
                                "up to this many per run, until the best has a worse (or diverged) neighbour on "
-                               "each side; the report marks a run whose best is still at an edge", group=T,
+                               "each side; the report marks a run whose best is still at an edge", group=TRAINING_GROUP,
                             range="[0, 10]")
     sweep_seeds: int | None = option(None, "a sweep trains each rate on the first N seeds only (default: all); "
-                                           "the chosen rate then trains on every seed", group=T, range="[1, inf)")
+                                           "the chosen rate then trains on every seed",
+                                     group=TRAINING_GROUP, range="[1, inf)")
     eval_every: int | None = option(None, "validation loss every N steps during training (default: 8 points "
-                                          "per run)", group=E, range="[1, inf)")
+                                          "per run)", group=EVALUATION_GROUP, range="[1, inf)")
     parallel: int = option(1, "runs trained at once, each in its own process (with threads: 1, as many as cores "
-                              "saves the threads' synchronisation on small models)", group=T, range="[1, inf)")
+                              "saves the threads' synchronisation on small models)",
+                           group=TRAINING_GROUP, range="[1, inf)")
     threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
-                                       "choice, one per core)", group=T, range="[1, inf)")
+                                       "choice, one per core)", group=TRAINING_GROUP, range="[1, inf)")
 
 
-Q = "quantisation lab"
+QUANTLAB_GROUP = "quantisation lab"
 
 
 @dataclass
@@ -231,37 +241,37 @@ class QuantlabConfig:
     template: str | None = same_as(LoadConfig, "template")
     max_length: int = same_as(TrainConfig, "max_length")
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
-    records: int = option(32, "records run through the model for the activations and the held-out losses", group=Q,
-                          range="[1, inf)")
+    records: int = option(32, "records run through the model for the activations and the held-out losses",
+                          group=QUANTLAB_GROUP, range="[1, inf)")
     thresholds: list[str] = option(["0", "3", "6", "8"], "LLM.int8 outlier thresholds to measure, comma-separated "
-                                                         "(0 = no decomposition)", group=Q)
-    max_rows: int = option(4096, "token rows of each linear layer's input kept for the product errors", group=Q,
-                           range="[1, inf)")
+                                                         "(0 = no decomposition)", group=QUANTLAB_GROUP)
+    max_rows: int = option(4096, "token rows of each linear layer's input kept for the product errors",
+                           group=QUANTLAB_GROUP, range="[1, inf)")
     demo_outliers: int = option(0, "DEMONSTRATION: also measure with K feature dimensions of every linear "
                                    "layer's input scaled by --demo-scale, as large models' emergent outliers are",
-                                group=Q, range="[0, inf)")
-    demo_scale: float = option(20.0, "the factor --demo-outliers multiplies its dimensions by", group=Q,
+                                group=QUANTLAB_GROUP, range="[0, inf)")
+    demo_scale: float = option(20.0, "the factor --demo-outliers multiplies its dimensions by", group=QUANTLAB_GROUP,
                                range="(0, inf)")
-    output_dir: str = option("", "folder for report.md, report.html, the PNGs and quantlab.json", group=C,
-                             required=True)
+    output_dir: str = option("", "folder for report.md, report.html, the PNGs and quantlab.json",
+                             group=CHECKPOINTS_GROUP, required=True)
     json: bool = same_as(EvalConfig, "json")
 
 
-S_ = "server"
+SERVER_GROUP = "server"
 
 
 @dataclass
 class ChatConfig(LoadConfig):
     """`llm-tuning chat`: a streaming multi-turn conversation in the terminal (/reset, /exit; Ctrl-C stops one)."""
 
-    system: str = option("", "system prompt that leads the conversation", group=G)
+    system: str = option("", "system prompt that leads the conversation", group=GENERATION_GROUP)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
     sample: bool = same_as(GenerateConfig, "sample")
     temperature: float = same_as(GenerateConfig, "temperature")
     top_p: float = same_as(GenerateConfig, "top_p")
     repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
     no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
-    seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=G,
+    seed: int | None = option(None, "random seed for sampling (default: a fresh one each run)", group=GENERATION_GROUP,
                               range="[0, 4294967295]")
 
 
@@ -272,33 +282,33 @@ class ServeConfig:
     model: str = same_as(TrainConfig, "model")
     adapter: list[str] | None = option(None, "NAME=DIR: serve the adapter in DIR as model NAME; repeat the flag "
                                              "(or comma-separate) for more; `base` is the model without adapter",
-                                       group=M)
+                                       group=MODEL_GROUP)
     precision: str = same_as(TrainConfig, "precision")
     quantization: str | None = same_as(TrainConfig, "quantization")
     template: str | None = same_as(LoadConfig, "template")
     trust_remote_code: bool = same_as(TrainConfig, "trust_remote_code")
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface; set --api-key then)",
-                       group=S_)
-    port: int = option(8000, "TCP port to listen on", group=S_, range="[1, 65535]")
+                       group=SERVER_GROUP)
+    port: int = option(8000, "TCP port to listen on", group=SERVER_GROUP, range="[1, 65535]")
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on the API (default: "
-                                       "$LLM_TUNING_API_KEY; unset: no key)", group=S_)
+                                       "$LLM_TUNING_API_KEY; unset: no key)", group=SERVER_GROUP)
     reports: str | None = option(None, "folder of `compare` reports the playground may open (nothing outside it "
-                                       "is served)", group=S_)
+                                       "is served)", group=SERVER_GROUP)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
     max_queue: int = option(32, "requests that may wait for the generation worker; past it 429 with Retry-After "
-                                "(0: no bound)", group=S_, range="[0, inf)")
+                                "(0: no bound)", group=SERVER_GROUP, range="[0, inf)")
     request_timeout: float = option(600.0, "seconds from a request's arrival to the end of its answer (queue "
                                            "included); past it the generation stops and the answer is 504 "
-                                           "(0: none)", group=S_, range="[0, inf)")
+                                           "(0: none)", group=SERVER_GROUP, range="[0, inf)")
     max_body_bytes: int = option(4 * 1024 * 1024, "largest request body; a larger one gets 413 before it is read",
-                                 group=S_, range="[1, inf)")
+                                 group=SERVER_GROUP, range="[1, inf)")
     receive_timeout: float = option(10.0, "seconds for a request's line and headers (from the connection or the "
                                           "last answer) and for its body; then the connection is closed (408 for "
-                                          "a body)", group=S_, range="(0, inf)")
-    keep_alive_timeout: float = option(5.0, "seconds an idle connection stays open between requests", group=S_,
-                                       range="(0, inf)")
-    max_connections: int = option(64, "connections and requests in flight; past it 503 (0: no bound)", group=S_,
-                                 range="[0, inf)")
+                                          "a body)", group=SERVER_GROUP, range="(0, inf)")
+    keep_alive_timeout: float = option(5.0, "seconds an idle connection stays open between requests",
+                                       group=SERVER_GROUP, range="(0, inf)")
+    max_connections: int = option(64, "connections and requests in flight; past it 503 (0: no bound)",
+                                  group=SERVER_GROUP, range="[0, inf)")
     shutdown_timeout: float = option(10.0, "after SIGTERM / Ctrl-C: seconds the running generation has to finish "
                                            "(waiting requests get 503 at once; a second signal exits at once)",
-                                     group=S_, range="[0, inf)")
+                                     group=SERVER_GROUP, range="[0, inf)")

@@ -13,8 +13,9 @@ ids: eos is appended by id after each answer, and only answers are learned.
 
 from __future__ import annotations
 
-from ..config import TEMPLATE_NAMES
 from ..errors import UserError
+
+TEMPLATE_NAMES = ("default", "llama2", "auto")  # the --template choices, each rendered below
 
 
 def _default(system: str, pairs) -> list[tuple[str, str]]:

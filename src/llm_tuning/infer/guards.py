@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 
 from ..config.commands import ServeConfig
-from ..config.options import declared
+from ..options import declared
 from . import openai_schema as S
 
 

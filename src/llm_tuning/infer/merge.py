@@ -12,7 +12,7 @@ from .load import load_for_inference, run_info
 def _quantized_gap(model_path, adapter, merged, tokenizer, info, trust_remote_code, log):
     """An adapter trained on an 8/4-bit base is merged into the full-precision base; say how far apart they are."""
     from ..data.formats import load_records
-    from ..train.heldout import response_loss
+    from ..evaluate import response_loss
     from ..data import SAMPLE_DATA
 
     cfg = info.get("config", {})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.commands import GenerateConfig
-from ..config.options import declared
+from ..options import declared
 
 
 @dataclass

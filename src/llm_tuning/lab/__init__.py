@@ -1,2 +1,2 @@
-"""The laboratory: methods compared on one budget (compare, report), memory estimated (estimate), generation
-scored (metrics, scoring)."""
+"""The laboratory: methods compared on one budget (compare, report), memory estimated (estimate), their answers
+scored (points, with evaluate/)."""

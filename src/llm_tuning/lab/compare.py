@@ -25,7 +25,7 @@ from .aggregate import choose_lr, edge, noise_summary, run_row, sweep_table
 from .points import estimate_mib, evaluate_base, evaluate_point, point_name, read_json, train_points, write_json
 from .settings import budget_folder, load_compare_config, lr_grid
 
-__all__ = ["load_compare_config", "run_compare", "split_three_ways", "arranged_for_seed"]
+__all__ = ["load_compare_config", "run_compare", "split_three_ways"]
 
 
 def split_three_ways(records: list[dict], heldout_size: float, val_size: float, seed: int):
@@ -36,26 +36,6 @@ def split_three_ways(records: list[dict], heldout_size: float, val_size: float, 
     rest, heldout = split_records(idx, heldout_size, seed)
     train, val = split_records(rest, val_size, seed) if val_size else (rest, [])
     return [r["i"] for r in train], [r["i"] for r in val], [r["i"] for r in heldout]
-
-
-def arranged_for_seed(train: list[dict], val: list[dict], seed: int) -> list[dict]:
-    """Training and validation records in the one order in which `train --val-size len(val) --seed seed` splits
-    them back into exactly `train` (in its order) and `val`: the training process then measures its validation
-    loss on our validation records, whatever its seed."""
-    from ..data.formats import split_records
-
-    if not val:
-        return list(train)
-    import random
-
-    n = len(train) + len(val)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)  # as split_records draws its validation positions
-    val_pos = set(order[:len(val)])
-    it_train, it_val = iter(train), iter(val)
-    arranged = [next(it_val) if i in val_pos else next(it_train) for i in range(n)]
-    assert split_records(arranged, len(val), seed) == (train, val), "split_records changed its draw"
-    return arranged
 
 
 def _steps_for_budget(cc, shared: dict, train_records: list[dict], budget: float = 1.0) -> int:
@@ -127,12 +107,16 @@ class _Comparison:
             for name in [r["name"] for r in self.cc.runs] + ["base"]:
                 if os.path.isdir(os.path.join(self.out, name)):
                     shutil.rmtree(os.path.join(self.out, name))
+        # every run reads the same two files: it trains on the training records in this order and measures its
+        # validation loss on exactly the validation records (train --val-data)
         self.data_paths = {}
-        for seed in self.cc.seeds:  # every run of a seed reads the same file: the training records, then in order
-            path = os.path.join(self.out, "data", f"train-seed{seed}.json")
+        for part, records in (("train", self.train), ("validation", self.val)):
+            if not records:  # no validation records: the runs measure no validation loss
+                continue
+            path = os.path.join(self.out, "data", f"{part}.json")
             with open(path, "w", encoding="utf-8") as f:
-                json.dump(arranged_for_seed(self.train, self.val, seed), f, ensure_ascii=False)
-            self.data_paths[seed] = os.path.abspath(path)
+                json.dump(records, f, ensure_ascii=False)
+            self.data_paths[part] = os.path.abspath(path)
         write_json(os.path.join(self.out, "data", "split.json"),
                    {"data": self.cc.data, "split_seed": self.cc.split_seed, **self.split})
 
@@ -167,7 +151,8 @@ class _Comparison:
 
     def run_settings(self, run, lr: float, seed: int, run_dir: str) -> dict:
         return {**self.shared, **{k: v for k, v in run.items() if k not in ("name", "lr")}, "model": self.cc.model,
-                "data": self.data_paths[seed], "output_dir": run_dir, "val_size": len(self.val), "seed": seed,
+                "data": self.data_paths["train"], "val_data": self.data_paths.get("validation"),
+                "val_size": 0, "output_dir": run_dir, "seed": seed,
                 "lr": lr, "max_steps": self.steps, "save_steps": self.steps, "eval_steps": self.eval_every,
                 "resume": True}
 

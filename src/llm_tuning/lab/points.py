@@ -140,8 +140,8 @@ def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records:
     """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: a
     sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends)."""
     from ..infer import load_for_inference
-    from ..train.heldout import response_loss
-    from .scoring import generation_metrics
+    from ..evaluate import response_loss
+    from ..infer.scoring import generation_metrics
 
     t = time.time()
     m, tok, _ = load_for_inference(model, adapter)
@@ -166,7 +166,7 @@ def evaluate_base(model: str, heldout, validation, eval_records, sampling, templ
                   out_dir: str) -> dict:
     """The untouched model, once: held-out loss and scores as for every run, plus its validation loss."""
     from ..infer import load_for_inference
-    from ..train.heldout import response_loss
+    from ..evaluate import response_loss
 
     os.makedirs(out_dir, exist_ok=True)
     t = time.time()

@@ -7,12 +7,13 @@ import dataclasses
 import math
 import re
 
-from ..config import FIELDS, CompareConfig, coerce, load_yaml
+from ..config import FIELDS, CompareConfig
 from ..errors import UserError
+from ..options import coerce, load_yaml
 
 COMPARE_FIELDS = {f.name: f for f in dataclasses.fields(CompareConfig)}
 # Train options the comparison sets itself for every run (its split, seeds, budget and checkpoints).
-SET_BY_COMPARE = ("model", "data", "output_dir", "val_size", "seed", "max_steps", "epochs", "save_steps",
+SET_BY_COMPARE = ("model", "data", "output_dir", "val_size", "val_data", "seed", "max_steps", "epochs", "save_steps",
                   "eval_steps", "resume", "overwrite")
 
 

@@ -38,12 +38,13 @@ def _output_to(path: str):
 
 
 def _train_one(config_path: str) -> tuple[int, str]:
-    from ..config import TrainConfig, build_config, load_yaml
+    from ..config import TrainConfig
     from ..errors import UserError
+    from ..options import build_config, load_yaml
     from ..train.loop import train_process
 
     try:
-        train_process(build_config(load_yaml(config_path), {}, config_path, TrainConfig))
+        train_process(build_config(TrainConfig, load_yaml(config_path), {}, config_path))
         return 0, ""
     except UserError as e:
         print(f"llm-tuning train: error: {e}", file=sys.stderr)

@@ -23,8 +23,8 @@ for _module in MODULES:
 VARIANTS = {name: dict(method=m.name, **opts) for m in METHODS.values() for name, opts in m.named_variants().items()}
 RUN_INFO = "llm_tuning.json"  # written beside every adapter: which method, which base, the resolved config
 
-__all__ = ["Footprint", "Method", "PeftMethod", "METHODS", "VARIANTS", "RUN_INFO", "get_method", "method_of_adapter",
-           "option_fields"]
+__all__ = ["Footprint", "Method", "PeftMethod", "METHODS", "VARIANTS", "RUN_INFO", "check_quantizable", "get_method",
+           "method_of_adapter", "option_fields", "quantizable_methods"]
 
 
 def option_fields() -> list[tuple]:
@@ -46,6 +46,20 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise UserError(f"--method {name!r} is unknown; choose one of {', '.join(METHODS)}") from None
+
+
+def quantizable_methods() -> list[str]:
+    """The methods that can train on an 8-bit or 4-bit base (each says so: Method.trains_on_quantized)."""
+    return [m.name for m in METHODS.values() if m.trains_on_quantized]
+
+
+def check_quantizable(method_name: str, quantization: str | None):
+    """A UserError when `method_name` cannot train on a `quantization` base, naming every method that can: the one
+    check for training and the memory estimate alike."""
+    if quantization and not get_method(method_name).trains_on_quantized:
+        raise UserError(f"--method {method_name} cannot train on a --quantization {quantization} base (it needs the "
+                        f"base's full-precision weights); use one of {', '.join(quantizable_methods())} (lora on a "
+                        "quantised base is QLoRA), or drop --quantization")
 
 
 def method_of_adapter(adapter_dir: str) -> str:

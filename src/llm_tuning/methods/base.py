@@ -2,7 +2,7 @@
 
 A method file defines a Method subclass and methods/__init__.py registers an instance of it. The rest of the
 project asks the object, never the name:
-- `options`: the method's own options (fields made with config.option); TrainConfig is assembled with them, so
+- `options`: the method's own options (fields made with options.option); TrainConfig is assembled with them, so
   the command line, the YAML checks and docs/options.md follow;
 - `trains`, `mergeable`, `default_lr` with `lr_reason`, `color`: the docs' method table, `merge`, the plots;
 - `in_base_dtype`: it trains the base's own tensors (full, BitFit), not fp32 adapter weights beside them;
@@ -62,7 +62,7 @@ class Method:
     fast_loss = True  # train/fastloss.py's fused output layer + loss applies
     packing = True  # examples of a micro-batch may share one row (position ids restart per example)
     saves_model = False  # its output folder is a whole model, not an adapter
-    options: tuple = ()  # (name, type, config.option(...)) of the options it owns
+    options: tuple = ()  # (name, type, options.option(...)) of the options it owns
     variants: dict = {}  # variant name -> options (default: the method alone, under its own name)
     # Why the method cannot be merged, and how to serve it instead (shown by `merge`).
     not_mergeable_reason = ""

@@ -1,4 +1,4 @@
-from ..config.options import option
+from ..options import option
 from .base import Footprint, PeftMethod
 
 # PEFT's default targets per architecture family (peft.utils.constants, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_

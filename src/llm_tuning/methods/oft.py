@@ -3,7 +3,7 @@ skew-symmetric blocks), so the weights' angles to each other are kept; PEFT's OF
 
 from __future__ import annotations
 
-from ..config.options import option
+from ..options import option
 from .base import Footprint, PeftMethod
 from .lora import DEFAULT_TARGETS, GROUP
 

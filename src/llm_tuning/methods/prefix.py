@@ -1,4 +1,4 @@
-from ..config.options import option
+from ..options import option
 from .base import Footprint, PeftMethod, encoder_hidden_size, init_token_ids
 from .prompt import GROUP
 

@@ -1,4 +1,4 @@
-from ..config.options import option
+from ..options import option
 from ..errors import UserError
 from .base import Footprint, PeftMethod, init_token_ids
 

@@ -3,7 +3,7 @@ vectors only (lambda_d over the rank, lambda_b over the outputs), through PEFT's
 
 from __future__ import annotations
 
-from ..config.options import option
+from ..options import option
 from .base import Footprint, PeftMethod
 from .lora import DEFAULT_TARGETS, GROUP
 

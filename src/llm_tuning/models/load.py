@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 
-from ..config.options import PRECISION_DTYPES, PRECISIONS, QUANTIZATIONS  # the one precision table
 from ..errors import UserError, spell
 from ..paths import looks_like_local_path
+from .precision import PRECISION_DTYPES, PRECISIONS, QUANTIZATIONS
 
 
 def quiet_libraries():

@@ -54,8 +54,7 @@ def _choose_epsilon(model, cfg) -> float:
 def check(cfg: TrainConfig):
     """Everything that can be checked before heavy imports: method, data, model path, output folder.
     Returns (method, training records, held-out records, checkpoint to resume from)."""
-    from ..data.formats import load_records, split_records
-    from ..methods import get_method
+    from ..methods import check_quantizable, get_method
     from ..models.checkpointing import check_options as check_checkpointing
     from ..models.load import check_source
 
@@ -65,19 +64,35 @@ def check(cfg: TrainConfig):
         from ..data.packing import check_packing
 
         check_packing(method)
-    if cfg.quantization and not method.trains_on_quantized:
-        raise UserError(f"--method {cfg.method} cannot train on a --quantization {cfg.quantization} base (it needs "
-                        "the base's full-precision weights); use lora (QLoRA), ia3, prompt, ptuning or prefix, or "
-                        "drop --quantization")
-    data = load_records(cfg.data, skip_bad_records=cfg.skip_bad_records, encoding=cfg.encoding)
-    if data.skipped:
-        log(f"skipped {data.skipped} bad records of {cfg.data} (--skip-bad-records)")
-    train_recs, val_recs = split_records(data.records, cfg.val_size, cfg.seed)
+    check_quantizable(cfg.method, cfg.quantization)
+    train_recs, val_recs = _records(cfg)
     check_source(cfg.model, "model")
     check_source(cfg.tokenizer or cfg.model, "tokenizer")  # a model folder without one: say so before any work
     _check_report_to(cfg.report_to)
     # under N processes the process group starts here, once the input is known to be good (rundir.py)
     return method, train_recs, val_recs, prepare_output_dir_once(cfg.output_dir, cfg.resume, cfg.overwrite)
+
+
+def _records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """(training, validation) records: --data and --val-data's file, or a --val-size split of --data."""
+    from ..data.formats import split_records
+
+    if cfg.val_data and cfg.val_size:
+        raise UserError(f"--val-data {cfg.val_data} and --val-size {cfg.val_size:g}: the validation records come "
+                        "from their own file or from a split of --data, not both; drop one")
+    records = _load(cfg, cfg.data)
+    if cfg.val_data:
+        return records, _load(cfg, cfg.val_data)
+    return split_records(records, cfg.val_size, cfg.seed)
+
+
+def _load(cfg: TrainConfig, path: str) -> list[dict]:
+    from ..data.formats import load_records
+
+    data = load_records(path, skip_bad_records=cfg.skip_bad_records, encoding=cfg.encoding)
+    if data.skipped:
+        log(f"skipped {data.skipped} bad records of {path} (--skip-bad-records)")
+    return data.records
 
 
 def sized_by_memory(cfg: TrainConfig) -> TrainConfig:
@@ -306,7 +321,7 @@ def validate(cfg: TrainConfig, tuned, tokenizer, val_recs):
     """The held-out loss over response tokens (None without held-out records)."""
     if not val_recs:
         return None
-    from .heldout import response_loss
+    from ..evaluate import response_loss
 
     loss = response_loss(tuned, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
     log(f"held-out loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f}) on {len(val_recs)} records")

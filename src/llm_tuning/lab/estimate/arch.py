@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ...config.options import PRECISION_DTYPES
 from ...models.arch import BLOOM_TYPES, LLAMA_TYPES, PRESETS, Arch, EstimateError, _get, arch_of, load_config
+from ...models.precision import PRECISION_DTYPES
 
 __all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "stored_dtype", "BLOOM_TYPES", "LLAMA_TYPES"]
 

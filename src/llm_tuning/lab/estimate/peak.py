@@ -26,6 +26,7 @@ AdamW (the CPU default); a foreach AdamW makes temporaries of all trainable tens
 
 from __future__ import annotations
 
+from ...methods import check_quantizable
 from ...methods.base import Footprint
 from ...models.arch import Arch, arch_of, count_params
 from ...train.fastloss import VOCAB_BLOCK, block_rows, chunk_rows
@@ -87,9 +88,7 @@ def _check(method, precision, quantization, batch_size, max_length):
         raise EstimateError(f"--precision {precision!r} is unknown; choose one of {', '.join(DTYPE_BYTES)}")
     if quantization not in (None, "8bit", "4bit"):
         raise EstimateError(f"--quantization {quantization!r} is unknown; choose 8bit or 4bit")
-    if quantization and not method.trains_on_quantized:
-        raise EstimateError(f"--method {method.name} cannot train on a --quantization {quantization} base: its "
-                            "weights are frozen integers; use lora, ia3, prompt, ptuning or prefix")
+    check_quantizable(method.name, quantization)
     if batch_size < 1 or max_length < 1:
         raise EstimateError("--batch-size and --max-length must be at least 1")
 

@@ -46,7 +46,7 @@ def base_schemes(thresholds) -> list[str]:
 
 
 def _loss(model, tokenizer, records, template, max_length):
-    from ...train.heldout import response_loss
+    from ...evaluate import response_loss
 
     r = response_loss(model, tokenizer, records, template, max_length)
     return {"loss": r["loss"], "perplexity": r["perplexity"], "tokens": r["tokens"]}

@@ -1,4 +1,7 @@
-"""How an option is declared (`option`, `same_as`) and how values are read (flags, YAML) and checked."""
+"""How an option is declared (`option`, `same_as`) and how values are read (flags, YAML) and checked.
+
+The ground the config classes (config/) and the methods' own options (methods/) stand on: it imports nothing of
+the project but errors, so any layer may declare options."""
 
 from __future__ import annotations
 
@@ -9,13 +12,7 @@ import os
 import typing
 from dataclasses import MISSING, field
 
-from ..errors import UserError
-
-# The one precision table: option value -> (torch dtype name, bytes per element).
-PRECISION_DTYPES = {"fp32": ("float32", 4), "bf16": ("bfloat16", 2), "fp16": ("float16", 2)}
-PRECISIONS = tuple(PRECISION_DTYPES)
-QUANTIZATIONS = ("8bit", "4bit")
-TEMPLATE_NAMES = ("default", "llama2", "auto")  # data/templates.py renders each
+from .errors import UserError
 
 
 def option(default, help: str, *, choices=None, group: str = "general", required: bool = False, cli: bool = True,
@@ -196,11 +193,9 @@ def load_yaml(path: str) -> dict:
     return data
 
 
-def build_config(file_values: dict | None, flag_values: dict, config_path: str = "config", cls=None):
-    """Defaults, overridden by the YAML file, overridden by flags given on the command line (cls: TrainConfig
-    unless another command's config dataclass is given)."""
-    if cls is None:
-        from .train import TrainConfig as cls
+def build_config(cls, file_values: dict | None, flag_values: dict, config_path: str = "config"):
+    """A `cls` (a command's config dataclass): defaults, overridden by the YAML file, overridden by flags given on
+    the command line."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
     merged: dict = {}
     for source, values in ((config_path, file_values or {}), ("flag", flag_values)):

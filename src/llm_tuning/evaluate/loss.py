@@ -1,4 +1,4 @@
-"""Held-out evaluation: mean loss over response tokens (prompt masked, eos included) and perplexity."""
+"""The held-out loss: mean cross-entropy over response tokens (prompt masked, eos included) and perplexity."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ ROUGE would overstate overlap), BLEU-4 on characters with NIST smoothing.
 English text falls back to words for both. All scores are on a 0..100 scale.
 
 jieba, rouge_chinese and nltk are imported inside the functions: jieba alone
-costs about a second, and the CLI imports this module on every start.
+costs about a second, and a command that scores nothing should not pay it.
 """
 
 from __future__ import annotations
