@@ -47,7 +47,8 @@ def _steps_for_budget(cc, shared: dict, train_records: list[dict], budget: float
     from ..data.tokenize import prepare_tokenizer
     from ..models.load import load_tokenizer
 
-    tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cc.model), log=lambda m: None)
+    tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cc.model), log=lambda m: None,
+                            template=shared.get("template"))
     # Through the cache: the runs tokenise exactly these records the same way, and then find them there.
     ds, _ = tokenized_dataset(tok, train_records, shared.get("template", "default"), shared.get("max_length", 512),
                               shared.get("cache", True), log=lambda m: None)
