@@ -31,14 +31,46 @@ def generate(cfg):
 
 
 def evaluate(cfg):
-    from ..data.formats import load_records
+    from ..errors import UserError
+
+    if not cfg.data and not cfg.tasks:
+        raise UserError("eval needs --data (the held-out loss of records) or --tasks (lm-eval benchmarks), or both")
+    manager = None
+    if cfg.tasks:
+        from ..infer.harness import prepare_tasks
+
+        manager = prepare_tasks(cfg.tasks, cfg.tasks_dir)  # lm-eval installed, the tasks found: before any load
+    records = None
+    if cfg.data:
+        from ..data.formats import load_records
+
+        records = load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records[: cfg.limit or None]
+    model, tok, info = _load(cfg)
+    r = _own_figures(cfg, model, tok, _template(cfg, info), records) if records is not None else {}
+    if cfg.tasks:
+        results, r["harness"] = _benchmarks(cfg, model, tok, manager)
+    if cfg.json:
+        print(json.dumps(r))
+        return
+    if records is not None:
+        print("| metric | value |\n|---|---|")
+        for key in ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l", "bleu-4"):
+            if key in r:
+                v = r[key]
+                print(f"| {key} | {v if isinstance(v, int) else f'{v:.4f}'} |")
+    if cfg.predictions:
+        print(f"predictions written to {cfg.predictions}")
+    if cfg.tasks:
+        from ..infer.harness import table
+
+        print(("\n" if records is not None else "") + table(results))
+        print(f"lm-eval's results written to {r['harness']['output']}")
+
+
+def _own_figures(cfg, model, tok, template, records) -> dict:
+    """Held-out loss and perplexity of the records; with --generate, ROUGE / BLEU of greedy answers."""
     from ..evaluate import response_loss
 
-    records = load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records
-    if cfg.limit:
-        records = records[: cfg.limit]
-    model, tok, info = _load(cfg)
-    template = _template(cfg, info)
     r = response_loss(model, tok, records, template, cfg.max_length, cfg.batch_size)
     if cfg.generate:
         from ..infer.sampling import Sampling
@@ -48,16 +80,21 @@ def evaluate(cfg):
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # greedy
         g = generation_metrics(model, tok, records, template, sampling, cfg.batch_size, cfg.predictions)
         r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
-    if cfg.json:
-        print(json.dumps(r))
-        return
-    print("| metric | value |\n|---|---|")
-    for key in ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l", "bleu-4"):
-        if key in r:
-            v = r[key]
-            print(f"| {key} | {v if isinstance(v, int) else f'{v:.4f}'} |")
-    if cfg.predictions:
-        print(f"predictions written to {cfg.predictions}")
+    return r
+
+
+def _benchmarks(cfg, model, tok, manager) -> tuple[dict, dict]:
+    """lm-eval's tasks on the loaded model: (its results, {results, groups, output} of them); the results JSON
+    written."""
+    import os
+
+    from ..infer.harness import run_tasks, write_results
+
+    results = run_tasks(model, tok, cfg.tasks, manager, cfg.limit, cfg.batch_size, cfg.bootstrap_iters, cfg.samples)
+    path = cfg.harness_output or os.path.join(cfg.adapter or ".", "harness_results.json")
+    write_results(path, results)
+    kept = {k: results[k] for k in ("results", "groups") if results.get(k)}
+    return results, json.loads(json.dumps({**kept, "output": path}, default=float))
 
 
 def merge(cfg):
