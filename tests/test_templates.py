@@ -5,7 +5,7 @@ tokenises them (ids compared, on a SentencePiece and on a byte-level BPE tokeniz
 answers (eos) on their own end token."""
 
 import pytest
-from conftest import LLAMA2_TOKENIZER, need_shared
+from conftest import LLAMA2_TOKENIZER, SAMPLE, need_shared
 
 from llm_tuning.data.conversations import turns
 from llm_tuning.data.formats import validate_record
@@ -108,6 +108,14 @@ def end_id(tok, template):
     return tok.convert_tokens_to_ids(SPECIALS[template][0]) if template in SPECIALS else tok.eos_token_id
 
 
+def ending_on_the_last_end_token(tok, template, ids):
+    """A training example: the official render's ids up to its last end token (ChatML's newline after it is
+    left out: every example ends with the token generation stops on)."""
+    last = max(i for i, t in enumerate(ids) if t == end_id(tok, template))
+    assert tok.decode(ids[last + 1:]).strip() == ""
+    return ids[:last + 1]
+
+
 def official_answers(tok, template, messages):
     """Each assistant turn's ids as the official template tokenises them: what follows the generation prompt, up
     to and including the end token (the generation prompt's ids a prefix of the longer render's)."""
@@ -132,7 +140,7 @@ def test_render_ids_and_masks_are_the_official_templates(template, n, with_syste
     system, pairs = turns(record)
     assert "".join(text for _, text in render(system, pairs, template, tok)) == official(tok, template, messages)
     ids, labels = encode_conversation(tok, record, template)
-    assert ids == official(tok, template, messages, tokenize=True)
+    assert ids == ending_on_the_last_end_token(tok, template, official(tok, template, messages, tokenize=True))
     # the generation prompt: text and ids
     assert format_prompt(record, template, tok) == official(tok, template, messages[:-1], generation_prompt=True)
     prompt = prompt_ids(tok, record, template)
@@ -169,7 +177,7 @@ def test_the_samples_multi_turn_records_render_as_the_official_template(template
         for user, answer in pairs:
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         ids, labels = encode_conversation(tok, rec, template)
-        assert ids == official(tok, template, messages, tokenize=True)
+        assert ids == ending_on_the_last_end_token(tok, template, official(tok, template, messages, tokenize=True))
         assert learned_spans(ids, labels) == official_answers(tok, template, messages)
 
 
@@ -183,6 +191,23 @@ def test_chatml_and_llama3_runs_end_answers_on_their_own_token(template, tiny_mo
     # a tokenizer of another family would learn the marker as plain text pieces: refused, naming it
     with pytest.raises(UserError, match=rf"--template {template}: the tokenizer has no '{end[:3]}"):
         prepare_tokenizer(load_tokenizer(tiny_models["llama"]), log=lambda m: None, template=template)
+
+
+def test_a_chatml_run_trains_and_its_adapter_stops_on_im_end(tiny_models, tmp_path):
+    """A model whose tokenizer has Qwen's tokens (as Qwen's base models' have) trains with --template chatml: every
+    example ends with <|im_end|> (the training guard's check), and the adapter's tokenizer ends answers there."""
+    from llm_tuning.config import TrainConfig
+    from llm_tuning.infer import load_for_inference
+    from llm_tuning.models import init_model
+    from llm_tuning.train import train
+
+    family_tokenizer(tiny_models["llama"], "chatml").save_pretrained(tmp_path / "tokenizer")
+    init_model("llama", str(tmp_path / "model"), tokenizer=str(tmp_path / "tokenizer"), seed=0, log=lambda m: None)
+    train(TrainConfig(model=str(tmp_path / "model"), data=SAMPLE, template="chatml", output_dir=str(tmp_path / "run"),
+                      max_steps=1, batch_size=2, max_length=1024, quiet=True))  # no example cut short
+    _, tok, info = load_for_inference(str(tmp_path / "model"), str(tmp_path / "run"))
+    assert info["template"] == "chatml" and tok.eos_token == "<|im_end|>"
+    assert tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")  # what generation stops on
 
 
 def test_template_choices_follow_the_declared_names():

@@ -92,9 +92,11 @@ def _learned(offsets, spans) -> list[bool]:
     return [any(a < end and max(b, a + 1) > start for start, end in spans) for a, b in offsets]
 
 
-def _encode_official(tokenizer, all_pieces, template: str, train_on: str):
+def _encode_official(tokenizer, all_pieces, template: str, train_on: str, complete: list[bool]):
     """Each conversation's text tokenised once without added special tokens (the text writes them); a token is
-    learned where it overlaps a learned answer's characters."""
+    learned where it overlaps a learned answer's characters. A complete conversation ends with its last answer's
+    end token (ChatML's newline after it dropped, as Qwen's own fine-tuning script does and as --template auto
+    does), so that every training example ends with the token generation stops on."""
     from ..errors import UserError
     from .templates import check_markers
 
@@ -103,9 +105,11 @@ def _encode_official(tokenizer, all_pieces, template: str, train_on: str):
                         "tokenizer (a tokenizer.json); use --template default")
     check_markers(template, tokenizer)
     texts, all_spans = [], []
-    for pieces in all_pieces:
+    for pieces, done in zip(all_pieces, complete):
         at, spans = 0, []
         answers = [i for i, (kind, _) in enumerate(pieces) if kind == "answer"]
+        if done and answers:
+            pieces = pieces[:answers[-1] + 1]
         for i, (kind, text) in enumerate(pieces):
             if kind == "answer" and (train_on == "all" or i == answers[-1]):
                 spans.append((at, at + len(text)))
@@ -124,7 +128,7 @@ def _encode_many(tokenizer, records, template, train_on):
     chat = kind == "chat"
     all_pieces = [_conversation_pieces(r, template, tokenizer) for r in records]
     if kind in OFFICIAL:
-        return _encode_official(tokenizer, all_pieces, kind, train_on)
+        return _encode_official(tokenizer, all_pieces, kind, train_on, [bool(r.get("output")) for r in records])
     # Batched tokenizer calls (fast tokenizers run them in parallel): the first prompt of each record with the
     # tokenizer's special tokens (its bos; chat templates write their own), every other piece without.
     firsts, others, where = [], [], []
