@@ -51,17 +51,24 @@ def tasks(tmp_path_factory, sample_records):
 
 @pytest.fixture(scope="module")
 def adapters(tiny_models, tmp_path_factory):
-    """{method: adapter folder}: every method, 2 steps each on the tiny Llama at a high rate (each unlike the base)."""
+    """{method: adapter folder}: every method, 1 step each on the tiny Llama at a high rate (each unlike the base)."""
     from llm_tuning.config import TrainConfig
     from llm_tuning.train import train
 
     root, out = tmp_path_factory.mktemp("harness-adapters"), {}
     for m in METHODS:
         out[m] = str(root / m)
-        train(TrainConfig(model=tiny_models["llama"], data=SAMPLE, method=m, output_dir=out[m], max_steps=2,
+        train(TrainConfig(model=tiny_models["llama"], data=SAMPLE, method=m, output_dir=out[m], max_steps=1,
                           batch_size=2, max_length=64, save_steps=100, num_virtual_tokens=NVT, encoder_hidden_size=ENC,
                           vera_r=VR, oft_block_size=OB, lr=1e-3 if m == "full" else 3e-2, quiet=True))
     return out
+
+
+@pytest.fixture(scope="module")
+def base_logliks(tiny_models, tasks):
+    model, tok, _ = load_for_inference(tiny_models["llama"])
+    return [direct_loglik(model, tok, f"Human: {d['instruction']}\n\nAssistant:", " " + d["answer"])
+            for d in tasks["docs"]]
 
 
 def eval_tasks(capsys, *args):
@@ -86,7 +93,7 @@ def cut_at_stop(text: str) -> str:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_eval_tasks_on_every_method(method, tiny_models, adapters, tasks, tmp_path, capsys):
+def test_eval_tasks_on_every_method(method, tiny_models, adapters, tasks, base_logliks, tmp_path, capsys):
     out_file = tmp_path / "results.json"
     code, out, err = eval_tasks(capsys, "--model", tiny_models["llama"], "--adapter", adapters[method],
                                 "--tasks-dir", tasks["dir"], "--harness-output", str(out_file), "--samples")
@@ -100,26 +107,15 @@ def test_eval_tasks_on_every_method(method, tiny_models, adapters, tasks, tmp_pa
 
     model, tok, _ = load_for_inference(tiny_models["llama"], adapters[method])
     # log-likelihoods: lm-eval's (batched, right-padded) = one forward of our model per document
-    for doc, s in zip(tasks["docs"], samples["sample_ll"]):
+    for doc, s, base in zip(tasks["docs"], samples["sample_ll"], base_logliks):
         want = direct_loglik(model, tok, f"Human: {doc['instruction']}\n\nAssistant:", " " + doc["answer"])
         assert abs(float(s["filtered_resps"][0][0]) - want) < 1e-4, (method, doc)
+        assert abs(want - base) > 1e-3  # the adapter is active: the base model's figure differs
     # generations: what infer.generate decodes for the same record, cut at the task's stop strings
     records = [{"instruction": d["instruction"], "input": ""} for d in tasks["docs"]]
     _, ids = answer_ids(model, tok, records, "default", Sampling(GEN_TOKENS))
     ours = [cut_at_stop(tok.decode(i, skip_special_tokens=True)) for i in ids]
     assert [s["filtered_resps"][0] for s in samples["sample_gen"]] == ours
-
-
-def test_adapters_change_the_figures(tiny_models, adapters, tasks, tmp_path, capsys):
-    """The adapter is active in lm-eval's runs: the base model's log-likelihoods differ from each method's."""
-    figures = {}
-    for name, extra in (("base", []), ("prompt", ["--adapter", adapters["prompt"]]),
-                        ("prefix", ["--adapter", adapters["prefix"]])):
-        code, out, err = eval_tasks(capsys, "--model", tiny_models["llama"], *extra, "--tasks-dir", tasks["dir"],
-                                    "--harness-output", str(tmp_path / f"{name}.json"))
-        assert code == 0, err
-        figures[name] = json.loads(out)["harness"]["results"]["sample_ll"]["perplexity,none"]
-    assert len(set(figures.values())) == 3, figures
 
 
 def test_table_beside_our_figures_and_default_output(tiny_models, adapters, tasks, capsys):
