@@ -1,7 +1,8 @@
 """`llm-tuning eval --tasks`: lm-eval's tasks (local YAMLs built here from the bundled sample, no hub) on every
 method's adapter. Its log-likelihoods equal a direct forward of the loaded model, its generations what
-infer.generate decodes (lm-eval's own `model.generate` path is wrong for prompt learning); the results JSON is
-written, `--json` carries the scores; bad task names and a missing lm-eval are one line and exit 2."""
+infer.generate decodes (lm-eval's own `model.generate` path is wrong for prompt learning); lm-eval's own `hf`
+backend with `peft=` gives the same log-likelihoods on LoRA, prefix and prompt adapters; the results JSON is
+written, `--json` carries the scores; a bad --tasks-dir and a missing lm-eval are one line and exit 2."""
 
 import json
 import re
@@ -116,6 +117,23 @@ def test_eval_tasks_on_every_method(method, tiny_models, adapters, tasks, base_l
     _, ids = answer_ids(model, tok, records, "default", Sampling(GEN_TOKENS))
     ours = [cut_at_stop(tok.decode(i, skip_special_tokens=True)) for i in ids]
     assert [s["filtered_resps"][0] for s in samples["sample_gen"]] == ours
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "prompt"])
+def test_lm_evals_own_hf_peft_path_agrees_on_log_likelihoods(method, tiny_models, adapters, tasks):
+    """What a user runs with lm-eval itself (`--model hf --model_args pretrained=BASE,peft=ADAPTER`) scores our
+    adapters as `eval --tasks` does (its log-likelihoods; its generation is the part that is wrong)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_models['llama']},peft={adapters[method]},"
+                                  "dtype=float32", tasks=["sample_ll"], device="cpu", batch_size=4, limit=DOCS,
+                                  task_manager=TaskManager(include_path=tasks["dir"], include_defaults=False),
+                                  bootstrap_iters=0, log_samples=True)
+    model, tok, _ = load_for_inference(tiny_models["llama"], adapters[method])
+    for doc, s in zip(tasks["docs"], sorted(res["samples"]["sample_ll"], key=lambda s: s["doc_id"])):
+        want = direct_loglik(model, tok, f"Human: {doc['instruction']}\n\nAssistant:", " " + doc["answer"])
+        assert abs(float(s["filtered_resps"][0][0]) - want) < 1e-4, (method, doc)
 
 
 def test_table_beside_our_figures_and_default_output(tiny_models, adapters, tasks, capsys):
