@@ -103,14 +103,17 @@ class BodyLimit:
 
 
 class KeyCheck:
-    """With a key: /v1/... and /reports... need `Authorization: Bearer KEY`, compared in constant time."""
+    """With a key: /v1/..., /tokenize, /detokenize and /reports... need `Authorization: Bearer KEY`, compared in
+    constant time (/health, /metrics, /version and the playground page do not)."""
+
+    GUARDED = ("/v1/", "/reports", "/tokenize", "/detokenize")
 
     def __init__(self, app, api_key: str):
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] == "http" and (path.startswith("/v1/") or path.startswith("/reports")):
+        if scope["type"] == "http" and path.startswith(self.GUARDED):
             given = dict(scope["headers"]).get(b"authorization", b"")
             token = given[7:].strip() if given[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, self.key):
