@@ -414,6 +414,8 @@ def test_chat_logprobs_sampling_and_n(server):
     assert [c.index for c in sampled.choices] == [0, 1, 2] and len(set(texts)) > 1
     assert [c.message.content for c in ask(client, "base", n=3, temperature=1.0, seed=11, max_tokens=8).choices] == texts
     assert [c.message.content for c in ask(client, "base", n=3, temperature=1.0, seed=12, max_tokens=8).choices] != texts
+    wide = ask(client, "base", n=9, temperature=1.0, seed=2**64 - 1, max_tokens=4)  # two batches of rows
+    assert [c.index for c in wide.choices] == list(range(9)) and len({c.message.content for c in wide.choices}) > 2
     greedy = ask(client, "lora", n=2)
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
     assert greedy.usage.completion_tokens == 2 * ask(client, "lora").usage.completion_tokens

@@ -84,7 +84,9 @@ def _work(adapters, served, rows, sampling, top_k, echo: bool, chat: bool, strea
         job.emit("start", None)
         out = Answers()
         for at in range(0, len(rows), BATCH):
-            seed = None if sampling.seed is None else sampling.seed + at  # each batch draws its own samples
+            seed = sampling.seed
+            if seed is not None and at:  # each batch draws its own samples (a seed is at most 64 bits)
+                seed = (seed + at) % 2**64
             on_text = on_prompt = None
             if stream:
                 on_text = lambda i, piece, entries, at=at: job.emit("text", (at + i, piece, entries))  # noqa: E731
