@@ -138,12 +138,13 @@ def stream_batch(model, tokenizer, prompts: list[list[int]], sampling: Sampling,
     token). ContextTooLong if a prompt leaves no room."""
     from .logprobs import AnswerLogprobs, prompt_logprobs
 
-    rooms = [check_context(model, tokenizer, p) for p in prompts]
-    rows = [_Row(tokenizer, p, sampling.max_new_tokens if r is None else min(sampling.max_new_tokens, r), lstrip,
-                 sampling.stop) for p, r in zip(prompts, rooms)]
     scoring = logprobs is not None
-    for row, p in zip(rows, prompts):
-        row.scores = AnswerLogprobs(tokenizer, p, logprobs) if scoring else None
+    rows = []
+    for p in prompts:
+        room = check_context(model, tokenizer, p)
+        budget = sampling.max_new_tokens if room is None else min(sampling.max_new_tokens, room)
+        rows.append(_Row(tokenizer, p, budget, lstrip, sampling.stop,
+                         AnswerLogprobs(tokenizer, p, logprobs) if scoring else None))
 
     def prompt_rows(logits):
         for i, (row, p, rows_i) in enumerate(zip(rows, prompts, logits)):
@@ -175,12 +176,12 @@ def stream_batch(model, tokenizer, prompts: list[list[int]], sampling: Sampling,
 class _Row:
     """One answer of a batch as it is decoded: its text, token ids, log-probabilities and why it ended."""
 
-    def __init__(self, tokenizer, prompt, budget: int, lstrip: bool, stop):
-        self.text, self.prompt, self.budget = _Text(tokenizer, stop, lstrip), prompt, budget
+    def __init__(self, tokenizer, prompt, budget: int, lstrip: bool, stop, scores):
+        self.text, self.prompt, self.budget, self.scores = _Text(tokenizer, stop, lstrip), prompt, budget, scores
         self.ids: list[int] = []
-        self.entries: list = []
+        self.entries: list = []  # the answer tokens' log-probabilities, when scored
+        self.prompt_logprobs = None  # the prompt's, when echoed
         self.reason: str | None = None if budget > 0 else "length"
-        self.scores = self.prompt_logprobs = None
         self.ended_by_eos = False
         self.first_token_at = None
 
@@ -204,6 +205,6 @@ class _Row:
         rest = self.text.flush()
         if rest and on_text:
             on_text(i, rest, [])
-        return Completion(self.text.text, len(self.prompt), len(self.ids) - self.ended_by_eos, self.reason or "length", self.ids,
-                          self.entries if self.scores is not None else None, self.prompt_logprobs,
-                          self.first_token_at)
+        return Completion(self.text.text, len(self.prompt), len(self.ids) - self.ended_by_eos,
+                          self.reason or "length", self.ids, self.entries if self.scores is not None else None,
+                          self.prompt_logprobs, self.first_token_at)
