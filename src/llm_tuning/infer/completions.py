@@ -138,7 +138,8 @@ class _Done:
     """What a request's end records: its token counts in the request log, and the metrics."""
 
     def __init__(self, request, metrics, model: str, arrival: float, job, n: int):
-        self.request, self.metrics, self.model, self.arrival, self.job, self.n = request, metrics, model, arrival, job, n
+        self.request, self.metrics, self.model = request, metrics, model
+        self.arrival, self.job, self.n = arrival, job, n
 
     def __call__(self, rows) -> dict:
         counts = A.usage(rows, self.n)
