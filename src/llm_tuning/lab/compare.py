@@ -147,7 +147,7 @@ class _Comparison:
                                     os.path.dirname(path), self.harness)
             except Exception as e:  # the comparison goes on without its reference line
                 row = {"name": "base", "status": "failed", "error": f"{type(e).__name__}: {e}"}
-            row["eval_s"] = round(time.time() - t, 1)
+            row["eval_s"] = round(time.time() - t - row.get("harness_s", 0), 1)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_json(path, row)
         elif needs_benchmarks(row, self.harness):
