@@ -24,6 +24,7 @@ def compare_run(tmp_path_factory):
            "max_steps": 4, "batch_size": 4, "max_length": 96, "heldout_size": 10, "val_size": 8, "eval_records": 2,
            "max_new_tokens": 8, "samples": 2, "seeds": SEEDS, "eval_every": 2, "lr_factors": [1, 3],
            "lr_extend": 1,  # a 2-rate sweep's best is always an edge: one rate 3x beyond it is added
+           "forget_texts": 6, "forget_tokens": 24,  # forgetting on a few short texts the base samples itself
            "parallel": 2, "threads": 1,  # two runs train at once, one thread each
            "runs": [{"name": "lora-r4", "method": "lora", "lora_r": 4, "lr": [1e-3, 1e-2]},
                     {"name": "prefix-proj", "method": "prefix", "prefix_projection": True, "lr": "auto"},
@@ -178,7 +179,7 @@ def test_plots_are_valid_pngs_and_html_is_self_contained(compare_run):
     from PIL import Image
 
     out, _, _ = compare_run
-    names = ("loss_curves.png", "heldout_loss_vs_params.png", "scores.png", "lr_sweep.png")
+    names = ("loss_curves.png", "heldout_loss_vs_params.png", "scores.png", "lr_sweep.png", "forgetting.png")
     for name in names:
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
@@ -260,3 +261,48 @@ def test_bad_compare_yaml_is_one_line_and_exit_2(tmp_path):
     r = run_cli("compare", "--config", str(cfg))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert f"{cfg}: 'lr' must be a positive number, a list of them, or auto" in r.stderr
+
+
+def test_forgetting_per_seed_is_the_loss_on_the_base_s_own_texts_minus_the_base_s(compare_run):
+    from scipy import stats
+
+    out, _, _ = compare_run
+    texts = json.load(open(out / "data" / "forget.json"))
+    assert 0 < len(texts) <= 6 and all(t["text"].strip() for t in texts)
+    base = json.load(open(out / "base" / "result.json"))
+    md = (out / "report.md").read_text()
+    quality = _table(md, "run")
+    header = quality[0]
+    assert next(r for r in quality if r[0] == "base")[header.index("forgetting")] == "+0.0000"
+    for name, row in _rows(out).items():
+        if name == "broken":
+            assert "forgetting" not in row
+            continue
+        points = [json.load(open(out / name / f"lr{row['lr']:.3g}-seed{s}" / "result.json")) for s in SEEDS]
+        diffs = [p["forget_loss"] - base["forget_loss"] for p in points]
+        assert row["forgetting_values"] == pytest.approx(diffs, abs=1e-12)
+        assert row["forgetting"] == pytest.approx(statistics.mean(diffs))
+        assert row["forgetting_std"] == pytest.approx(statistics.stdev(diffs))
+        assert row["forgetting_p"] == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue, abs=1e-6)
+        cells = next(r for r in quality if r[0] == name)
+        assert cells[header.index("forgetting")] == f"{row['forgetting']:+.4f} ± {row['forgetting_std']:.4f}"
+        word = {"worse": "forgets", "better": "improves", "within noise": "within noise"}[row["forgetting_verdict"]]
+        assert cells[header.index("forgetting vs base")] == f"{word} (p={row['forgetting_p']:.3g})"
+    summary = json.load(open(out / "compare.json"))
+    assert "texts of at most 24 tokens that the base model generated itself" in summary["forgetting"]
+    assert summary["runs"][0]["forgetting_values"] == _rows(out)[summary["runs"][0]["name"]]["forgetting_values"]
+    assert (out / "forgetting.png").read_bytes().startswith(PNG)
+
+
+def test_eval_on_the_forgetting_texts_gives_the_comparison_s_figure(compare_run):
+    out, _, _ = compare_run
+    row = _rows(out)["lora-r4"]
+    point = out / "lora-r4" / f"lr{row['lr']:.3g}-seed1"
+    r = run_cli("eval", "--model", STORIES, "--adapter", str(point), "--data", str(out / "data" / "forget.json"),
+                "--max-length", "96", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    base = json.load(open(out / "base" / "result.json"))
+    assert got["base_loss"] == pytest.approx(base["forget_loss"], abs=1e-6)
+    assert got["loss"] == pytest.approx(json.load(open(point / "result.json"))["forget_loss"], abs=1e-6)
+    assert got["forgetting"] == pytest.approx(row["forgetting_values"][1], abs=1e-6)
