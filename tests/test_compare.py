@@ -143,7 +143,8 @@ def test_table_has_every_column_filled_for_ok_runs(compare_run):
     for name in ("lora-r4", "prefix-proj"):
         row = rows[name]
         for key in ("trainable_params", "total_params", "adapter_bytes", "peak_rss_mib", "estimated_mib", "tokens_per_s",
-                    "wall_s", "final_train_loss", "heldout_loss", "rouge_l", "bleu_4", "mergeable", "train_tokens"):
+                    "wall_s", "final_train_loss", "heldout_loss", "rouge_l", "bleu_4", "mergeable", "train_tokens",
+                    "forgetting", "gen_tokens_per_s", "gen_speed_ratio"):
             assert row.get(key) is not None, (name, key)
         assert row["peak_rss_mib"] > 0 and row["process_peak_rss_mib"] > 100 and row["tokens_per_s"] > 0 and row["adapter_bytes"] > 0
     # same budget: every run trained on exactly the same real tokens
@@ -157,7 +158,8 @@ def test_table_has_every_column_filled_for_ok_runs(compare_run):
     for col in ("answer tokens", "% at the token limit", "% empty", "% repeated trigrams"):
         assert col in headers[1]
     for col in ("trainable params", "trainable %", "adapter size", "training memory MiB (measured)",
-                "training memory MiB (estimated)", "train tokens/s", "wall s", "mergeable"):
+                "training memory MiB (estimated)", "train tokens/s", "wall s", "mergeable", "generation tokens/s",
+                "generation × base (unmerged)", "generation × base (merged)"):
         assert col in headers[2]
     ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora |")]  # quality, answers, cost, sweep
     assert len(ok_rows) == 4 and all("|  |" not in l for l in ok_rows)  # no empty cell
@@ -179,7 +181,8 @@ def test_plots_are_valid_pngs_and_html_is_self_contained(compare_run):
     from PIL import Image
 
     out, _, _ = compare_run
-    names = ("loss_curves.png", "heldout_loss_vs_params.png", "scores.png", "lr_sweep.png", "forgetting.png")
+    names = ("loss_curves.png", "heldout_loss_vs_params.png", "scores.png", "lr_sweep.png", "forgetting.png",
+             "pareto_heldout_loss.png", "pareto_forgetting.png")
     for name in names:
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
@@ -306,3 +309,48 @@ def test_eval_on_the_forgetting_texts_gives_the_comparison_s_figure(compare_run)
     assert got["base_loss"] == pytest.approx(base["forget_loss"], abs=1e-6)
     assert got["loss"] == pytest.approx(json.load(open(point / "result.json"))["forget_loss"], abs=1e-6)
     assert got["forgetting"] == pytest.approx(row["forgetting_values"][1], abs=1e-6)
+
+
+def test_inference_cost_is_each_seed_s_speed_over_the_base_s_in_the_same_rounds(compare_run):
+    """Unmerged for every run, merged for LoRA (mergeable), none merged for prefix tuning (n/a)."""
+    out, _, _ = compare_run
+    rows = _rows(out)
+    base = json.load(open(out / "base" / "result.json"))
+    assert base["gen_tokens_per_s"] > 0
+    for name, merges in (("lora-r4", True), ("prefix-proj", False)):
+        row = rows[name]
+        points = [json.load(open(out / name / f"lr{row['lr']:.3g}-seed{s}" / "result.json")) for s in SEEDS]
+        for p in points:
+            assert p["gen_speed_ratio"] == pytest.approx(p["gen_tokens_per_s"] / p["gen_tokens_per_s_base"])
+            assert ("gen_speed_ratio_merged" in p) == merges
+        assert row["gen_speed_ratio_values"] == [p["gen_speed_ratio"] for p in points]
+    md = (out / "report.md").read_text()
+    header = next(l for l in md.splitlines() if "generation × base (merged)" in l)
+    cols = [c.strip() for c in header.strip("|").split(" | ")]
+    for name in ("lora-r4", "prefix-proj"):
+        line = next(l for l in md.splitlines() if l.startswith(f"| {name} |") and "KiB" in l)  # its cost row
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        row = rows[name]
+        assert cells[cols.index("generation × base (unmerged)")] == \
+            f"{row['gen_speed_ratio']:,.2f} ± {row['gen_speed_ratio_std']:,.2f}"
+        merged = cells[cols.index("generation × base (merged)")]
+        assert merged == (f"{row['gen_speed_ratio_merged']:,.2f} ± {row['gen_speed_ratio_merged_std']:,.2f}"
+                          if name == "lora-r4" else "n/a")
+    assert f"(the base alone: {base['gen_tokens_per_s']:,.0f} tokens/s" in md
+
+
+def test_pareto_fronts_hold_the_runs_no_other_beats_on_both_axes(compare_run):
+    out, _, _ = compare_run
+    summary = json.load(open(out / "compare.json"))
+    ok = [r for r in summary["runs"] if r["status"] == "ok"]
+    for quality in ("heldout_loss", "forgetting"):
+        for cost, lower in (("peak_rss_mib", True), ("trainable_params", True), ("tokens_per_s", False)):
+            def beats(a, b):  # a at least as good on both, better on one
+                ax, bx = (a[cost], b[cost]) if lower else (-a[cost], -b[cost])
+                return ax <= bx and a[quality] <= b[quality] and (ax < bx or a[quality] < b[quality])
+            on_front = {r["name"] for r in ok if not any(beats(o, r) for o in ok if o is not r)}
+            assert set(summary["pareto"][quality][cost]) == on_front and on_front, (quality, cost)
+    for name in ("pareto_heldout_loss.png", "pareto_forgetting.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+    md = (out / "report.md").read_text()
+    assert "![Held-out loss against training memory" in md and "(pareto_forgetting.png)" in md

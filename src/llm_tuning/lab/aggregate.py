@@ -8,10 +8,11 @@ import math
 from .stats import mean_std, verdict, welch
 
 # (key, lower is better): the figures averaged over seeds
-METRICS = (("heldout_loss", True), ("forget_loss", True), ("rouge_l", False), ("bleu_4", False), ("rouge_1", False), ("rouge_2", False),
-           ("tokens_per_s", False), ("final_train_loss", True), ("val_loss", True), ("peak_rss_mib", True),
-           ("wall_s", True), ("answer_tokens", False), ("answers_at_limit", True), ("answers_empty", True),
-           ("repeated_trigrams", True))
+METRICS = (("heldout_loss", True), ("forget_loss", True), ("rouge_l", False), ("bleu_4", False), ("rouge_1", False),
+           ("rouge_2", False), ("tokens_per_s", False), ("final_train_loss", True), ("val_loss", True),
+           ("peak_rss_mib", True), ("wall_s", True), ("answer_tokens", False), ("answers_at_limit", True),
+           ("answers_empty", True), ("repeated_trigrams", True), ("gen_tokens_per_s", False),
+           ("gen_speed_ratio", False), ("gen_tokens_per_s_merged", False), ("gen_speed_ratio_merged", False))
 COMPARED = ("heldout_loss", "forget_loss", "rouge_l", "bleu_4")  # against the base and the best run
 SAME_FOR_EVERY_SEED = ("trainable_params", "total_params", "adapter_bytes", "mergeable", "train_tokens")
 

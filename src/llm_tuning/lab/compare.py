@@ -355,6 +355,7 @@ def _compare_at(cmp: _Comparison, base_row: dict | None = None) -> dict:
     timings = _timings(cmp, base, rows)
 
     from .forgetting import describe
+    from .pareto import pareto_table
     from .report import write_report
 
     summary = {"title": cc.title or f"Method comparison on {os.path.basename(cc.model.rstrip('/'))}",
@@ -366,6 +367,7 @@ def _compare_at(cmp: _Comparison, base_row: dict | None = None) -> dict:
                "repetition_penalty": cc.repetition_penalty, "no_repeat_ngram_size": cc.no_repeat_ngram_size,
                "lr_factors": cc.lr_factors, "lr_extend": cc.lr_extend, "sweep_seeds": cc.sweep_seeds,
                "forgetting": describe(cc, cmp.forget()) if "forget_loss" in base else None,
+               "pareto": {q: pareto_table(rows, q) for q in ("heldout_loss", "forgetting")},
                "heldout": cmp.heldout, "noise": noise, "timings": timings}
     timings["this invocation up to the report (wall)"] = time.time() - t0
     paths = write_report(cmp.out, summary, base, rows)

@@ -236,3 +236,46 @@ def plot_budgets(done: list[dict], path: str):
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+
+
+FRONT_STYLE = dict(color=(0.1, 0.3, 0.9, 0.3), linewidth=5, solid_capstyle="round", zorder=0)
+
+
+def plot_pareto(rows, base, path: str, quality: str = "heldout_loss") -> bool:
+    """`quality` (a key of pareto.QUALITIES: held-out loss, forgetting) against each cost of pareto.COSTS (training
+    memory, trainable parameters on a log scale, training tokens/s): one point per run, error bars of one std
+    over seeds on both axes, the base model's value dashed, the runs of the Pareto front joined. False (nothing
+    written) when no run has the figure."""
+    from .pareto import COSTS, QUALITIES, front
+
+    key, label, base_ref = next(q for q in QUALITIES if q[0] == quality)
+    ok = [r for r in rows if r.get("status") == "ok" and r.get(key) is not None]
+    if not ok:
+        return False
+    base_y = base_ref if not isinstance(base_ref, str) else (base or {}).get(base_ref)
+    plt = _plt()
+    col = colors(rows)
+    fig, axes = plt.subplots(1, len(COSTS), figsize=(16, 5.2), dpi=110, sharey=True)
+    for ax, (cost, xlabel, lower, log) in zip(axes, COSTS):
+        pts = [r for r in ok if r.get(cost) is not None]
+        for r in pts:
+            ax.errorbar(r[cost], r[key], xerr=r.get(cost + "_std") or 0, yerr=r.get(key + "_std") or 0, fmt="o",
+                        color=col[r["name"]], markersize=6, capsize=2, linewidth=1, label=r["name"])
+            ax.annotate(r["name"], (r[cost], r[key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        on_front = front([(r[cost], r[key]) for r in pts], x_lower=lower)
+        ax.plot([pts[i][cost] for i in on_front], [pts[i][key] for i in on_front], marker="o", markersize=14,
+                label="Pareto front (no run better on both axes)", **FRONT_STYLE)
+        if base_y is not None:
+            ax.axhline(base_y, **BASE_STYLE, label=f"base {base_y:.4f}")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(label, fontsize=9)
+    fig.suptitle(f"{label.split(' (')[0].split(':')[0].capitalize()} against the costs of training (mean ± std "
+                 f"over seeds)", fontsize=11)
+    _legend_outside(fig, axes[0])
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True

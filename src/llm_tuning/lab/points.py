@@ -139,19 +139,25 @@ def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records:
              max_length: int, predictions_path: str | None, forget: list[str] | None = None) -> dict:
     """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: a
     sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends);
-    with `forget` texts, the loss on them (every token, no template: forgetting is its difference to the base's)."""
+    with `forget` texts, the loss on them (every token, no template: forgetting is its difference to the base's);
+    the generation speed (inference_cost.py), unmerged and merged, against the base's."""
     from ..infer import load_for_inference
     from ..evaluate import response_loss, text_loss
     from ..infer.scoring import generation_metrics
 
+    from .inference_cost import adapter_speed, base_speed
+
     t = time.time()
-    m, tok, _ = load_for_inference(model, adapter)
+    m, tok, info = load_for_inference(model, adapter)
     loss = response_loss(m, tok, heldout, template, max_length)
     forget = {"forget_loss": text_loss(m, tok, forget, max_length)["loss"]} if forget else {}
     gen = generation_metrics(m, tok, heldout[:eval_records], template, sampling, predictions_path=predictions_path)
+    # last: the speed with the adapter merged changes the model
+    speed = adapter_speed(m, tok, info["method"], model, heldout, template) if adapter else \
+        base_speed(m, tok, heldout, template)
     return {"heldout_loss": loss["loss"], **forget, "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
             "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
-            **gen["answers"], "eval_s": round(time.time() - t, 1)}
+            **gen["answers"], **speed, "eval_s": round(time.time() - t, 1)}
 
 
 def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, sampling, template,

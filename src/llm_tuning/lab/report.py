@@ -5,6 +5,7 @@ sample answers; written as Markdown and as a self-contained HTML page (plots emb
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from . import page, plots
 from .stats import ALPHA
@@ -77,6 +78,14 @@ def _status(r):
     return "ok" if not r.get("error") else f"ok ({r['error']})"
 
 
+def _merged_ratio(r) -> str:
+    """The merged model's generation speed as a ratio to the base's; n/a where the adapter was not merged (a
+    method that cannot merge, or a model that cannot hold it merged)."""
+    if r.get("gen_speed_ratio_merged") is not None:
+        return _ms(r, "gen_speed_ratio_merged", 2)
+    return "n/a" if r.get("gen_speed_ratio") is not None else ""
+
+
 def _lr(r) -> str:
     """The chosen rate; "(edge)" where the sweep's best is still its lowest or highest rate (not bracketed)."""
     if r.get("lr") is None:
@@ -123,6 +132,9 @@ COST = [
     ("train tokens/s", lambda r: _ms(r, "tokens_per_s", 0)),
     ("wall s", lambda r: _num(r.get("wall_s"), 1)),
     ("mergeable", lambda r: "" if "mergeable" not in r else ("yes" if r["mergeable"] else "no")),
+    ("generation tokens/s", lambda r: _ms(r, "gen_tokens_per_s", 0)),
+    ("generation × base (unmerged)", lambda r: _ms(r, "gen_speed_ratio", 2)),
+    ("generation × base (merged)", lambda r: _merged_ratio(r)),
 ]
 
 
@@ -179,6 +191,29 @@ def answers_text(summary, base, rows) -> str:
 
 def cost_rows(rows):
     return [[fn(r) for _, fn in COST] for r in rows]
+
+
+def cost_text(summary, base) -> str:
+    """How the inference cost is measured, and which runs are on the Pareto fronts."""
+    from .inference_cost import NEW_TOKENS, PROMPTS, REPEATS
+    from .pareto import COSTS
+
+    text = ""
+    if base and base.get("gen_tokens_per_s") is not None:
+        text = (f"Generation: new tokens per second answering the prompts of the first {PROMPTS} held-out records "
+                f"in one batch, greedy, {NEW_TOKENS} new tokens each (no end of answer), the best of {REPEATS} rounds "
+                f"after a warm-up, with the adapter as trained (unmerged) and folded into the base (merged, where "
+                f"the method merges), each as a ratio to the base model timed in the same rounds of the same process "
+                f"(the base alone: {base['gen_tokens_per_s']:,.0f} tokens/s; the ratio is the figure to compare, "
+                f"the tokens/s move with the machine's load). ")
+    names = {"peak_rss_mib": "training memory", "trainable_params": "trainable parameters",
+             "tokens_per_s": "training tokens/s"}
+    for quality, label in (("heldout_loss", "held-out loss"), ("forgetting", "forgetting")):
+        fronts = (summary.get("pareto") or {}).get(quality)
+        if fronts and any(fronts.values()):
+            text += (f"Pareto front of {label} (runs no other beats on both axes) against " + "; ".join(
+                f"{names[c]}: {', '.join(fronts[c]) or 'none'}" for c, *_ in COSTS) + ". ")
+    return text.strip()
 
 
 def _p(p):
@@ -245,8 +280,8 @@ def _setup(summary) -> str:
             f"{summary['eval_every']} steps); the table reports the held-out records, which choose nothing: "
             f"held-out loss on all of them, ROUGE-L / BLEU-4 of greedy answers to the first "
             f"{summary['eval_records']} ({_decoding(summary)}). "
-            + (f"Forgetting: the loss over every token of {summary['forgetting']} with the run's adapter, minus the "
-               f"base model's (positive: the run forgot some of what the base predicted). "
+            + (f"Forgetting: with the run's adapter, the loss over every token of {summary['forgetting']}, minus "
+               f"the base model's (positive: the run forgot some of what the base predicted). "
                if summary.get("forgetting") else "")
             + f"Figures are mean ± standard deviation over the seeds at the chosen rate. "
             f"Training memory: peak RSS above the process's RSS just before the model was loaded (measured on the "
@@ -263,7 +298,7 @@ def _blocks(summary, base, rows, images):
          ("h2", "Answers: what the scored generations are like (mean ± std over seeds)"),
          ("table", ([c for c, _ in ANSWERS], answer_rows(base, rows), [_base_row(base)] + rows)),
          ("p", answers_text(summary, base, rows)),
-         ("h2", "Cost"), ("table", ([c for c, _ in COST], cost_rows(rows), rows)),
+         ("h2", "Cost"), ("table", ([c for c, _ in COST], cost_rows(rows), rows)), ("p", cost_text(summary, base)),
          ("h2", "Which differences are within noise")] + [("p", line) for line in noise_text(summary, rows)]
     sweeps = sweep_rows(rows)
     if sweeps:
@@ -305,6 +340,11 @@ def write_report(out_dir, summary, base, rows) -> dict:
               ("Training loss and validation loss during training", paths["loss_curves"])]
     optional = (("forgetting", plots.plot_forgetting, 1,
                  "Forgetting by run: the loss on the forgetting texts minus the base's"),
+                ("pareto_heldout_loss", plots.plot_pareto, 0,
+                 "Held-out loss against training memory, trainable parameters and training speed: the runs of the "
+                 "Pareto front joined, the base model dashed"),
+                ("pareto_forgetting", partial(plots.plot_pareto, quality="forgetting"), 1,
+                 "Forgetting against the same costs: the runs of the Pareto front joined, the base (0) dashed"),
                 ("lr_sweep", plots.plot_lr_sweep, 0, "Validation loss against learning rate"))
     for key, plot, at, caption in optional:  # drawn where the comparison has them; a stale one removed
         paths[key] = os.path.join(out_dir, f"{key}.png")
