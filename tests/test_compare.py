@@ -86,7 +86,6 @@ def test_base_row_and_mean_std_over_seeds(compare_run):
         # two seeds really are two trainings: different held-out losses
         assert row["heldout_loss_values"][0] != row["heldout_loss_values"][1]
         assert row["heldout_loss_vs_base"] == pytest.approx(row["heldout_loss"] - base["heldout_loss"])
-        assert row["heldout_loss_verdict_vs_base"] in ("better", "worse", "within noise")
     md = (out / "report.md").read_text()
     quality = _table(md, "run")
     header, first = quality[0], quality[1]
@@ -95,7 +94,16 @@ def test_base_row_and_mean_std_over_seeds(compare_run):
     cell = lora[header.index("held-out loss")]
     assert cell == f"{rows['lora-r4']['heldout_loss']:.4f} ± {rows['lora-r4']['heldout_loss_std']:.4f}"
     assert lora[header.index("Δ loss vs base")] == f"{rows['lora-r4']['heldout_loss_vs_base']:+.4f}"
-    assert "Welch's two-sided t-test" in md and "within noise" in md
+    # the verdict against the base: scipy's one-sample t-test of the seeds against the base's value
+    from scipy import stats
+
+    for name in ("lora-r4", "prefix-proj"):
+        values = rows[name]["heldout_loss_values"]
+        p = stats.ttest_1samp(values, base["heldout_loss"]).pvalue
+        word = "within noise" if p >= 0.05 else "better" if statistics.mean(values) < base["heldout_loss"] else "worse"
+        cells = next(r for r in quality if r[0] == name)
+        assert cells[header.index("loss vs base")] == f"{word} (p={rows[name]['heldout_loss_p_vs_base']:.3g})"
+        assert rows[name]["heldout_loss_p_vs_base"] == pytest.approx(p, abs=1e-6)
     summary = json.load(open(out / "compare.json"))
     assert summary["base"]["heldout_loss"] == base["heldout_loss"] and len(summary["runs"]) == 3
 
@@ -289,7 +297,8 @@ def test_forgetting_per_seed_is_the_loss_on_the_base_s_own_texts_minus_the_base_
         assert row["forgetting_p"] == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue, abs=1e-6)
         cells = next(r for r in quality if r[0] == name)
         assert cells[header.index("forgetting")] == f"{row['forgetting']:+.4f} ± {row['forgetting_std']:.4f}"
-        word = {"worse": "forgets", "better": "improves", "within noise": "within noise"}[row["forgetting_verdict"]]
+        p = stats.ttest_1samp(diffs, 0.0).pvalue
+        word = "within noise" if p >= 0.05 else "forgets" if statistics.mean(diffs) > 0 else "improves"
         assert cells[header.index("forgetting vs base")] == f"{word} (p={row['forgetting_p']:.3g})"
     summary = json.load(open(out / "compare.json"))
     assert "texts of at most 24 tokens that the base model generated itself" in summary["forgetting"]
