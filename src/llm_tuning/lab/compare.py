@@ -143,6 +143,10 @@ class _Comparison:
                 if self.cc.forget_data or self.cc.forget_texts else []
         return self._forget
 
+    def drawn_forget(self) -> list[str] | None:
+        """The forgetting texts where this comparison has read or drawn them (None: no evaluation needed them)."""
+        return self._forget
+
     def _eval_args(self):
         from ..infer.sampling import Sampling
 
@@ -390,7 +394,7 @@ def run_compare(config_path: str, force: bool = False, log=print, output_dir: st
         log(f"compare: budget {b:g}x")
         cmp = _Comparison(config_path, force, log, os.path.join(out, budget_folder(b)), b, centres, forget)
         result = _compare_at(cmp, base)
-        base, forget = result["base"], cmp._forget
+        base, forget = result["base"], cmp.drawn_forget()
         centres = {r["name"]: r["lr"] for r in result["results"] if r.get("lr") is not None}
         done.append(result)
     from .budgets import write_budget_report
