@@ -31,43 +31,63 @@ def generate(cfg):
 
 
 def evaluate(cfg):
+    from ..data.texts import is_text_file
     from ..errors import UserError
 
     if not cfg.data and not cfg.tasks:
-        raise UserError("eval needs --data (the held-out loss of records) or --tasks (lm-eval benchmarks), or both")
+        raise UserError("eval needs --data (records or plain text to score) or --tasks (lm-eval benchmarks), or both")
+    text = bool(cfg.data) and (cfg.text or is_text_file(cfg.data, cfg.encoding))
+    if text and cfg.generate:
+        raise UserError(f"{cfg.data}: --generate answers instructions, and plain text has none; drop --generate "
+                        "(or --text, for alpaca records)")
     manager = None
     if cfg.tasks:
         from ..infer.harness import prepare_tasks
 
         manager = prepare_tasks(cfg.tasks, cfg.tasks_dir)  # lm-eval installed, the tasks found: before any load
-    records = None
-    if cfg.data:
-        from ..data.formats import load_records
-
-        records = load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records[: cfg.limit or None]
+    data = _read_data(cfg, text) if cfg.data else None
     model, tok, info = _load(cfg)
-    r = _own_figures(cfg, model, tok, _template(cfg, info), records) if records is not None else {}
+    r = {}
+    if text:
+        from ..evaluate import text_loss
+
+        r = text_loss(model, tok, data, cfg.max_length, cfg.batch_size)
+    elif data is not None:
+        r = _record_figures(cfg, model, tok, _template(cfg, info), data)
+    results = None
     if cfg.tasks:
         results, r["harness"] = _benchmarks(cfg, model, tok, manager)
+    if text and cfg.adapter:
+        del model
+        r.update(_forgetting(cfg, data, r["loss"]))
     if cfg.json:
         print(json.dumps(r))
         return
-    if records is not None:
-        print("| metric | value |\n|---|---|")
-        for key in ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l", "bleu-4"):
-            if key in r:
-                v = r[key]
-                print(f"| {key} | {v if isinstance(v, int) else f'{v:.4f}'} |")
+    if cfg.data:
+        _print_metrics(r, ("texts", "tokens", "base_loss", "loss", "forgetting", "base_perplexity", "perplexity")
+                       if text else ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l",
+                                     "bleu-4"))
     if cfg.predictions:
         print(f"predictions written to {cfg.predictions}")
     if cfg.tasks:
         from ..infer.harness import table
 
-        print(("\n" if records is not None else "") + table(results))
+        print(("\n" if cfg.data else "") + table(results))
         print(f"lm-eval's results written to {r['harness']['output']}")
 
 
-def _own_figures(cfg, model, tok, template, records) -> dict:
+def _read_data(cfg, text: bool) -> list:
+    """--data's plain texts or records (the first --limit), read and checked before any model is loaded."""
+    if text:
+        from ..data.texts import load_texts
+
+        return load_texts(cfg.data, cfg.encoding)[: cfg.limit or None]
+    from ..data.formats import load_records
+
+    return load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records[: cfg.limit or None]
+
+
+def _record_figures(cfg, model, tok, template, records) -> dict:
     """Held-out loss and perplexity of the records; with --generate, ROUGE / BLEU of greedy answers."""
     from ..evaluate import response_loss
 
@@ -81,6 +101,25 @@ def _own_figures(cfg, model, tok, template, records) -> dict:
         g = generation_metrics(model, tok, records, template, sampling, cfg.batch_size, cfg.predictions)
         r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
     return r
+
+
+def _forgetting(cfg, texts, loss: float) -> dict:
+    """The base model's loss on the same plain texts and the difference (forgetting, as `compare` measures it:
+    the same texts, loss and truncation); loaded once the adapter's model is gone."""
+    from ..evaluate import text_loss
+    from ..infer import load_for_inference
+
+    base, base_tok, _ = load_for_inference(cfg.model, None, cfg.precision, cfg.trust_remote_code, cfg.quantization)
+    b = text_loss(base, base_tok, texts, cfg.max_length, cfg.batch_size)
+    return {"base_loss": b["loss"], "base_perplexity": b["perplexity"], "forgetting": loss - b["loss"]}
+
+
+def _print_metrics(r: dict, keys) -> None:
+    print("| metric | value |\n|---|---|")
+    for key in keys:
+        if key in r:
+            v = r[key]
+            print(f"| {key} | {v if isinstance(v, int) else f'{v:.4f}'} |")
 
 
 def _benchmarks(cfg, model, tok, manager) -> tuple[dict, dict]:

@@ -137,24 +137,32 @@ def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None 
 
 
 def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, sampling, template: str,
-             max_length: int, predictions_path: str | None, harness: dict | None = None) -> dict:
+             max_length: int, predictions_path: str | None, forget: list[str] | None = None,
+             harness: dict | None = None) -> dict:
     """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: a
     sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends);
-    with `harness`, its lm-eval tasks' scores (benchmarks)."""
+    with `forget` texts, the loss on them (every token, no template: forgetting is its difference to the base's);
+    with `harness`, its lm-eval tasks' scores (benchmarks); the generation speed (inference_cost.py), unmerged
+    and merged, against the base's."""
     from ..infer import load_for_inference
-    from ..evaluate import response_loss
+    from ..evaluate import response_loss, text_loss
     from ..infer.scoring import generation_metrics
 
+    from .inference_cost import adapter_speed, base_speed
+
     t = time.time()
-    m, tok, _ = load_for_inference(model, adapter)
+    m, tok, info = load_for_inference(model, adapter)
     loss = response_loss(m, tok, heldout, template, max_length)
+    forget = {"forget_loss": text_loss(m, tok, forget, max_length)["loss"]} if forget else {}
     gen = generation_metrics(m, tok, heldout[:eval_records], template, sampling, predictions_path=predictions_path)
-    row = {"heldout_loss": loss["loss"], "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
-           "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
-           **gen["answers"], "eval_s": round(time.time() - t, 1)}
-    if harness:
-        row.update(benchmarks(m, tok, harness, harness["out_dir"]))
-    return row
+    bench = benchmarks(m, tok, harness, harness["out_dir"]) if harness else {}
+    # last: the speed with the adapter merged changes the model
+    speed = adapter_speed(m, tok, info["method"], model, heldout, template) if adapter else \
+        base_speed(m, tok, heldout, template)
+    return {"heldout_loss": loss["loss"], **forget, "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
+            "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
+            **gen["answers"], **speed, **bench,
+            "eval_s": round(time.time() - t - bench.get("harness_s", 0), 1)}  # the harness's time: its own figure
 
 
 def benchmarks(m, tok, harness: dict, out_dir: str) -> dict:
@@ -185,12 +193,13 @@ def add_benchmarks(row: dict, model: str, adapter: str | None, harness: dict, ou
 
 
 def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, sampling, template,
-                   max_length, harness: dict | None = None) -> dict:
+                   max_length, forget=None, harness: dict | None = None) -> dict:
     """The point's held-out scores (and harness tasks'), or only the harness tasks' where it has the others."""
     try:
         if "heldout_loss" not in row:
             row.update(evaluate(model, run_dir, heldout, eval_records, sampling, template, max_length,
-                                os.path.join(run_dir, "predictions.jsonl"), harness and {**harness, "out_dir": run_dir}))
+                                os.path.join(run_dir, "predictions.jsonl"), forget,
+                                harness and {**harness, "out_dir": run_dir}))
         elif needs_benchmarks(row, harness):
             add_benchmarks(row, model, run_dir, harness, run_dir)
     except Exception as e:  # an evaluation failure is this point's failure, not the comparison's
@@ -199,7 +208,7 @@ def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, s
 
 
 def evaluate_base(model: str, heldout, validation, eval_records, sampling, template, max_length,
-                  out_dir: str, harness: dict | None = None) -> dict:
+                  out_dir: str, forget=None, harness: dict | None = None) -> dict:
     """The untouched model, once: held-out loss and scores as for every run, plus its validation loss."""
     from ..infer import load_for_inference
     from ..evaluate import response_loss
@@ -208,7 +217,7 @@ def evaluate_base(model: str, heldout, validation, eval_records, sampling, templ
     t = time.time()
     row = {"name": "base", "method": "none (untouched model)", "status": "ok"}
     row.update(evaluate(model, None, heldout, eval_records, sampling, template, max_length,
-                        os.path.join(out_dir, "predictions.jsonl"), harness and {**harness, "out_dir": out_dir}))
+                        os.path.join(out_dir, "predictions.jsonl"), forget, harness and {**harness, "out_dir": out_dir}))
     m, tok, _ = load_for_inference(model, None)
     row["val_loss"] = response_loss(m, tok, validation, template, max_length)["loss"] if validation else None
     row["eval_s"] = round(time.time() - t - row.get("harness_s", 0), 1)  # the harness's time is its own figure
