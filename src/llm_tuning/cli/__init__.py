@@ -15,7 +15,7 @@ from typing import Callable
 from ..config import (ChatConfig, CompareCommand, DemoConfig, EstimateConfig, EvalConfig, GenerateConfig,
                       InitModelConfig, MergeConfig, QuantlabConfig, ServeConfig, TrainConfig)
 from ..errors import UserError, on_command_line
-from ..options import load_yaml
+from ..options import did_you_mean, load_yaml
 from . import lab, quantlab, run, serve, starter
 from .flags import add_options, config_from_args
 
@@ -61,7 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--config", dest="config_file", help="YAML file with any of the options below (same "
                            "names, dashes or underscores); flags override the file")
         add_options(p, c.config)
+    ap.command_parsers = sub.choices  # name -> the command's parser, for _parse's errors
     return ap
+
+
+def _parse(argv) -> argparse.Namespace:
+    """The arguments; a flag the command does not take is refused with the command's own usage (argparse leaves
+    it to the top-level parser, whose usage lists the commands) and the closest flag it does take."""
+    ap = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in BY_NAME:
+        ap.error(f"no command {argv[0]!r}; {did_you_mean(argv[0], BY_NAME)}choose one of {', '.join(BY_NAME)}")
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:
+        sub = ap.command_parsers[args.command]
+        flags = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+        hints = [did_you_mean(u.split("=")[0], flags).rstrip() for u in unknown if u.startswith("-")]
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"; {h}" for h in hints if h))
+    return args
 
 
 def _config(command: Command, args: argparse.Namespace):
@@ -71,7 +88,7 @@ def _config(command: Command, args: argparse.Namespace):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     from ..models.load import quiet_libraries
 
     quiet_libraries()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..log import log, quiet
+from ..log import log, quiet, warn
 from ..models.load import quiet_libraries
 from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from .memory import peak_rss_mib, reset_peak_rss_mib
@@ -65,6 +65,8 @@ def check(cfg: TrainConfig):
 
         check_packing(method)
     check_quantizable(cfg.method, cfg.quantization)
+    if cfg.lr is not None and (note := method.lr_warning(cfg.lr)):
+        warn(note)
     train_recs, val_recs = _records(cfg)
     check_source(cfg.model, "model")
     check_source(cfg.tokenizer or cfg.model, "tokenizer")  # a model folder without one: say so before any work
