@@ -88,6 +88,11 @@ def _records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     return split_records(records, cfg.val_size, cfg.seed)
 
 
+def heldout_records(cfg: TrainConfig) -> list[dict]:
+    """The records a run of `cfg` held out from training (`eval --run` scores them again)."""
+    return _records(cfg)[1]
+
+
 def _load(cfg: TrainConfig, path: str) -> list[dict]:
     from ..data.formats import load_records
 
