@@ -12,8 +12,8 @@ import pytest
 from conftest import SAMPLE, run_cli
 from llm_tuning.config import TrainConfig
 from llm_tuning.errors import UserError
-from llm_tuning.train.batch_size import (HEADROOM, LIMIT, needed_bytes, resolve_auto, resolve_batch_size,
-                                         resolve_checkpoint_every)
+from llm_tuning.memory.sizing import (HEADROOM, LIMIT, needed_bytes, resolve_auto, resolve_batch_size,
+                                      resolve_checkpoint_every)
 
 
 def _cfg(model, **kw):

@@ -1,2 +1,1 @@
-"""The laboratory: methods compared on one budget (compare, report), memory estimated (estimate), generation
-scored (metrics, scoring)."""
+"""The laboratory: methods compared on one budget (compare, report), generation scored (metrics, scoring)."""

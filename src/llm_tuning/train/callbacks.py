@@ -13,7 +13,7 @@ import os
 
 from transformers import TrainerCallback
 
-from .memory import seconds_since_process_start
+from ..memory.process import seconds_since_process_start
 from .rundir import barrier, mark_complete
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..memory.gpu_peaks import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
+from ..memory.process import peak_rss_mib, reset_peak_rss_mib
 from ..models.load import quiet_libraries
-from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
-from .memory import peak_rss_mib, reset_peak_rss_mib
 from .rundir import (QUIET, TRAINING_FIGURES, complete_checkpoints, earlier_metrics, log, prepare_output_dir_once,
                      warn_about_launch, write_final)
 
@@ -80,9 +80,9 @@ def check(cfg: TrainConfig):
 
 
 def sized_by_memory(cfg: TrainConfig) -> TrainConfig:
-    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (train/batch_size.py); under several processes
+    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (memory/sizing.py); under several processes
     the smallest any of them chose, so that every process steps the same batch (and none runs out of memory)."""
-    from .batch_size import resolve_auto
+    from ..memory.sizing import resolve_auto
 
     return resolve_auto(cfg, log, agree=_smallest_over_processes)
 
@@ -292,7 +292,7 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         "peak_rss_mib": round(peak_rss_mib(), 1),  # peak RSS (MiB) from then on
         "startup_seconds": startup,
         "log_history": trainer.state.log_history,
-        **gpu_peaks(),  # CUDA only (train/gpu_memory.py)
+        **gpu_peaks(),  # CUDA only (memory/gpu_peaks.py)
     }
     if earlier:
         # nothing trained in this process: the training figures are those of the process that did (a comparison

@@ -1,7 +1,7 @@
 """`--batch-size auto` and `--checkpoint-every auto`, sized by the memory estimate.
 
-`--batch-size auto`: the largest micro-batch the memory estimate (lab/estimate) says fits in this process's share
-of the device's memory: on CUDA the device's free memory (`torch.cuda.mem_get_info`) against `estimate --device
+`--batch-size auto`: the largest micro-batch the memory estimate (estimate.py) says fits in this process's share of
+the device's memory: on CUDA the device's free memory (`torch.cuda.mem_get_info`) against `estimate --device
 cuda`'s total; on a CPU the machine's available memory (MemAvailable) shared by the processes on it, against the
 CPU estimate's peak above the process itself. The estimate is a model (docs/memory.md says how close it is), so a
 tenth of the memory is kept back. Resolved before anything heavy is loaded; the run's config.yaml records the
@@ -14,7 +14,7 @@ and costs failed steps. The estimate answers on both devices before the first st
 `--checkpoint-every auto` (with --gradient-checkpointing): at the batch size (chosen first when it is auto too, with
 every layer checkpointed), the largest N, so the fewest layers recomputed, whose estimate fits the same share. Every
 N from the layer count down is tried: the peak does not grow with N everywhere (a checkpointed last layer is
-recomputed with every layer below it kept, lab/estimate/activations.py)."""
+recomputed with every layer below it kept, activations.py)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def available_memory(cuda: bool) -> tuple[int, str]:
 def needed_bytes(cfg, batch: int, cuda: bool, config=None) -> int:
     """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total.
     config: cfg.model's config already read (load_config; the searches below read it once), or None to read it."""
-    from ..lab.estimate import estimate_run
+    from .estimate import estimate_run
 
     every = 1 if cfg.checkpoint_every == AUTO else cfg.checkpoint_every  # not chosen yet: sized with every layer
     run = dataclasses.replace(cfg, batch_size=batch, checkpoint_every=every)
@@ -131,7 +131,7 @@ def resolve_batch_size(cfg, log, memory: tuple[int, str] | None = None, cuda: bo
     instead of reading the device's."""
     if cfg.batch_size != AUTO:
         return cfg
-    from ..lab.estimate import load_config
+    from ..models.arch import load_config
 
     cuda = _cuda(cuda)
     usable, room = _room(memory, cuda)
@@ -151,7 +151,7 @@ def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cu
     """cfg with `--checkpoint-every auto` replaced by the N chosen (cfg itself otherwise); the batch size is known."""
     if cfg.checkpoint_every != AUTO:
         return cfg
-    from ..lab.estimate import arch_of, load_config
+    from ..models.arch import arch_of, load_config
     from ..models.checkpointing import checkpointed
 
     cuda = _cuda(cuda)

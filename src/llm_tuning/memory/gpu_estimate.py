@@ -1,7 +1,7 @@
 """Peak GPU memory of a training run: `llm-tuning estimate --device cuda` ("does it fit on my 24 GB card?").
 
-Built on the CPU estimate's tensor bytes (peak.py: weights, adapter, gradients, AdamW states, activations kept
-for the backward, the transient at the peak), with what differs on a CUDA device:
+Built on the CPU estimate's tensor bytes (cpu_estimate.py: weights, adapter, gradients, AdamW states, activations
+kept for the backward, the transient at the peak), with what differs on a CUDA device:
 - no process RSS; instead the CUDA context (driver state, kernels, cuBLAS handles) that nvidia-smi / NVML show
   for the process: CUDA_CONTEXT, a typical figure for torch 2.x with lazy module loading on a Hopper GPU (an
   assumption: not measured by this project, which has no GPU of its own);
@@ -24,8 +24,8 @@ to 3 % under the measurement. train now checkpoints an 8-bit base reentrantly (n
 
 from __future__ import annotations
 
-from .arch import load_config
-from .peak import estimate
+from ..models.arch import load_config
+from .cpu_estimate import estimate
 
 CUDA_CONTEXT = 512 * 2**20
 ALLOCATOR_OVERHEAD = 0.05
@@ -37,11 +37,11 @@ NOTE_8BIT = (
 def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size=1, max_length=512,
                  gradient_checkpointing=False, opts=None, kernels="auto", speedups=True) -> dict:
     """Peak GPU memory in bytes: {"tensors", "reserved", "context", "total"} plus the tensor estimate by component
-    it starts from (under "parts": peak.py's, Bloom's attention walked as SDPA when speedups is on). kernels: the
-    loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
+    it starts from (under "parts": cpu_estimate.py's, Bloom's attention walked as SDPA when speedups is on).
+    kernels: the loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
     import dataclasses
 
-    from ...config import TrainConfig
+    from ..config import TrainConfig
 
     if isinstance(config, str):
         config = load_config(config)
@@ -54,13 +54,3 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
     return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
             "total": int(reserved + CUDA_CONTEXT), "parts": parts,
             "note": NOTE_8BIT if quantization == "8bit" else ""}
-
-
-def largest_batch_that_fits(config, method, memory_bytes, precision="fp32", quantization=None, max_length=512,
-                            gradient_checkpointing=False, opts=None, kernels="auto", limit=256) -> int:
-    """The largest micro-batch whose estimated peak fits in memory_bytes (0 if not even 1)."""
-    from ...train.batch_size import largest_fitting
-
-    return largest_fitting(lambda b: estimate_gpu(config, method, precision, quantization, b, max_length,
-                                                   gradient_checkpointing, opts, kernels)["total"] <= memory_bytes,
-                           limit)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...methods.base import Footprint
-from ...models.arch import Arch
-from ...models.checkpointing import checkpointed, int8_inputs_outlive_checkpointing
-from .arch import FP32, INT64
+from ..methods.base import Footprint
+from ..models.arch import Arch
+from ..models.checkpointing import checkpointed, int8_inputs_outlive_checkpointing
+from .dtype_bytes import FP32, INT64
 
 
 # ---------------------------------------------------------------- activations

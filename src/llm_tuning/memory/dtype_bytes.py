@@ -1,11 +1,10 @@
-"""The architecture as the estimator sees it: shapes from a config (folder, hub id, config.json or preset)."""
+"""Bytes per element as the estimate counts them: of each precision, of a quantised weight, of the dtype a
+checkpoint is stored in."""
 
 from __future__ import annotations
 
-from ...config.options import PRECISION_DTYPES
-from ...models.arch import BLOOM_TYPES, LLAMA_TYPES, PRESETS, Arch, EstimateError, _get, arch_of, load_config
-
-__all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "stored_dtype", "BLOOM_TYPES", "LLAMA_TYPES"]
+from ..config.options import PRECISION_DTYPES
+from ..models.arch import _get
 
 
 DTYPE_BYTES = {k: nbytes for k, (_, nbytes) in PRECISION_DTYPES.items()}
