@@ -56,6 +56,32 @@ def test_train_with_batch_size_auto_records_the_batch_it_chose(tiny_models, tmp_
     assert f"batch size auto: {saved['batch_size']} (estimated " in capsys.readouterr().out
 
 
+def test_a_model_the_estimate_cannot_size_is_one_line_and_a_bug_in_it_is_not(tmp_path, monkeypatch):
+    """An unknown architecture or an unreadable config.json is the user's to fix: one line naming the flag. An
+    estimator that fails otherwise (here a method file's footprint with a TypeError) is a bug, and must not read
+    as bad input."""
+    gpt2 = tmp_path / "gpt2.json"
+    gpt2.write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    for model in (gpt2, garbled):
+        with pytest.raises(UserError, match=r"--batch-size auto: the memory estimate cannot size this model \(.+\); "
+                                            r"give --batch-size N"):
+            resolve_batch_size(_cfg(str(model)), print, memory=(2**40, "given"), cuda=False)
+
+    from llm_tuning.methods import METHODS
+
+    class BrokenFootprint(type(METHODS["lora"])):
+        def footprint(self, arch, cfg):
+            raise TypeError("a bug in the method's footprint")
+
+    monkeypatch.setitem(METHODS, "lora", BrokenFootprint())
+    with pytest.raises(TypeError, match="a bug in the method's footprint"):
+        resolve_batch_size(_cfg("llama-2-7b", method="lora"), print, memory=(2**40, "given"), cuda=False)
+    with pytest.raises(TypeError, match="a bug in the method's footprint"):
+        resolve_checkpoint_every(_ckpt_cfg(), print, memory=(2**40, "given"), cuda=True)
+
+
 # ---------------------------------------------------------------- --checkpoint-every auto
 
 def _ckpt_cfg(**kw):

@@ -19,6 +19,7 @@ recomputed with every layer below it kept, activations.py)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from ..errors import UserError
@@ -118,11 +119,17 @@ def _room(memory, cuda: bool) -> tuple[int, str]:
     return usable, f"{_gib(usable)} usable, {HEADROOM:.0%} of {_gib(budget)} {where}"
 
 
+# What the estimate raises for a model it cannot size: an architecture or option it does not know (EstimateError,
+# a UserError), a config that cannot be read (OSError; a config.json that is not JSON). Anything else is a bug in
+# the estimator, and propagates as one.
+_CANNOT_SIZE = (UserError, OSError, json.JSONDecodeError)
+
+
 def _estimated(flag: str, sizes):
-    """sizes(), with an architecture the estimator does not know said in one line."""
+    """sizes(), with a model the estimate cannot size said in one line."""
     try:
         return sizes()
-    except Exception as e:
+    except _CANNOT_SIZE as e:
         raise UserError(f"{flag} auto: the memory estimate cannot size this model ({e}); give {flag} N")
 
 
