@@ -1,9 +1,9 @@
 """`estimate --device cuda` against the peak GPU memory measured on an H200 (NVML, CUDA context included).
 
-Source: ../shared/gpu/README.md, "Measured 2026-12-04 on one H200 (landed main ab613c4)", random weights at the
+Source: ../shared/gpu/README.md, "Measured 2026-12-04 on one H200", random weights at the
 real shapes: Llama-2-7B LoRA q/v + gradient checkpointing, batch 4 x 512: fp16 15,127 MiB, 4-bit (bf16)
 7,569 MiB, 8-bit (fp16) 17,259 MiB; Bloom-1b4 bf16 batch 4 x 512, no checkpointing: LoRA 6,251 MiB, and the other
-methods (BLOOM_METHODS). Those runs used the fused loss (landed main's default), so the estimate is asked for the
+methods (BLOOM_METHODS). Those runs used the fused loss (train's default), so the estimate is asked for the
 fused-loss path (kernels auto).
 Their records are not all 512 tokens long (Bloom: Chinese alpaca records, length-grouped), the estimate assumes
 full rows: the goal is +-10 %, the issue's target."""
@@ -35,7 +35,7 @@ def test_estimate_within_10_percent_of_the_h200_peaks(key):
 
 
 def test_8bit_peak_measured_is_the_estimate_plus_the_int8_inputs_checkpointing_kept(monkeypatch):
-    """LLM.int8 measured 17,259 MiB, above fp16. ab613c4 checkpointed it non-reentrantly, which left each layer's
+    """LLM.int8 measured 17,259 MiB, above fp16, checkpointed non-reentrantly, which left each layer's
     8-bit linears' inputs alive (models/checkpointing.py; test_checkpointing shows it on the CPU): with those,
     the estimate is within 10 % of the measurement. train now checkpoints an 8-bit base reentrantly, and the
     estimate drops them again: 32 layers x 2,048 tokens x (3 x 4,096 + 11,008) fp32, plus the allocator's 5 %."""
@@ -50,7 +50,7 @@ def test_8bit_peak_measured_is_the_estimate_plus_the_int8_inputs_checkpointing_k
 
 
 # The same H200 run, every method at the Bloom-1b4 shape: bf16, batch 4 x 512, 12 steps, no checkpointing, the
-# method's defaults (unchanged since ab613c4: 10 virtual tokens, ...). LoRA is above (6,251).
+# method's defaults (10 virtual tokens, ...). LoRA is above (6,251).
 BLOOM_METHODS = {"ptuning-lstm": (8079, "ptuning", {"encoder": "lstm"}), "bitfit": (5767, "bitfit", {}),
                  "ia3": (7939, "ia3", {}), "lora-8bit": (10963, "lora", {}),
                  "prompt": (6001, "prompt", {}), "prefix-projection": (9815, "prefix", {"prefix_projection": True})}

@@ -65,7 +65,7 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     a, act = r.arch, r.act
     h, qd, kvd, inter = a.hidden, a.q_dim, a.kv_dim, a.intermediate
     kv_ratio = r.kv_len / r.seq
-    full, norms = r.fp.linear_weights, r.fp.norm_weights
+    norms = r.fp.norm_weights
     kept = 0.0
 
     def rmsnorm(rg):

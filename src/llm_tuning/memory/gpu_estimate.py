@@ -15,11 +15,11 @@ kept for the backward, the transient at the peak), with what differs on a CUDA d
   same memory model); --kernels none the stock loss over all logits;
 - loading is not a GPU peak: weights are moved (and quantised) tensor by tensor.
 
-Held against the peaks measured on an H200 (NVML, CUDA context included; ../shared/gpu/README.md, landed main
-ab613c4) in tests/test_estimate_gpu.py. LLM.int8 (8-bit) measured 16.9 GiB against 14.8 GiB for fp16: that
-build's non-reentrant checkpointing left every layer's 8-bit linears' inputs alive (bitsandbytes keeps them
-outside autograd's saved tensors, models/checkpointing.py), 5.7 GiB at that shape; with them this model comes
-to 3 % under the measurement. train now checkpoints an 8-bit base reentrantly (none kept), unmeasured on a GPU.
+Held against the peaks measured on an H200 (NVML, CUDA context included; ../shared/gpu/README.md) in
+tests/test_estimate_gpu.py. LLM.int8 (8-bit) measured 16.9 GiB against 14.8 GiB for fp16 with non-reentrant
+checkpointing, which left every layer's 8-bit linears' inputs alive (bitsandbytes keeps them outside autograd's
+saved tensors, models/checkpointing.py), 5.7 GiB at that shape; with them this model comes to 3 % under the
+measurement. train checkpoints an 8-bit base reentrantly (none kept), which is unmeasured on a GPU.
 """
 
 from __future__ import annotations
