@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..config import TrainConfig
 from ..errors import UserError
+from ..memory.allocator import return_freed_memory
 from ..memory.gpu_peaks import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from ..memory.process import peak_rss_mib, reset_peak_rss_mib
 from ..models.load import quiet_libraries
@@ -394,8 +395,10 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
 
 
 def train_process(cfg: TrainConfig) -> TrainResult:
-    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): a run that quantises
+    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): glibc's malloc gives
+    freed tensors back to the system (memory/allocator.py: the peak is then the estimate's); a run that quantises
     nothing never imports bitsandbytes (models/load.py, skip_bitsandbytes)."""
+    return_freed_memory()
     if not cfg.quantization:
         from ..models.load import skip_bitsandbytes
 
