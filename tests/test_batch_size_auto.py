@@ -1,7 +1,6 @@
 """`--batch-size auto`: the largest micro-batch (at most 64) whose estimated memory fits in 90 % of the memory
 there is; the run trains and records the batch it chose; too little memory for one example is one line.
-`--checkpoint-every auto`: the fewest layers recomputed that fit, at that batch. On a CPU with checkpointing under
-glibc's malloc both say how far the heap can take the peak past the estimate."""
+`--checkpoint-every auto`: the fewest layers recomputed that fit, at that batch."""
 
 import json
 
@@ -128,38 +127,3 @@ def test_checkpoint_every_auto_from_the_command_line(tiny_models, tmp_path):
     assert saved["checkpoint_every"] >= 1
     assert f"checkpoint every auto: {saved['checkpoint_every']} (" in r.stdout
 
-
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-
-
-def test_a_cpu_run_with_checkpointing_is_told_about_the_heap_unless_tcmalloc_is_loaded(tiny_models):
-    """glibc's heap put a CPU peak with checkpointing up to 40 % above the estimate (docs/memory.md): the auto
-    sizes say so, and say nothing on CUDA, without checkpointing, or under tcmalloc."""
-    import os
-    import subprocess
-    import sys
-
-    said = []
-    resolve_auto(_cfg(tiny_models["llama"], gradient_checkpointing=True), said.append, (2**40, "given"), cuda=False)
-    assert said[-1].startswith("note: with gradient checkpointing, glibc's malloc keeps freed activations")
-    for kw, cuda in (({"gradient_checkpointing": True}, True), ({}, False)):
-        said = []
-        resolve_auto(_cfg(tiny_models["llama"], **kw), said.append, (2**40, "given"), cuda=cuda)
-        assert len(said) == 1 and said[0].startswith("batch size auto: "), said
-    if not os.path.exists(TCMALLOC):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{TCMALLOC} missing: .ci/run installs libtcmalloc-minimal4")
-        pytest.skip("libtcmalloc-minimal4 is not installed (apt-get install libtcmalloc-minimal4)")
-    args = [sys.executable, "-m", "llm_tuning", "estimate", "--model", "llama-2-7b", "--gradient-checkpointing",
-            "--batch-size", "auto", "--memory", "64"]
-    glibc = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    plain = subprocess.run(args, capture_output=True, text=True, env=glibc)
-    tc = subprocess.run(args, capture_output=True, text=True, env=dict(glibc, LD_PRELOAD=TCMALLOC))
-    assert plain.returncode == tc.returncode == 0, (plain.stderr, tc.stderr)
-    assert "note: with gradient checkpointing, glibc's malloc" in plain.stdout
-    assert "batch size auto: " in tc.stdout and "note:" not in tc.stdout
-    table = [a for a in args if a not in ("auto", "--memory", "64")] + ["4"]  # --batch-size 4: the estimate's table
-    plain = subprocess.run(table, capture_output=True, text=True, env=glibc)
-    tc = subprocess.run(table, capture_output=True, text=True, env=dict(glibc, LD_PRELOAD=TCMALLOC))
-    assert plain.stdout.count("note: with gradient checkpointing, glibc's malloc") == 1
-    assert "total (peak)" in tc.stdout and "note:" not in tc.stdout

@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..memory.cpu_estimate import LABELS, SUMMED
 from ..memory.estimate import estimate_config
 from ..memory.params import method_of
-from ..memory.sizing import AUTO, heap_warning, resolve_auto
+from ..memory.sizing import AUTO, resolve_auto
 from ..models.arch import arch_of, load_config
 from ..models.checkpointing import check_options
 
@@ -77,9 +77,8 @@ def _auto(cfg):
 
 def print_estimate(cfg) -> None:
     check_options(cfg)
-    auto = AUTO in (cfg.batch_size, cfg.checkpoint_every)
-    if auto:
-        cfg = _auto(cfg)  # says the heap note itself where it applies
+    if AUTO in (cfg.batch_size, cfg.checkpoint_every):
+        cfg = _auto(cfg)
     if getattr(cfg, "device", "cpu") == "cuda":
         return print_gpu_estimate(cfg)
     est = estimate_config(cfg)
@@ -103,5 +102,3 @@ def print_estimate(cfg) -> None:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")
     if line := _by_checkpoint_every(cfg, lambda c, config: estimate_config(c, config)["training"], "training peak"):
         print(line)
-    if not auto and (note := heap_warning(cfg.train_config(), cuda=False)):
-        print(f"  {note}")

@@ -79,24 +79,6 @@ def _cuda(cuda: bool | None) -> bool:
     return cuda
 
 
-def heap_warning(cfg, cuda: bool) -> str | None:
-    """On a CPU with checkpointing, glibc's malloc keeps freed activations in its heap: the peak ran up to 40 % above
-    the estimate (docs/memory.md), past the 10 % kept back; under tcmalloc it was the estimate. Said, not fixed:
-    the allocator is the user's choice of system library."""
-    if cuda or not cfg.gradient_checkpointing:
-        return None
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        return None
-    if "tcmalloc" in maps or "jemalloc" in maps:
-        return None
-    return ("note: with gradient checkpointing, glibc's malloc keeps freed activations and the peak ran up to 40 % "
-            "above the estimate (docs/memory.md); for a peak at the estimate run under tcmalloc: "
-            "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (apt-get install libtcmalloc-minimal4)")
-
-
 def resolve_auto(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | None = None, agree=None):
     """`--batch-size auto`, then `--checkpoint-every auto`, resolved; agree(cfg, field): the value every process
     takes (train under several processes), cfg itself by default."""
@@ -107,8 +89,6 @@ def resolve_auto(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | N
         if getattr(cfg, field) == AUTO:
             cfg = resolve(cfg, log, memory, cuda)
             cfg = agree(cfg, field) if agree else cfg
-    if note := heap_warning(cfg, cuda):
-        log(note)
     return cfg
 
 
