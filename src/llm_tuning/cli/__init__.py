@@ -25,7 +25,7 @@ class Command:
     name: str
     help: str
     config: type
-    run: Callable  # run(config) -> None
+    run: Callable  # run(config) -> None, or an exit code of its own (estimate: 3 when the run does not fit)
     yaml: bool = False  # takes --config FILE.yaml with the same option names
 
 
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     command = BY_NAME[args.command]
     try:
         with on_command_line():
-            command.run(_config(command, args))
+            code = command.run(_config(command, args))
     except UserError as e:
         import os
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"llm-tuning {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0  # a command's own verdict: estimate's 3, "does not fit"
 
 
 if __name__ == "__main__":

@@ -136,9 +136,11 @@ class EstimateSettings:
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
                          choices=("cpu", "cuda"), group=MODEL_GROUP)
     kernels: str = same_as(TrainConfig, "kernels")
-    memory: float | None = option(None, "with an auto size: the GiB the run may use (default: this machine's "
-                                        "available RAM, or with --device cuda its GPU's free memory)",
-                                  group=MODEL_GROUP, range="(0, inf)")
+    memory: float | None = option(None, "the GiB the run may use: the estimate ends with whether it fits, and if "
+                                        "not, each single change that would (exit code 3 when it does not fit); "
+                                        "the budget of an auto size (without it: this machine's available RAM, or "
+                                        "with --device cuda the GPU's free memory, and the verdict against the "
+                                        "card's whole memory)", group=MODEL_GROUP, range="(0, inf)")
     json: bool = same_as(EvalConfig, "json")
 
     def train_config(self) -> TrainConfig:
