@@ -1,4 +1,4 @@
-"""The README's five-minute tour works in a fresh folder, and a second time over what the first left.
+"""The README's tour works in a fresh folder, and a second time over what the first left.
 
 The commands are read from the README (tests/tour.py), so an edit of the tour is what is tested. The folder
 holds what a clone gives the tour (the bundled sample, the example YAML files); the slow commands get a small

@@ -34,7 +34,9 @@ def evaluate(cfg):
     from ..data.texts import is_text_file
     from ..errors import UserError
 
-    cfg = _with_run(cfg)
+    from .heldout import heldout, with_run
+
+    cfg = with_run(cfg)
     if not cfg.data and not cfg.tasks and not cfg.split:
         raise UserError("eval needs --data (records or plain text to score), --run DIR (a training run's held-out "
                         "records) or --tasks (lm-eval benchmarks)")
@@ -49,7 +51,7 @@ def evaluate(cfg):
         from ..infer.harness import prepare_tasks
 
         manager = prepare_tasks(cfg.tasks, cfg.tasks_dir)  # lm-eval installed, the tasks found: before any load
-    data = _heldout(cfg) if cfg.split else _read_data(cfg, text) if cfg.data else None
+    data = heldout(cfg) if cfg.split else _read_data(cfg, text) if cfg.data else None
     model, tok, info = _load(cfg)
     r = {}
     if text:
@@ -81,68 +83,6 @@ def evaluate(cfg):
 
         print(("\n" if data is not None else "") + table(results))
         print(f"lm-eval's results written to {r['harness']['output']}")
-
-
-# what --run takes from the run's config.yaml where eval's option is left at its default
-RUN_OPTIONS = ("model", "template", "max_length", "precision", "quantization")
-
-
-def _with_run(cfg):
-    """--run DIR: the adapter DIR with its run's options (RUN_OPTIONS) where eval's are at their defaults, and
-    --split heldout when nothing else is to be scored."""
-    import dataclasses
-    import os
-
-    from ..errors import UserError
-
-    if not cfg.run:
-        if cfg.split and not cfg.adapter:
-            raise UserError("--split heldout needs the run: --run DIR (or --adapter DIR, a folder `llm-tuning "
-                            "train` wrote)")
-        if cfg.split and cfg.data:
-            raise UserError("--split heldout scores the run's held-out records, --data another file; drop one")
-        return cfg
-    if cfg.adapter and os.path.abspath(cfg.adapter) != os.path.abspath(cfg.run):
-        raise UserError(f"--run {cfg.run} is the adapter: drop --adapter {cfg.adapter}")
-    if cfg.split and cfg.data:
-        raise UserError("--split heldout scores the run's held-out records, --data another file; drop one")
-    run = _run_config(cfg.run)
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    taken = {k: getattr(run, k) for k in RUN_OPTIONS if getattr(cfg, k) == defaults[k]}
-    split = cfg.split or (None if cfg.data or cfg.tasks else "heldout")
-    return dataclasses.replace(cfg, adapter=cfg.run, split=split, **taken)
-
-
-def _run_config(folder: str):
-    """The TrainConfig of the run in `folder`, from its config.yaml."""
-    import os
-
-    from ..config import TrainConfig
-    from ..errors import UserError
-    from ..options import build_config, load_yaml
-
-    path = os.path.join(folder, "config.yaml")
-    if not os.path.isfile(path):
-        raise UserError(f"{folder}: no config.yaml, so not a folder `llm-tuning train` wrote; give --model, "
-                        "--adapter and --data instead")
-    return build_config(TrainConfig, load_yaml(path), {}, path)
-
-
-def _heldout(cfg) -> list:
-    """The records the run in --run (or --adapter) held out, recomputed from its config.yaml; the first --limit."""
-    from ..errors import UserError
-    from ..train.loop import heldout_records
-
-    folder = cfg.run or cfg.adapter
-    run = _run_config(folder)
-    try:
-        records = heldout_records(run)
-    except UserError as e:
-        raise UserError(f"{folder}/config.yaml's data: {e} (paths in it are read from the current folder)") from None
-    if not records:
-        raise UserError(f"{folder} held out no records (trained without --val-size or --val-data); score a file "
-                        "with --data")
-    return records[: cfg.limit or None]
 
 
 def _bar(cfg, total: int, what: str):
