@@ -129,10 +129,14 @@ def _write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
     tokenizer.save_pretrained(tmp)
     import yaml
 
+    from .loss_plot import PLOT, write_loss_plot
+
     with open(os.path.join(tmp, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, allow_unicode=True, sort_keys=False)
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
+    write_loss_plot(os.path.join(tmp, PLOT), metrics["log_history"], metrics.get("base_eval_loss"),
+                    (metrics["steps"], metrics.get("eval_loss")), f"{method.name} on {cfg.model}")
     for name in os.listdir(tmp):
         os.replace(os.path.join(tmp, name), os.path.join(out, name))
     shutil.rmtree(tmp)
