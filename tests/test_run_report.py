@@ -1,9 +1,12 @@
 """What a run says about itself: the base model's held-out loss beside the trained one (metrics.json and the last
-line), the evaluations during training measured as that final figure is, loss.png."""
+line), the evaluations during training measured as that final figure is, loss.png, and our model card in place of
+PEFT's template (Hub metadata, the figures, the command that remakes the run)."""
 
 import json
+import shlex
 
 import pytest
+import yaml
 
 from conftest import SAMPLE, run_cli
 
@@ -65,6 +68,41 @@ def test_loss_png_draws_the_logged_losses_and_the_base(run):
     assert base.get_linestyle() == "--" and set(base.get_ydata()) == {metrics["base_eval_loss"]}
 
 
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_the_model_card_is_ours_with_hub_metadata_figures_and_command(run, tiny_models):
+    from llm_tuning.cli import COMMANDS, build_parser
+    from llm_tuning.cli import _config as config_of
+
+    out, _, _, metrics = run
+    card = (out / "README.md").read_text(encoding="utf-8")
+    meta = _front_matter(card)
+    assert meta["base_model"] == tiny_models["llama"] and meta["library_name"] == "peft"
+    assert meta["pipeline_tag"] == "text-generation" and "lora" in meta["tags"]
+    assert "[More Information Needed]" not in card
+    assert f"{metrics['base_eval_loss']:.4f} (base model) -> {metrics['eval_loss']:.4f}" in card
+    command = card.split("```bash\n")[1].split("\n```")[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["llm-tuning", "train"]
+    remade = config_of(next(c for c in COMMANDS if c.name == "train"), build_parser().parse_args(argv[1:]))
+    assert remade.to_dict() == yaml.safe_load((out / "config.yaml").read_text())  # the command remakes the run
+
+
+def test_merged_model_has_a_card_of_its_own(run, tiny_models, tmp_path):
+    out, _, _, metrics = run
+    merged = tmp_path / "merged"
+    r = run_cli("merge", "--model", tiny_models["llama"], "--adapter", str(out), "--output", str(merged))
+    assert r.returncode == 0, r.stderr
+    card = (merged / "README.md").read_text(encoding="utf-8")
+    meta = _front_matter(card)
+    assert meta["base_model"] == tiny_models["llama"] and meta["library_name"] == "transformers"
+    assert meta["base_model_relation"] == "merge" and f"{metrics['eval_loss']:.4f}" in card
+    assert "[More Information Needed]" not in card
+
+
 def test_base_eval_false_skips_the_base(tiny_models, tmp_path, capsys):
     from llm_tuning.config import TrainConfig
     from llm_tuning.train import train
@@ -76,3 +114,4 @@ def test_base_eval_false_skips_the_base(tiny_models, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["base_eval_loss"] is None and "base model:" not in printed
     assert printed.strip().splitlines()[-1].startswith(f"[llm-tuning] held-out loss {metrics['eval_loss']:.4f} (")
+    assert f"{metrics['eval_loss']:.4f} on 4 records (the base model's not measured" in (out / "README.md").read_text()

@@ -29,6 +29,25 @@ def _quantized_gap(model_path, adapter, merged, tokenizer, info, trust_remote_co
     return a["loss"], b["loss"]
 
 
+def _write_card(folder, model_path, adapter, method, info, output, save_precision, save_quantization):
+    """The merged model's card: the adapter's held-out figures (its metrics.json) and the merge command."""
+    import json
+    import shlex
+
+    from ..train.card import write_merged_card
+
+    try:
+        with open(os.path.join(adapter, "metrics.json")) as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        metrics = None
+    command = " ".join(["llm-tuning merge", "--model", shlex.quote(model_path), "--adapter", shlex.quote(adapter),
+                        "--output", shlex.quote(output)]
+                       + (["--save-precision", save_precision] if save_precision != "fp32" else [])
+                       + (["--save-quantization", save_quantization] if save_quantization else []))
+    write_merged_card(folder, output, model_path, adapter, method, info, metrics, command)
+
+
 MERGE_BASES = ("auto", "original", "dequantized")
 
 
@@ -93,6 +112,7 @@ def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, t
         requant.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         log(f"saved the merged model re-quantised to {save_quantization}")
+    _write_card(tmp, model_path, adapter, method.name, info, output, save_precision, save_quantization)
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(tmp, output)

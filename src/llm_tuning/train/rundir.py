@@ -129,6 +129,7 @@ def _write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
     tokenizer.save_pretrained(tmp)
     import yaml
 
+    from .card import write_train_card
     from .loss_plot import PLOT, write_loss_plot
 
     with open(os.path.join(tmp, "config.yaml"), "w") as f:
@@ -137,6 +138,7 @@ def _write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
         json.dump(metrics, f, indent=2)
     write_loss_plot(os.path.join(tmp, PLOT), metrics["log_history"], metrics.get("base_eval_loss"),
                     (metrics["steps"], metrics.get("eval_loss")), f"{method.name} on {cfg.model}")
+    write_train_card(tmp, cfg, method, metrics)  # after the method's save: PEFT's own card is replaced
     for name in os.listdir(tmp):
         os.replace(os.path.join(tmp, name), os.path.join(out, name))
     shutil.rmtree(tmp)
