@@ -6,6 +6,7 @@ import os
 import shutil
 
 from ..errors import UserError, spell
+from .compat import check_adapter
 from .load import load_for_inference, run_info
 
 
@@ -89,6 +90,7 @@ def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, t
     method.check_mergeable()
     if os.path.exists(output) and os.listdir(output) and not overwrite:
         raise UserError(f"{spell('output', output)}: not empty; choose a new folder or pass {spell('overwrite')}")
+    check_adapter(adapter, model_path, trust_remote_code)  # before the base is loaded
     info = run_info(adapter)
     info["quantization"] = info.get("config", {}).get("quantization")
     base = _base_for_merge(model_path, info, merge_base, trust_remote_code, log)

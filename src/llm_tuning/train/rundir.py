@@ -19,6 +19,7 @@ import shutil
 from ..errors import UserError, spell
 from ..log import log
 from ..methods import RUN_INFO
+from ..models.facts import shape_facts
 from .processes import barrier, check_resume_under_processes, is_main_process, start_process_group, world_size
 
 COMPLETE = "COMPLETE"
@@ -144,5 +145,6 @@ def _write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
     shutil.rmtree(tmp)
     # Written last: its presence says the folder holds a finished adapter.
     with open(os.path.join(out, RUN_INFO), "w") as f:
-        json.dump({"method": method.name, "base_model": cfg.model, "template": cfg.template,
-                   "max_length": cfg.max_length, "config": cfg.to_dict()}, f, indent=2, ensure_ascii=False)
+        json.dump({"method": method.name, "base_model": cfg.model, "base_shape": shape_facts(model.config),
+                   "template": cfg.template, "max_length": cfg.max_length, "config": cfg.to_dict()}, f, indent=2,
+                  ensure_ascii=False)
