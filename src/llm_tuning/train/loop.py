@@ -23,6 +23,7 @@ from ..models.load import quiet_libraries
 from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from .memory import peak_rss_mib, reset_peak_rss_mib
 from .processes import warn_about_launch
+from .resume import check_resume_matches, write_run_config
 from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, prepare_output_dir_once, write_final
 
 
@@ -59,6 +60,7 @@ def check(cfg: TrainConfig):
     from ..models.load import check_source
 
     method = get_method(cfg.method)
+    check_resume_matches(cfg, method)  # before a checkpoint of another shape or data meets the Trainer
     check_checkpointing(cfg)
     if cfg.packing:  # one line where packing cannot apply (the method says, data/packing.py)
         from ..data.packing import check_packing
@@ -280,6 +282,9 @@ def fit(trainer, resume_from, callbacks, output_dir):
         if earlier and earlier.get("train_loss") is not None:
             train_loss = earlier["train_loss"]  # the run's mean training loss, as the training process reported it
         return train_loss, 0.0, earlier  # no training in this process
+    except KeyboardInterrupt:
+        callbacks["progress"].close()  # the bar ends its line before the command says how to go on
+        raise
     finally:
         release_buffers()
 
@@ -404,6 +409,7 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     chosen, train_recs, val_recs, resume_from = check(cfg)
     loss_path = _loss_path(cfg)  # --kernels liger on a CPU stops here, in one line
     cfg = sized_by_memory(cfg)  # --batch-size / --checkpoint-every auto: from the memory estimate, before loading
+    write_run_config(cfg)  # now, so that `--resume` alone continues a run interrupted before its end
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()
