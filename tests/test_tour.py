@@ -51,8 +51,8 @@ def _replay(folder, todo):
 def test_readme_tour_runs_twice_in_a_fresh_folder(tmp_path):
     commands, python = tour_commands()
     names = [c[0] for c in commands]
-    # the parse found the whole tour (a README edit that breaks the parse fails here, not silently)
-    assert names.count("train") == 10 and {"init-model", "merge", "generate", "eval", "chat", "compare",
+    # the parse found the whole tour, --resume included (a README edit that breaks the parse fails here, not silently)
+    assert names.count("train") == 11 and {"init-model", "merge", "generate", "eval", "chat", "compare",
                                            "estimate", "quantlab"} <= set(names), names
     clone = tmp_path / "clone"
     _clone(clone)
