@@ -163,7 +163,7 @@ EstimateConfig.__doc__ = "`llm-tuning estimate`: peak training memory from a mod
 class InitModelConfig:
     """`llm-tuning init-model`: a tiny random Bloom or Llama with a tokenizer."""
 
-    arch: str = option("", "architecture", choices=("bloom", "llama"), group=MODEL_GROUP, required=True)
+    arch: str = option("", "the architecture to build", choices=("bloom", "llama"), group=MODEL_GROUP, required=True)
     output: str = option("", "folder for the model and tokenizer", group=MODEL_GROUP, required=True)
     tokenizer: str | None = option(None, "existing tokenizer folder (default: train a byte-level BPE)",
                                    group=MODEL_GROUP)
