@@ -31,6 +31,23 @@ def quiet_libraries():
     warnings.filterwarnings("ignore", message=".*Position ids are not supported for parameter efficient tuning.*")
     # PEFT still reads the deprecated `is_gradient_checkpointing` property of transformers 5.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    _deepspeed_on_cpu_says_so_once()
+
+
+def _deepspeed_on_cpu_says_so_once():
+    """Where DeepSpeed is installed, accelerate imports it with every Trainer, and on a machine without CUDA it
+    warns "Setting accelerator to CPU ..." each time: on such a machine, name the CPU accelerator it would pick
+    anyway (DS_ACCELERATOR, DeepSpeed's own override), so that it picks it silently. A user's own value stays."""
+    import importlib.util
+    import os
+    import sys
+
+    if "DS_ACCELERATOR" in os.environ or "deepspeed" in sys.modules or not importlib.util.find_spec("deepspeed"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def skip_bitsandbytes():
