@@ -15,7 +15,10 @@ import torch
 
 from llm_tuning.errors import UserError
 from llm_tuning.config import EstimateConfig
-from llm_tuning.lab.estimate import PRESETS, count_params, estimate, print_estimate, trainable_params
+from llm_tuning.cli.estimate import print_estimate
+from llm_tuning.memory.cpu_estimate import estimate
+from llm_tuning.memory.params import trainable_params
+from llm_tuning.models.arch import PRESETS, count_params
 
 GiB, MiB = 2**30, 2**20
 
@@ -470,7 +473,7 @@ LOAD_SCRIPT = r"""
 import json, sys
 import torch, transformers.models.llama.modeling_llama  # the runtime: imported before the reset
 from llm_tuning.models import load_model
-from llm_tuning.train.memory import peak_rss_mib, reset_peak_rss_mib
+from llm_tuning.memory.process import peak_rss_mib, reset_peak_rss_mib
 before = reset_peak_rss_mib()  # after the imports: what the load alone adds
 model = load_model(sys.argv[1], precision=sys.argv[2])
 print("RESULT " + json.dumps({"growth_mib": peak_rss_mib() - before}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def estimate(cfg):
-    from ..lab.estimate import print_estimate
+    from .estimate import print_estimate
 
     print_estimate(cfg)
 

@@ -122,7 +122,7 @@ class EstimateSettings:
     checkpoint_every: int = same_as(TrainConfig, "checkpoint_every")
     fast_loss: bool = same_as(TrainConfig, "fast_loss")
     speedups: bool = same_as(TrainConfig, "speedups")  # Bloom's attention: SDPA keeps less than eager
-    # the GPU path (issue 21): lab/estimate/gpu.py
+    # the GPU path: memory/gpu_estimate.py
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
                          choices=("cpu", "cuda"), group=MODEL_GROUP)
     kernels: str = same_as(TrainConfig, "kernels")

@@ -61,8 +61,8 @@ class TrainSettings:
     lr: float | None = option(None, "learning rate (default: the method's own, see docs/methods.md)",
                               group=TRAINING_GROUP, range="(0, inf)")
     batch_size: int = option(4, "examples per device step; auto: the largest the memory estimate says fits in the "
-                                "device's free memory (CUDA) or the available RAM (CPU), at most 64 (train/"
-                                "batch_size.py)", group=TRAINING_GROUP, range="[1, inf)", also=(0,), words={"auto": 0})
+                                "device's free memory (CUDA) or the available RAM (CPU), at most 64 (memory/"
+                                "sizing.py)", group=TRAINING_GROUP, range="[1, inf)", also=(0,), words={"auto": 0})
     grad_accum: int = option(1, "gradient accumulation steps", group=TRAINING_GROUP, range="[1, inf)")
     warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up",
                                  group=TRAINING_GROUP, range="[0, 1)")

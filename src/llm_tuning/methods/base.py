@@ -29,7 +29,7 @@ from ..errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """What the memory estimate needs to know of a method on one architecture (lab/estimate/)."""
+    """What the memory estimate needs to know of a method on one architecture (memory/)."""
 
     trainable: int  # trainable parameters (closed form, equal to the real model's count)
     largest: int  # elements of the largest trainable tensor (AdamW's per-tensor step makes temporaries of it)

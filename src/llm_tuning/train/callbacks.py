@@ -14,7 +14,7 @@ import os
 from transformers import TrainerCallback
 
 from ..log import is_quiet
-from .memory import seconds_since_process_start
+from ..memory.process import seconds_since_process_start
 from .processes import barrier
 from .rundir import mark_complete
 

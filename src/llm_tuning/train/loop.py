@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from ..config import TrainConfig
 from ..errors import UserError
 from ..log import log, quiet
+from ..memory.allocator import return_freed_memory
+from ..memory.gpu_peaks import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
+from ..memory.process import peak_rss_mib, reset_peak_rss_mib
 from ..models.load import quiet_libraries
-from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
-from .memory import peak_rss_mib, reset_peak_rss_mib
 from .processes import gathered, warn_about_launch
 from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, prepare_output_dir_once, write_final
 
@@ -96,9 +97,9 @@ def _load(cfg: TrainConfig, path: str) -> list[dict]:
 
 
 def sized_by_memory(cfg: TrainConfig) -> TrainConfig:
-    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (train/batch_size.py); under several processes
+    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (memory/sizing.py); under several processes
     the smallest any of them chose, so that every process steps the same batch (and none runs out of memory)."""
-    from .batch_size import resolve_auto
+    from ..memory.sizing import resolve_auto
 
     return resolve_auto(cfg, log, agree=_smallest_over_processes)
 
@@ -310,7 +311,7 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         **_per_process_memory(rss_before_model),
         "startup_seconds": startup,
         "log_history": trainer.state.log_history,
-        **gpu_peaks(),  # CUDA only (train/gpu_memory.py)
+        **gpu_peaks(),  # CUDA only (memory/gpu_peaks.py)
     }
     if earlier:
         # nothing trained in this process: the training figures are those of the process that did (a comparison
@@ -429,8 +430,10 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
 
 
 def train_process(cfg: TrainConfig) -> TrainResult:
-    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): a run that quantises
+    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): glibc's malloc gives
+    freed tensors back to the system (memory/allocator.py: the peak is then the estimate's); a run that quantises
     nothing never imports bitsandbytes (models/load.py, skip_bitsandbytes)."""
+    return_freed_memory()
     if not cfg.quantization:
         from ..models.load import skip_bitsandbytes
 

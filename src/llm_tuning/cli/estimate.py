@@ -1,37 +1,18 @@
-"""Peak training memory from a model config alone: `llm-tuning estimate`.
-
-arch.py reads the shapes, params.py counts what each method trains, activations.py walks one decoder layer for
-what autograd keeps, peak.py finds the largest moment of a training step.
-"""
+"""`llm-tuning estimate`: the memory estimate (memory/) as a table, or as JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 
-from .arch import PRESETS, Arch, EstimateError, arch_of, load_config
-from .params import count_params, method_of, trainable_params
-from .peak import LABELS, SUMMED, estimate
-
-__all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "count_params", "trainable_params",
-           "estimate", "estimate_config", "estimate_run", "print_estimate"]
-
-
-def estimate_run(run, config=None, cuda: bool = False) -> dict:
-    """The estimate for a training run (a TrainConfig: every option of `train` that changes memory), for the CPU
-    or, cuda, the GPU (gpu.py). config: run.model's config already read (load_config), or None to read it.
-    Bloom's attention is walked as the run has it: the project's SDPA unless --speedups is off."""
-    args = (run.model if config is None else config, run.method, run.precision, run.quantization, run.batch_size,
-            run.max_length, run.gradient_checkpointing, run)
-    if cuda:
-        from .gpu import estimate_gpu
-
-        return estimate_gpu(*args, kernels=run.kernels, speedups=run.speedups)
-    return estimate(*args, bloom_sdpa=run.speedups)
-
-
-def estimate_config(cfg, config=None) -> dict:
-    """The estimate for an EstimateConfig (config/), on its --device; config as for estimate_run."""
-    return estimate_run(cfg.train_config(), config, getattr(cfg, "device", "cpu") == "cuda")
+from ..errors import UserError
+from ..memory.cpu_estimate import LABELS, SUMMED
+from ..memory.estimate import estimate_config
+from ..memory.params import method_of
+from ..memory.sizing import AUTO, resolve_auto
+from ..models.arch import arch_of, load_config
+from ..models.checkpointing import check_options
 
 
 def _fmt(n: float) -> str:
@@ -53,8 +34,6 @@ def _settings(cfg) -> str:
 def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
     """With checkpointing, the peak (peak(cfg, config): bytes) at a few --checkpoint-every values and without it:
     what recomputing fewer layers would cost in memory (docs/memory.md, "Partial checkpointing")."""
-    import dataclasses
-
     if not cfg.gradient_checkpointing:
         return None
     config = load_config(cfg.model)  # once (a hub id's config is a request each time)
@@ -65,7 +44,7 @@ def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
 
 
 def print_gpu_estimate(cfg) -> None:
-    """`estimate --device cuda` (gpu.py)."""
+    """`estimate --device cuda` (memory/gpu_estimate.py)."""
     est = estimate_config(cfg)
     if cfg.json:
         print(json.dumps({k: v for k, v in est.items() if k != "parts"}, indent=2))
@@ -83,12 +62,6 @@ def print_gpu_estimate(cfg) -> None:
 def _auto(cfg):
     """`estimate --batch-size auto` / `--checkpoint-every auto`: what `train` would choose, in --memory GiB or this
     machine's memory (said on stderr, so that --json stays one JSON document)."""
-    import dataclasses
-    import sys
-
-    from ...errors import UserError
-    from ...train.batch_size import resolve_auto
-
     cuda = cfg.device == "cuda"
     memory = (int(cfg.memory * 2**30), "given (--memory)") if cfg.memory else None
     if memory is None and cuda:
@@ -103,13 +76,9 @@ def _auto(cfg):
 
 
 def print_estimate(cfg) -> None:
-    from ...models.checkpointing import check_options
-    from ...train.batch_size import AUTO, heap_warning
-
     check_options(cfg)
-    auto = AUTO in (cfg.batch_size, cfg.checkpoint_every)
-    if auto:
-        cfg = _auto(cfg)  # says the heap note itself where it applies
+    if AUTO in (cfg.batch_size, cfg.checkpoint_every):
+        cfg = _auto(cfg)
     if getattr(cfg, "device", "cpu") == "cuda":
         return print_gpu_estimate(cfg)
     est = estimate_config(cfg)
@@ -125,7 +94,7 @@ def print_estimate(cfg) -> None:
         if est[key] or key in ("weights", "activations"):
             print(f"  {LABELS[key]:<{width}}  {_fmt(est[key]):>12}")
     print(f"  {'-' * width}  {'-' * 12}")
-    if est["loading"]:  # converting while loading can peak above training (peak.py, _loading_peak)
+    if est["loading"]:  # converting while loading can peak above training (cpu_estimate._loading_peak)
         print(f"  {LABELS['training']:<{width}}  {_fmt(est['training']):>12}")
         print(f"  {LABELS['loading']:<{width}}  {_fmt(est['loading']):>12}")
     print(f"  {LABELS['total']:<{width}}  {_fmt(est['total']):>12}")
@@ -133,5 +102,3 @@ def print_estimate(cfg) -> None:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")
     if line := _by_checkpoint_every(cfg, lambda c, config: estimate_config(c, config)["training"], "training peak"):
         print(line)
-    if not auto and (note := heap_warning(cfg.train_config(), cuda=False)):
-        print(f"  {note}")
