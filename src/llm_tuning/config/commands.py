@@ -126,6 +126,10 @@ class EstimateSettings:
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
                          choices=("cpu", "cuda"), group=MODEL_GROUP)
     kernels: str = same_as(TrainConfig, "kernels")
+    processes: int = option(1, "training processes sharing the run (DDP or DeepSpeed ZeRO, torchrun / accelerate "
+                               "launch): the estimate is per process", group=MODEL_GROUP, range="[1, inf)")
+    zero: int = option(0, "DeepSpeed ZeRO stage: 1 shards the optimizer state over the processes, 2 also the "
+                          "gradients, 3 also the weights (0: DDP, or one process)", group=MODEL_GROUP, range="[0, 3]")
     memory: float | None = option(None, "with an auto size: the GiB the run may use (default: this machine's "
                                         "available RAM, or with --device cuda its GPU's free memory)",
                                   group=MODEL_GROUP, range="(0, inf)")
