@@ -258,6 +258,13 @@ class CompareConfig:
     parallel: int = option(1, "runs trained at once, each in its own process (with threads: 1, as many as cores "
                               "saves the threads' synchronisation on small models)",
                            group=TRAINING_GROUP, range="[1, inf)")
+    executor: str = option("local", "where the training processes run: local (children of compare, `parallel` at "
+                                    "once, one GPU each where there are several) or ray (each run a Ray task: "
+                                    "one GPU each, or `threads` CPUs; pip install 'llm-tuning[ray]')",
+                           choices=("local", "ray"), group=TRAINING_GROUP)
+    ray_address: str | None = option(None, "executor: ray: the cluster's address (ray.init(address=...); e.g. "
+                                           "auto, or HEAD:6379); default: a local cluster started by compare",
+                                     group=TRAINING_GROUP)
     threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
                                        "choice, one per core)", group=TRAINING_GROUP, range="[1, inf)")
     harness_tasks: list = option([], "lm-eval tasks scored for every run's seeds and the base, as columns of the "
