@@ -32,6 +32,7 @@ def _compare(tmp_path, model, **settings):
         return json.load(f), r.stdout
 
 
+@pytest.mark.engines
 def test_ray_executor_writes_the_local_pools_figures(tiny_models, tmp_path):
     pytest.importorskip("ray")
     local, _ = _compare(tmp_path, tiny_models["llama"], parallel=2)

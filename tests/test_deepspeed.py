@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from conftest import ROOT, SAMPLE, run_cli
 
 pytest.importorskip("deepspeed")
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU processes over gloo; GPUs take NCCL")
+pytestmark = [pytest.mark.engines,
+              pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU processes over gloo; GPUs take NCCL")]
 
 STEPS = 4
 TOL = 1e-5
