@@ -252,7 +252,7 @@ def test_val_data_file_is_what_the_heldout_loss_is_measured_on(tmp_path, tiny_mo
     evaluated = json.loads(e.stdout.strip().splitlines()[-1])
     assert evaluated["records"] == 5
     assert metrics["eval_loss"] == pytest.approx(evaluated["loss"], rel=1e-6)
-    assert f"held-out loss {evaluated['loss']:.4f}" in r.stdout
+    assert f"-> {evaluated['loss']:.4f} (" in r.stdout.strip().splitlines()[-1]  # held-out loss BASE -> AFTER (DIFF)
 
 
 def test_val_data_and_val_size_together_are_refused(tmp_path, tiny_models):

@@ -67,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(command: Command, args: argparse.Namespace):
     path = getattr(args, "config_file", None)
     file_values = load_yaml(path) if path else None
+    if command.name == "train":  # --resume: the run's own config.yaml under the file's values and the flags
+        from ..train.resume import with_run_config
+
+        file_values = with_run_config(_flags(args), file_values)
     return config_from_args(command.config, args, file_values, path or "config")
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
 
 
 def main(argv=None) -> int:
@@ -85,8 +93,8 @@ def main(argv=None) -> int:
         if int(os.environ.get("RANK") or 0) == 0:  # under N processes each meets the same bad input: one line
             print(f"llm-tuning {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"llm-tuning {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say how to go on (train: the checkpoint, the command)
+        print(f"llm-tuning {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     return 0
 

@@ -7,8 +7,12 @@ import json
 
 def train(cfg):
     from ..train.loop import train_process
+    from ..train.resume import resume_hint
 
-    train_process(cfg)
+    try:
+        train_process(cfg)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(cfg.output_dir)) from None
 
 
 def _template(cfg, info):

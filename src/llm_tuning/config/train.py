@@ -50,6 +50,8 @@ class TrainSettings:
     val_data: str | None = option(None, "validation records from their own file, in any format --data takes (its "
                                         "--encoding and --skip-bad-records apply), instead of a --val-size split",
                                   group=DATA_GROUP)
+    base_eval: bool = option(True, "with held-out records: their loss on the base model first, so that the run "
+                                   "ends with base -> trained (false: skip that pass)", group=DATA_GROUP)
     # method
     method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=METHOD_GROUP,
                          hints={"qlora": "QLoRA is LoRA on a quantised base: --method lora --quantization 4bit (or "
