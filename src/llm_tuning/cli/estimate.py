@@ -1,4 +1,6 @@
-"""`llm-tuning estimate`: the memory estimate (memory/) as a table, or as JSON."""
+"""`llm-tuning estimate`: the memory estimate (memory/) as a table, or as JSON; with --memory GIB (or --device cuda on
+a machine with one, the card's memory) the verdict: fits, or does not and what single change would (exit code
+DOES_NOT_FIT)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,13 @@ from ..memory.cpu_estimate import LABELS, SUMMED
 from ..memory.estimate import estimate_config
 from ..memory.params import method_of
 from ..memory.sizing import AUTO, resolve_auto
+from ..memory.verdict import verdict
 from ..models.arch import arch_of, load_config
 from ..models.checkpointing import check_options
+
+
+DOES_NOT_FIT = 3  # the exit code when the run does not fit the memory (2 is bad input, 1 a crash)
+QUANTISED_BASES = {"4bit": "4-bit NF4", "8bit": "8-bit LLM.int8"}
 
 
 def _fmt(n: float) -> str:
@@ -23,7 +30,7 @@ def _fmt(n: float) -> str:
 
 
 def _settings(cfg) -> str:
-    s = f"precision {cfg.precision}" + (f", {cfg.quantization} base" if cfg.quantization else "")
+    s = _precision(cfg)
     s += f", batch {cfg.batch_size} x {cfg.max_length} tokens"
     if cfg.gradient_checkpointing:
         s += ", gradient checkpointing" + (f" (one layer in {cfg.checkpoint_every})" if cfg.checkpoint_every > 1 else "")
@@ -32,6 +39,65 @@ def _settings(cfg) -> str:
     if cfg.processes > 1 or cfg.zero:
         s += f"; per process of {cfg.processes}" + (f", DeepSpeed ZeRO-{cfg.zero}" if cfg.zero else ", DDP")
     return s
+
+
+def _precision(cfg) -> str:
+    """What is held in which precision: on a quantised base the adapter trains in fp32 (Method.prepare), the
+    rest of the base (embeddings, norms) stays in --precision."""
+    if not cfg.quantization:
+        return f"precision {cfg.precision}"
+    m = method_of(cfg.method)
+    trained = f"{cfg.precision} trained weights" if m.in_base_dtype else "fp32 adapter"
+    rest = "" if cfg.precision == "fp32" else f" (its other weights {cfg.precision})"
+    return f"{trained} on a {QUANTISED_BASES[cfg.quantization]} base{rest}"
+
+
+def _budget(cfg) -> tuple[int, str] | None:
+    """(bytes, how they are said) the run is held against: --memory, else with --device cuda the card's whole
+    memory; None where there is neither (no verdict)."""
+    if cfg.memory:
+        return int(cfg.memory * 2**30), f"{cfg.memory:g} GiB"
+    if cfg.device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return props.total_memory, f"{props.total_memory / 2**30:.1f} GiB of {props.name}"
+    return None
+
+
+def _verdict(cfg) -> tuple[dict, str] | None:
+    """(the verdict, its line) against _budget; None without one."""
+    budget = _budget(cfg)
+    if budget is None:
+        return None
+    config = load_config(cfg.model)  # once: each suggestion is the estimate again
+    v = verdict(cfg, lambda c: estimate_config(c, config)["total"], budget[0])
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+    if v["fits"]:
+        return v, f"fits ({100 * v['share']:.0f} % of {budget[1]})"
+    line = f"does not fit: needs {gib(v['needed'])} of {budget[1]}; "
+    if v["suggestions"]:
+        return v, line + "try " + " / ".join(f"{s['change']} ({gib(s['needed'])})" for s in v["suggestions"])
+    return v, line + ("no single change of --quantization 4bit, --gradient-checkpointing or a smaller --batch-size "
+                      "fits: a shorter --max-length, another --method, or more memory")
+
+
+def _report(cfg, est: dict) -> int:
+    """The verdict's line (or, --json, its fields added to the estimate's JSON, printed); the exit code."""
+    judged = _verdict(cfg)
+    if cfg.json:
+        if judged:
+            v = judged[0]
+            est = {**est, "memory_budget": v["budget"], "fits": v["fits"], "share": v["share"],
+                   "suggestions": v["suggestions"]}
+        print(json.dumps(est, indent=2))
+    elif judged:
+        print(judged[1])
+    elif cfg.device == "cuda" and not cfg.memory:
+        print("(no verdict: no CUDA GPU here to read the card's memory from; give it with --memory GIB)",
+              file=sys.stderr)
+    return DOES_NOT_FIT if judged and not judged[0]["fits"] else 0
 
 
 def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
@@ -46,12 +112,11 @@ def _by_checkpoint_every(cfg, peak, what: str) -> str | None:
     return f"  {what} by --checkpoint-every: " + ", ".join(parts)
 
 
-def print_gpu_estimate(cfg) -> None:
-    """`estimate --device cuda` (memory/gpu_estimate.py)."""
+def print_gpu_estimate(cfg) -> int:
+    """`estimate --device cuda` (memory/gpu_estimate.py); the exit code."""
     est = estimate_config(cfg)
     if cfg.json:
-        print(json.dumps({k: v for k, v in est.items() if k != "parts"}, indent=2))
-        return
+        return _report(cfg, {k: v for k, v in est.items() if k != "parts"})
     print(f"{cfg.model}: method {cfg.method}, {_settings(cfg)}, on a CUDA GPU")
     for label, key in (("tensors at the peak", "tensors"), ("reserved by torch's caching allocator", "reserved"),
                        ("CUDA context", "context"), ("total (what nvidia-smi shows)", "total")):
@@ -60,6 +125,7 @@ def print_gpu_estimate(cfg) -> None:
         print(f"  note: {est['note']}")
     if line := _by_checkpoint_every(cfg, lambda c, config: estimate_config(c, config)["total"], "total"):
         print(line)
+    return _report(cfg, est)
 
 
 def _auto(cfg):
@@ -78,7 +144,8 @@ def _auto(cfg):
     return dataclasses.replace(cfg, batch_size=run.batch_size, checkpoint_every=run.checkpoint_every)
 
 
-def print_estimate(cfg) -> None:
+def print_estimate(cfg) -> int:
+    """The estimate's table (or JSON) and verdict; the exit code: 0, or DOES_NOT_FIT."""
     check_options(cfg)
     if AUTO in (cfg.batch_size, cfg.checkpoint_every):
         cfg = _auto(cfg)
@@ -86,8 +153,7 @@ def print_estimate(cfg) -> None:
         return print_gpu_estimate(cfg)
     est = estimate_config(cfg)
     if cfg.json:
-        print(json.dumps(est, indent=2))
-        return
+        return _report(cfg, est)
     pct = 100.0 * est["trainable_params"] / est["total_params"]
     print(f"{cfg.model}: {est['total_params']:,} parameters; method {cfg.method} trains "
           f"{est['trainable_params']:,} ({pct:.4f}%)")
@@ -105,3 +171,4 @@ def print_estimate(cfg) -> None:
         print(f"  ({LABELS['quantisation_savings']}: {_fmt(est['quantisation_savings'])} of base weights)")
     if line := _by_checkpoint_every(cfg, lambda c, config: estimate_config(c, config)["training"], "training peak"):
         print(line)
+    return _report(cfg, est)

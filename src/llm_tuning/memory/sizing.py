@@ -23,8 +23,8 @@ import json
 import os
 
 from ..errors import UserError
+from ..options import AUTO  # noqa: F401  the value `--batch-size auto` stands for (equal to 0), read from here too
 
-AUTO = 0  # the value `--batch-size auto` stands for
 LIMIT = 64  # more is rarely faster on one device; grad_accum reaches larger batches
 HEADROOM = 0.9
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..log import log, quiet
+from ..log import log, quiet, warn
 from ..memory.allocator import return_freed_memory
 from ..memory.gpu_peaks import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from ..memory.process import peak_rss_mib, reset_peak_rss_mib
@@ -68,6 +68,8 @@ def check(cfg: TrainConfig):
 
         check_packing(method)
     check_quantizable(cfg.method, cfg.quantization)
+    if cfg.lr is not None and (note := method.lr_warning(cfg.lr)):
+        warn(note)
     train_recs, val_recs = _records(cfg)
     check_source(cfg.model, "model")
     check_source(cfg.tokenizer or cfg.model, "tokenizer")  # a model folder without one: say so before any work
@@ -87,6 +89,11 @@ def _records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     if cfg.val_data:
         return records, _load(cfg, cfg.val_data)
     return split_records(records, cfg.val_size, cfg.seed)
+
+
+def heldout_records(cfg: TrainConfig) -> list[dict]:
+    """The records a run of `cfg` held out from training (`eval --run` scores them again)."""
+    return _records(cfg)[1]
 
 
 def _load(cfg: TrainConfig, path: str) -> list[dict]:
