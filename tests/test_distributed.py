@@ -130,6 +130,43 @@ def test_resume_under_processes_needs_a_transformers_that_can(runs, tmp_path, mo
     assert prepare_output_dir(str(cut), resume=True, overwrite=False) == str(cut / "checkpoint-2")
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_equal_one_process(runs, tmp_path):
+    """Two machines rehearsed on this one, through examples/slurm/train.sbatch: stand-ins for Slurm's scontrol and
+    srun (srun starts its command once per node, as Slurm does with --ntasks-per-node=1) give two torchrun agents
+    (--nnodes 2, one process each) meeting at a c10d rendezvous on 127.0.0.1."""
+    model, single, _, _ = runs
+    script = os.path.join(ROOT, "examples", "slurm", "train.sbatch")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1; echo node-b\n")
+    # srun: drop its own options, start the command on each of the SLURM_NNODES "nodes", fail if one does
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n'
+                                  'for n in $(seq 1 "$SLURM_NNODES"); do "$@" > "node$n.out" 2>&1 & done\n'
+                                  'for job in $(jobs -p); do wait "$job" || exit 1; done\n')
+    for tool in ("scontrol", "srun"):
+        os.chmod(bin_dir / tool, 0o755)
+    out = tmp_path / "two-nodes"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable, "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "1",
+           "NPROC_PER_NODE": "1", "RDZV_PORT": str(_free_port())}
+    r = subprocess.run(["bash", script, *_args(model, out, 2)[1:]], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=TIMEOUT)
+    logs = [(tmp_path / f"node{n}.out").read_text() if (tmp_path / f"node{n}.out").exists() else "" for n in (1, 2)]
+    assert r.returncode == 0, (r.stderr[-2000:], [log[-3000:] for log in logs])
+    _assert_same_run(single, out)
+    # one of the two nodes is rank 0 (under c10d the first to arrive): it alone logged
+    assert sum(log.count("saved the lora adapter") for log in logs) == 1
+
+
 def _accelerate_launch(tmp_path, *launch_args):
     """`accelerate launch ... llm-tuning train` on a model folder that does not exist: the run stops right after
     its launch warnings."""
@@ -175,3 +212,29 @@ def test_shipped_accelerate_configs_load():
         assert path == f"examples/accelerate/ds_zero{stage}.json"  # relative to the project root
         plugin = DeepSpeedPlugin(hf_ds_config=os.path.join(ROOT, path), zero3_init_flag=c.deepspeed_config["zero3_init_flag"])
         assert plugin.zero_stage == stage and plugin.hf_ds_config.is_zero3() == (stage == 3)
+
+
+def test_fsdp_config_builds_accelerates_fsdp2_plugin(monkeypatch):
+    """examples/accelerate/fsdp.yaml cannot train here (accelerate enables FSDP on accelerator devices only:
+    docs/distributed.md names the line), so it is checked the way `accelerate launch` reads it: the launcher's own
+    argument validation and environment, then the FSDP plugin the Trainer's accelerator builds from that
+    environment: FSDP2, one shard unit per decoder layer, parameters resharded after the forward, the state dict
+    saved whole, rank 0 loading the weights."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import StateDictType
+
+    config = os.path.join(ROOT, "examples", "accelerate", "fsdp.yaml")
+    args = launch_command_parser().parse_args(["--config_file", config, "--main_process_port", "0", "train.py"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.use_fsdp and args.num_processes == 2
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "no"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
+    assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT
+    assert plugin.cpu_ram_efficient_loading and not plugin.activation_checkpointing

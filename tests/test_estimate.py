@@ -558,3 +558,48 @@ def test_estimate_verdict_on_a_gpu_and_the_qlora_header(capsys):
         assert "no verdict: no CUDA GPU here" in capsys.readouterr().err
     out = _verdict(capsys, "--quantization", "4bit", "--precision", "bf16")[1]
     assert "fp32 adapter on a 4-bit NF4 base (its other weights bf16), batch 4 x 512 tokens" in out
+
+
+# Per-process peak RSS (MiB, metrics.json peak_rss_mib_per_process, the larger of the two processes) of full
+# fine-tuning of a random Llama of 134.1M parameters (the config below), fp32, AdamW, batch 1 x 32 tokens, 3
+# steps, measured with `llm-tuning train` on 2 CPU processes on 2026-12-08 (2 shared cores, other work running):
+# torchrun --nproc_per_node 2 (DDP), accelerate launch --config_file examples/accelerate/deepspeed_zero{2,3}.yaml;
+# one process: 2733. Measured once, stored here: three 2-process trainings of that model take minutes.
+SHARDED_PEAKS_MIB = {(1, 0): 2733, (2, 0): 3251, (2, 2): 3038, (2, 3): 2646}
+LLAMA_134M = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000, "hidden_size": 768,
+              "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+              "num_key_value_heads": 12, "max_position_embeddings": 256, "tie_word_embeddings": False,
+              "dtype": "float32"}
+
+
+@pytest.mark.parametrize("processes,zero", sorted(SHARDED_PEAKS_MIB))
+def test_per_process_estimate_within_15_percent_of_measured_peak(processes, zero, tmp_path, capsys):
+    from llm_tuning.cli.estimate import print_estimate
+    from llm_tuning.config import EstimateConfig
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_134M))
+    print_estimate(EstimateConfig(model=str(tmp_path), method="full", precision="fp32", batch_size=1, max_length=32,
+                                  processes=processes, zero=zero, json=True))
+    est = json.loads(capsys.readouterr().out)
+    assert est["total_params"] == 134_105_856
+    measured = SHARDED_PEAKS_MIB[processes, zero] * MiB
+    assert abs(est["total"] / measured - 1) <= 0.15, (est["total"] / MiB, measured / MiB)
+
+
+def test_sharding_divides_what_each_stage_shards(tmp_path, capsys):
+    from llm_tuning.cli.estimate import print_estimate
+    from llm_tuning.config import EstimateConfig
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_134M))
+
+    def at(processes, zero):
+        print_estimate(EstimateConfig(model=str(tmp_path), method="full", precision="fp32", batch_size=1,
+                                      max_length=32, processes=processes, zero=zero, json=True))
+        return json.loads(capsys.readouterr().out)
+
+    one, z2, z3 = at(1, 0), at(4, 2), at(4, 3)
+    assert z2["optimizer"] == round(one["optimizer"] / 4) and z2["gradients"] == round(one["gradients"] / 4)
+    assert z3["optimizer"] == z2["optimizer"] and z3["sharding"] < z2["sharding"]
+    assert at(4, 0)["sharding"] == one["gradients"] and one["sharding"] == 0  # DDP: a bucket copy of the gradients
+    # more processes, less each under ZeRO; never under DDP
+    assert at(8, 3)["total"] < z3["total"] < at(2, 3)["total"] and at(8, 0)["total"] == at(2, 0)["total"]

@@ -35,7 +35,10 @@ def _settings(cfg) -> str:
     if cfg.gradient_checkpointing:
         s += ", gradient checkpointing" + (f" (one layer in {cfg.checkpoint_every})" if cfg.checkpoint_every > 1 else "")
     extra = method_of(cfg.method).describe(cfg.train_config())
-    return s + (f", {extra}" if extra else "")
+    s += f", {extra}" if extra else ""
+    if cfg.processes > 1 or cfg.zero:
+        s += f"; per process of {cfg.processes}" + (f", DeepSpeed ZeRO-{cfg.zero}" if cfg.zero else ", DDP")
+    return s
 
 
 def _precision(cfg) -> str:

@@ -136,6 +136,10 @@ class EstimateSettings:
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
                          choices=("cpu", "cuda"), group=MODEL_GROUP)
     kernels: str = same_as(TrainConfig, "kernels")
+    processes: int = option(1, "training processes sharing the run (DDP or DeepSpeed ZeRO, torchrun / accelerate "
+                               "launch): the estimate is per process", group=MODEL_GROUP, range="[1, inf)")
+    zero: int = option(0, "DeepSpeed ZeRO stage: 1 shards the optimizer state over the processes, 2 also the "
+                          "gradients, 3 also the weights (0: DDP, or one process)", group=MODEL_GROUP, range="[0, 3]")
     memory: float | None = option(None, "the GiB the run may use: the estimate ends with whether it fits, and if "
                                         "not, each single change that would (exit code 3 when it does not fit); "
                                         "the budget of an auto size (without it: this machine's available RAM, or "
@@ -266,6 +270,13 @@ class CompareConfig:
     parallel: int = option(1, "runs trained at once, each in its own process (with threads: 1, as many as cores "
                               "saves the threads' synchronisation on small models)",
                            group=TRAINING_GROUP, range="[1, inf)")
+    executor: str = option("local", "where the training processes run: local (children of compare, `parallel` at "
+                                    "once, one GPU each where there are several) or ray (each run a Ray task: "
+                                    "one GPU each, or `threads` CPUs; pip install 'llm-tuning[ray]')",
+                           choices=("local", "ray"), group=TRAINING_GROUP)
+    ray_address: str | None = option(None, "executor: ray: the cluster's address (ray.init(address=...); e.g. "
+                                           "auto, or HEAD:6379); default: a local cluster started by compare",
+                                     group=TRAINING_GROUP)
     threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
                                        "choice, one per core)", group=TRAINING_GROUP, range="[1, inf)")
     harness_tasks: list = option([], "lm-eval tasks scored for every run's seeds and the base, as columns of the "

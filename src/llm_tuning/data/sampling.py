@@ -10,10 +10,13 @@ cost on the small data sets people start with, so this is the same scheme with t
 - The batches of a megabatch come in random order instead of longest to shortest, so one pool is not a
   sawtooth of lengths and, on a set small enough to be one megabatch, epochs do not repeat one order.
 
-Kept from transformers: the permutation comes from torch's global generator (seeded by the Trainer, so a
-resumed run draws the same order again), the batch holding the longest example is first (an out-of-memory error shows at step 1, not hours
+Kept from transformers: the first epoch's permutation comes from torch's global generator (seeded by the
+Trainer, so a run resumed in its first epoch draws the same order again), the batch holding the longest example is first (an out-of-memory error shows at step 1, not hours
 in), and an incomplete batch stays last (the DataLoader cuts the index list into consecutive batches).
-Tested in tests/test_data.py.
+Each later epoch draws from a generator seeded with seed + epoch (the Trainer tells the sampler its epoch), as
+torch's DistributedSampler does: a run resumed past its first epoch skips the earlier epochs without drawing their
+orders, so an order that followed the global generator's earlier draws would differ there.
+Tested in tests/test_data.py and tests/test_method_resume.py.
 """
 
 from __future__ import annotations
@@ -42,14 +45,21 @@ def length_grouped_indices(lengths, batch_size: int, generator=None) -> list[int
     return [i for b in batches + short for i in b]
 
 
-def make_sampler(lengths, batch_size: int, generator=None):
+def make_sampler(lengths, batch_size: int, seed: int):
+    import torch
     from torch.utils.data import Sampler
 
     class LengthGroupedBatches(Sampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int):
+            self.epoch = epoch
+
         def __len__(self):
             return len(lengths)
 
         def __iter__(self):
+            generator = torch.Generator().manual_seed(seed + self.epoch) if self.epoch else None
             return iter(length_grouped_indices(lengths, batch_size, generator))
 
     return LengthGroupedBatches()

@@ -233,7 +233,7 @@ class _Comparison:
             write_json(os.path.join(job["dir"], "result.json"), row)
             rows[(job["lr"], job["seed"])] = row
 
-        train_points(jobs, os.path.join(self.out, run["name"], "jobs.json"), done, self.cc.threads)
+        train_points(jobs, os.path.join(self.out, run["name"], "jobs.json"), done, self.cc.threads, self.executor)
         return rows
 
     def evaluated(self, run, lr: float, seed: int, row: dict) -> dict:
@@ -298,14 +298,23 @@ class _Comparison:
         return row
 
     def rows(self, base: dict) -> list[dict]:
-        """Train the runs (`parallel` training processes at once), then score them one after another."""
-        if self.cc.parallel > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        """Train the runs (`parallel` training processes at once; on Ray every run at once, the cluster queueing
+        what it cannot run yet), then score them one after another."""
+        from .executors import make_executor
 
-            with ThreadPoolExecutor(self.cc.parallel) as pool:
-                trained = list(pool.map(self.train_run, self.cc.runs))
-            return [self.row(run, t, base) for run, t in zip(self.cc.runs, trained)]
-        return [self.row(run, self.train_run(run), base) for run in self.cc.runs]
+        self.executor = make_executor(self.cc, self.log)
+        try:
+            at_once = len(self.cc.runs) if self.cc.executor == "ray" else self.cc.parallel
+            if at_once > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(at_once) as pool:
+                    trained = list(pool.map(self.train_run, self.cc.runs))
+            else:
+                trained = [self.train_run(run) for run in self.cc.runs]
+        finally:
+            self.executor.close()
+        return [self.row(run, t, base) for run, t in zip(self.cc.runs, trained)]
 
 
 def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:

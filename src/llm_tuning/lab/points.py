@@ -104,10 +104,13 @@ def _point_row(job: dict, status: dict | None, code) -> dict:
     return row
 
 
-def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None = None) -> list[dict]:
-    """Train the points `jobs` ({config, dir, name, lr, seed}) one after another in one child process (resuming
-    half-done ones: the configs say resume); on_done(job, row) as each ends. Returns their rows (status ok, or
-    failed with the error; a point the process never reached, because it died, is failed too)."""
+def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None = None, executor=None) -> list[dict]:
+    """Train the points `jobs` ({config, dir, name, lr, seed}) one after another in one worker process (resuming
+    half-done ones: the configs say resume), started by `executor` (lab/executors.py; default: a child process
+    here); on_done(job, row) as each ends. Returns their rows (status ok, or failed with the error; a point the
+    process never reached, because it died, is failed too)."""
+    from .executors import LocalPool, worker_command
+
     entries = []
     for job in jobs:
         status = os.path.join(job["dir"], "status.json")
@@ -125,14 +128,10 @@ def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None 
                 rows[i] = _point_row(job, status, code)
                 on_done(job, rows[i])
 
-    with open(os.path.join(os.path.dirname(jobs_path), "worker.log"), "a") as log:
-        env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-        proc = subprocess.Popen([sys.executable, "-m", "llm_tuning.lab.worker", jobs_path], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-        while proc.poll() is None:
-            time.sleep(0.5)
-            collect()
-    collect(proc.returncode, final=True)
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    code = (executor or LocalPool(gpus=[])).run(worker_command(jobs_path), env,
+                                                 os.path.join(os.path.dirname(jobs_path), "worker.log"), collect)
+    collect(code, final=True)
     return [rows[i] for i in range(len(jobs))]
 
 

@@ -38,8 +38,8 @@ from .params import method_of, options
 # What `training` (the training step's peak) sums; `total` is the larger of it and `loading`;
 # `quantisation_savings` is information (already inside `weights`); `tensors` is `training` less the runtime
 # (the analogue of a GPU allocator's allocated bytes).
-SUMMED = ("runtime", "weights", "trainable_weights", "gradients", "optimizer", "activations", "overhead",
-          "freed_before_peak")
+SUMMED = ("runtime", "weights", "trainable_weights", "gradients", "optimizer", "sharding", "activations",
+          "overhead", "freed_before_peak")
 # The process before the model loads: the interpreter, torch, transformers, PEFT, datasets, the tokenizer and the
 # tokenised data. Measured with `llm-tuning train` (rss_before_model_mib in metrics.json): 473 MiB for the
 # Llama-2 tokenizer and 48 records (benchmarks/real_size.py), 0.53 GiB at the first step. On a GPU the CUDA
@@ -51,6 +51,7 @@ LABELS = {
     "trainable_weights": "trainable weights (adapter)",
     "gradients": "gradients",
     "optimizer": "optimizer (AdamW, 2 states)",
+    "sharding": "DDP buckets / DeepSpeed's copies",  # per process, with --processes / --zero (sharding.py)
     "activations": "activations kept for backward",
     "overhead": "transient at the peak",
     "freed_before_peak": "less: of those, freed before the peak",  # a negative line: said so
@@ -249,6 +250,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
 
 def _totals(config, a, precision, quantization, n_total, n_train, parts: dict) -> dict:
     out = {k: int(round(val)) for k, val in parts.items()}
+    out["sharding"] = 0  # one process (sharding.py: N processes)
     out["training"] = sum(out[k] for k in SUMMED)
     out["tensors"] = out["training"] - out["runtime"]
     out["loading"] = int(_loading_peak(config, a, precision, quantization, parts["weights"]))

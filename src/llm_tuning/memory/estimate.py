@@ -4,7 +4,8 @@ CUDA device (gpu_estimate.py)."""
 from __future__ import annotations
 
 from .cpu_estimate import estimate
-from .gpu_estimate import estimate_gpu
+from .gpu_estimate import estimate_gpu, on_gpu
+from .sharding import per_process
 
 
 def estimate_run(run, config=None, cuda: bool = False) -> dict:
@@ -19,5 +20,14 @@ def estimate_run(run, config=None, cuda: bool = False) -> dict:
 
 
 def estimate_config(cfg, config=None) -> dict:
-    """The estimate for an EstimateConfig (config/), on its --device; config as for estimate_run."""
-    return estimate_run(cfg.train_config(), config, getattr(cfg, "device", "cpu") == "cuda")
+    """The estimate for an EstimateConfig (config/), on its --device, per process with --processes / --zero
+    (sharding.py); config as for estimate_run."""
+    cuda = getattr(cfg, "device", "cpu") == "cuda"
+    est = estimate_run(cfg.train_config(), config, cuda)
+    processes, zero = getattr(cfg, "processes", 1), getattr(cfg, "zero", 0)
+    if processes == 1 and zero == 0:
+        return est
+    if cuda:
+        return {**on_gpu(per_process(est["parts"], processes, zero), est["note"]), "processes": processes,
+                "zero": zero}
+    return per_process(est, processes, zero)

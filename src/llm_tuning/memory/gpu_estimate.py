@@ -49,8 +49,12 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
     o = dataclasses.replace(o, fast_loss=(kernels != "none"))
     parts = estimate(config, method, precision, quantization, batch_size, max_length, gradient_checkpointing, o,
                    bloom_sdpa=speedups)
+    return on_gpu(parts, NOTE_8BIT if quantization == "8bit" else "")
+
+
+def on_gpu(parts: dict, note: str = "") -> dict:
+    """The GPU figures from the tensor estimate `parts` (one process's, sharding.py's per process)."""
     tensors = float(parts["tensors"])
     reserved = tensors * (1 + ALLOCATOR_OVERHEAD)
     return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
-            "total": int(reserved + CUDA_CONTEXT), "parts": parts,
-            "note": NOTE_8BIT if quantization == "8bit" else ""}
+            "total": int(reserved + CUDA_CONTEXT), "parts": parts, "note": note}

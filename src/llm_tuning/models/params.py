@@ -13,7 +13,8 @@ def count_parameters(model) -> tuple[int, int]:
     """(trainable, total), each shared (tied) tensor counted once."""
     trainable = total = 0
     for p in model.parameters():  # parameters() already yields a tied tensor once
-        n = p.numel()
+        # DeepSpeed ZeRO-3 leaves each process an empty placeholder of a partitioned weight; ds_numel is its size
+        n = getattr(p, "ds_numel", None) or p.numel()
         # bitsandbytes 4-bit weights are packed two per byte
         if p.__class__.__name__ == "Params4bit":
             n *= 2

@@ -23,7 +23,7 @@ from ..memory.allocator import return_freed_memory
 from ..memory.gpu_peaks import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
 from ..memory.process import peak_rss_mib, reset_peak_rss_mib
 from ..models.load import quiet_libraries
-from .processes import warn_about_launch
+from .processes import gathered, warn_about_launch
 from .resume import check_resume_matches, write_run_config
 from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, prepare_output_dir_once, write_final
 
@@ -320,6 +320,7 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         "train_seconds": round(train_seconds, 3),
         "rss_before_model_mib": round(rss_before_model, 1),  # RSS (MiB) just before the model load
         "peak_rss_mib": round(peak_rss_mib(), 1),  # peak RSS (MiB) from then on
+        **_per_process_memory(rss_before_model),
         "startup_seconds": startup,
         "log_history": trainer.state.log_history,
         **gpu_peaks(),  # CUDA only (memory/gpu_peaks.py)
@@ -329,6 +330,17 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         # interrupted after training reruns its training with --resume and reads tokens/s and memory from here)
         metrics.update({k: earlier[k] for k in TRAINING_FIGURES if k in earlier}, figures_from_earlier_process=True)
     return metrics
+
+
+def _per_process_memory(rss_before_model: float) -> dict:
+    """Under N processes, every process's RSS before the model load and peak, in rank order (the keys above are
+    rank 0's): what sharding saves is each process's own peak. Every process calls this (a collective)."""
+    figures = gathered((round(rss_before_model, 1), round(peak_rss_mib(), 1)))
+    if len(figures) == 1:
+        return {}
+    log("peak RSS per process: " + ", ".join(f"{peak:.0f}" for _, peak in figures) + " MiB")
+    return {"rss_before_model_mib_per_process": [before for before, _ in figures],
+            "peak_rss_mib_per_process": [peak for _, peak in figures]}
 
 
 def heldout_loss(cfg: TrainConfig, tokenizer, val_recs):

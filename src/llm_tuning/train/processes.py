@@ -37,6 +37,19 @@ def barrier():
             dist.barrier()
 
 
+def gathered(value) -> list:
+    """Every process's `value`, in rank order (all of them must call this); [value] when training alone."""
+    if world_size() == 1:
+        return [value]
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def _asked_processes() -> str | None:
     """How many processes `accelerate launch` was asked for, read from its command line (our parent); None if
     this process was not started by a multi-process `accelerate launch`."""

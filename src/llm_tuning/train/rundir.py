@@ -25,7 +25,8 @@ from .processes import barrier, check_resume_under_processes, is_main_process, s
 COMPLETE = "COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 # the training process's figures a resumed finished run keeps (its mean training loss goes through train_loss)
-TRAINING_FIGURES = ("train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib", "startup_seconds")
+TRAINING_FIGURES = ("train_tokens", "train_seconds", "rss_before_model_mib", "peak_rss_mib", "startup_seconds",
+                    "rss_before_model_mib_per_process", "peak_rss_mib_per_process")
 
 
 

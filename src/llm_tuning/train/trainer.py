@@ -42,8 +42,9 @@ class LLMTrainer(Trainer):
         from ..data.sampling import make_sampler
 
         lengths = [len(x) for x in ds["input_ids"]]
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
         return make_sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps
-                            * self.args.world_size)
+                            * self.args.world_size, seed)
 
     # ------------------------------------------------------------ the loss
 
