@@ -23,13 +23,6 @@ demo: $(VENV)/.installed
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not engines"
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
-# The tests that start DeepSpeed processes or a Ray cluster (marker `engines`; ~4 min each file on 2 cores): a
-# second step of CI (.ci/run), so that `make test` stays within its 15 minutes. `make test-all` runs both.
-test-engines: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m engines
-
-test-all: test test-engines
-
-.PHONY: demo test test-engines test-all
+.PHONY: demo test

@@ -99,7 +99,7 @@ def _train(path, out, kernels, flags, interpret):
     env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
     r = subprocess.run([sys.executable, "-m", "llm_tuning", "train", "--model", path, "--data", SAMPLE,
                         "--output-dir", str(out), "--method", "lora", "--max-steps", "3", "--batch-size", "2",
-                        "--kernels", kernels, *flags], capture_output=True, text=True, env=env, timeout=600)
+                        "--max-length", "128", "--base-eval", "false", "--kernels", kernels, *flags], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout + r.stderr, load_file(str(out / "adapter_model.safetensors")), json.load(open(out / "metrics.json"))
 
