@@ -86,6 +86,12 @@ class Server:
             self.proc.wait()
         self.log.close()
 
+    def output(self) -> str:
+        """What the server has written to stdout and stderr so far (read without moving the file's offset,
+        which the server process shares)."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
     def client(self):
         from openai import OpenAI
 

@@ -14,6 +14,9 @@ from llm_tuning.lab.budgets import rank_agreement, ranks, spearman
 from llm_tuning.evaluate import answer_stats
 
 RUNS = ("lora", "ia3", "bitfit")
+GENERAL_TEXT = ("The sun rose over the hills and the farmers went out to the fields.\n\n"
+                "A library keeps books, maps and newspapers for anyone who wants to read them.\n\n"
+                "Water boils at one hundred degrees at the level of the sea.\n")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,9 @@ def budgets_run(tmp_path_factory):
     from llm_tuning.lab.compare import run_compare
 
     out = tmp_path_factory.mktemp("budgets") / "report"
-    cfg = {"title": "budgets", "model": need_shared(STORIES), "data": need_shared(EN_DATA), "output_dir": str(out),
+    general = tmp_path_factory.mktemp("general") / "general.txt"
+    general.write_text(GENERAL_TEXT)
+    cfg = {"forget_data": str(general),"title": "budgets", "model": need_shared(STORIES), "data": need_shared(EN_DATA), "output_dir": str(out),
            "max_steps": 2, "budgets": [1, 3], "batch_size": 4, "max_length": 96, "heldout_size": 10, "val_size": 8,
            "eval_records": 3, "max_new_tokens": 12, "samples": 1, "quote_records": False, "seeds": [0, 1],
            "lr": "auto", "lr_factors": [0.5, 2], "lr_extend": 0, "sweep_seeds": 1, "parallel": 2, "threads": 1,
@@ -78,7 +83,14 @@ def test_report_across_budgets_agrees_with_the_runs(budgets_run):
     row = next(l for l in md.splitlines() if l.startswith("| lora |"))
     assert f"{one['lora']['heldout_loss']:.4f}" in row and f"{three['lora']['heldout_loss']:.4f}" in row
     assert row.rstrip(" |").endswith(str(r3["lora"] + 1))  # its rank at 3x
-    assert next(l for l in md.splitlines() if l.startswith("| base |")).count("+0.0000") == 2
+    assert next(l for l in md.splitlines() if l.startswith("| base |")).count("+0.0000") == 4  # Δ, forgetting
+    header = next(l for l in md.splitlines() if l.startswith("| run | method |")).split(" | ")
+    cells = row.split(" | ")
+    for b, rows in ((1, one), (3, three)):
+        f = rows["lora"]
+        assert cells[header.index(f"forgetting {b}x")] == f"{f['forgetting']:+.4f} ± {f['forgetting_std']:.4f}"
+    assert "[budget-3x/report.md](budget-3x/report.md)" in md
+    assert '<a href="budget-3x/report.html">' in (out / "report.html").read_text()
     assert (out / "heldout_loss_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -123,3 +135,23 @@ def test_answer_stats_count_tokens_ends_and_loops():
     assert stats["answers_empty"] == pytest.approx(25.0)
     # [5,6,5,6,5,6]: trigrams 565, 656, 565, 656 -> 2 of 4 repeat; the others repeat none
     assert stats["repeated_trigrams"] == pytest.approx(100 * 0.5 / 4)
+
+
+def test_forgetting_on_a_text_file_the_user_names(budgets_run):
+    """forget_data: the loss over every token of its paragraphs, the base's measured once for both budgets; no
+    sample of the base's own is drawn and no copy of the file is written."""
+    from llm_tuning.evaluate import text_loss
+    from llm_tuning.infer import load_for_inference
+
+    out, _, said = budgets_run
+    base = json.load(open(out / "budget-1x" / "base" / "result.json"))
+    model, tok, _ = load_for_inference(STORIES)
+    texts = GENERAL_TEXT.strip().split("\n\n")
+    assert base["forget_loss"] == pytest.approx(text_loss(model, tok, texts, max_length=96)["loss"], abs=1e-6)
+    assert not any("sampling" in line for line in said)
+    for b in (1, 3):
+        assert not (out / f"budget-{b}x" / "data" / "forget.json").exists()
+        summary = json.load(open(out / f"budget-{b}x" / "compare.json"))
+        assert summary["forgetting"].startswith("the 3 texts of `") and summary["forgetting"].endswith("general.txt`")
+        for name, row in _results(out, b).items():
+            assert len(row["forgetting_values"]) == 2 and row["forgetting"] is not None, name

@@ -7,7 +7,8 @@ import torch
 
 from conftest import SAMPLE, run_cli
 from llm_tuning.data.collate import make_collator
-from llm_tuning.data.packing import check_packing, packing_collator, prepare_model
+from llm_tuning.data.packing import check_packing, packing_collator
+from llm_tuning.models.packed_attention import prepare_for_packing
 from llm_tuning.data.tokenize import encode_records, prepare_tokenizer
 from llm_tuning.errors import UserError
 from llm_tuning.methods import get_method
@@ -32,7 +33,7 @@ def _loss_and_grads(path, method, batch, fused, checkpointing=False):
     cfg.lora_dropout = 0.0  # the same dropout draws cannot fall on the same tokens in two layouts
     model = load_model(path)
     if "position_ids" in batch:  # as train() does with --packing
-        prepare_model(model)
+        prepare_for_packing(model)
     cfg.gradient_checkpointing = checkpointing
     model = get_method(method).prepare(model, cfg)
     model.train()
@@ -103,7 +104,7 @@ def test_llama_attends_each_example_alone(tiny_models, sample_records, monkeypat
     path = tiny_models["llama"]
     padded, packed = _batches(path, sample_records)
     model = load_model(path)
-    assert "per example" in prepare_model(model) and model.config._attn_implementation == pa.NAME
+    assert "per example" in prepare_for_packing(model) and model.config._attn_implementation == pa.NAME
     with torch.no_grad():
         model(**packed)
     lengths = (padded["attention_mask"].sum(1)).tolist()

@@ -166,6 +166,40 @@ def test_3_a_body_over_the_limit_is_413_before_it_is_read(server):
     assert status == 400 and body["error"]["code"] == "context_length_exceeded" and time.time() - t < 5
 
 
+def send_all_then_read(server, head: bytes, body: bytes) -> tuple[str, int]:
+    """A client that writes its whole request before reading anything (as curl does with a small upload window):
+    ("sent", status) or the error that cut its writing."""
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    try:
+        s.sendall(head + body)
+        sent = "sent"
+    except OSError as e:
+        sent = repr(e)
+    try:
+        return sent, status_of(s)
+    except OSError as e:
+        return sent, repr(e)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_3_a_client_that_sends_its_whole_body_first_reads_its_413(server, framing):
+    """12 MB over --max-body-bytes 1000000, all written before the client reads: the server answers 413 early,
+    then half-closes and reads the rest away (lingering close), so the client's writing is never reset and it
+    reads the 413; the server goes on answering."""
+    body = b'{"model": "base", "prompt": "' + b"a" * 12_000_000 + b'"}'
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + AUTH
+    if framing == "chunked":
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
+                        for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+    assert send_all_then_read(server, head, body) == ("sent", 413)
+    assert server.http("GET", "/health")[0] == 200
+
+
 def test_4_connections_that_never_finish_a_request_are_closed(server):
     """--receive-timeout 2: idle connections, half-sent headers and a body that stops coming are all closed
     (the body with 408) within a few seconds; a request in progress is not."""

@@ -50,7 +50,8 @@ class GenerateConfig(LoadConfig):
 
 @dataclass
 class EvalConfig(LoadConfig):
-    """`llm-tuning eval`: held-out response loss and perplexity (and, with --generate, ROUGE / BLEU)."""
+    """`llm-tuning eval`: held-out response loss and perplexity (and, with --generate, ROUGE / BLEU); on plain text
+    (--text, a .txt file, records of {"text": ...}): the loss over every token, and with --adapter the forgetting."""
 
     data: str = same_as(TrainConfig, "data")
     encoding: str | None = same_as(TrainConfig, "encoding")
@@ -60,6 +61,10 @@ class EvalConfig(LoadConfig):
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
     generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
                                    "BLEU-4 on characters", group=EVALUATION_GROUP)
+    text: bool = option(False, "score --data as plain text: the loss over every token, no template (alpaca records "
+                               "read as instruction, input and output, one per line); with --adapter also the base "
+                               "model's loss and the difference, the forgetting `compare` reports. A .txt file or "
+                               "records of {\"text\": ...} are read so without this flag", group=EVALUATION_GROUP)
     max_new_tokens: int = same_as(GenerateConfig, "max_new_tokens")
     repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
     no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
@@ -193,6 +198,16 @@ class CompareConfig:
                                  group=EVALUATION_GROUP)
     repetition_penalty: float = same_as(GenerateConfig, "repetition_penalty")
     no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
+    forget_data: str | None = option(None, "texts forgetting is measured on: a .txt file (a text per paragraph), a "
+                                           ".json / .jsonl of {\"text\": ...} records or alpaca records (read as "
+                                           "plain text); each run's loss on them minus the base's (default: texts "
+                                           "the base model generates itself, forget_texts of them)",
+                                     group=EVALUATION_GROUP)
+    forget_texts: int = option(64, "without forget_data: texts the base model samples (temperature 1, from its "
+                                   "start token, a fixed seed) to measure forgetting on; 0: no forgetting measured",
+                               group=EVALUATION_GROUP, range="[0, inf)")
+    forget_tokens: int = option(128, "without forget_data: the length limit of each sampled text, in tokens",
+                                group=EVALUATION_GROUP, range="[1, inf)")
     title: str | None = option(None, "report title (default: 'Method comparison on MODEL')", group=EVALUATION_GROUP)
     common: dict = option({}, "train options shared by every run (as top-level train keys are)", group=TRAINING_GROUP)
     heldout_size: float = option(0.1, "held-out records of the table (a fraction or a count): every run and the "

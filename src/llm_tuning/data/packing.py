@@ -53,21 +53,3 @@ def _no_cache(batch):
     Passed with the batch rather than set on the config, which a full fine-tune saves with the model."""
     batch["use_cache"] = False
     return batch
-
-
-def uses_flash_attention(model) -> bool:
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    return impl.startswith("flash_attention")
-
-
-
-def prepare_model(model) -> str:
-    """Per-example attention for packed rows: Llama-family models running SDPA switch to
-    models/packed_attention.py (Bloom's speedups attention does it by itself). Returns what was done."""
-    from ..models.packed_attention import use_packed_attention
-
-    if getattr(model.config, "model_type", None) == "bloom":
-        return "Bloom: SDPA per example (models/speedups.py)"
-    if use_packed_attention(model):
-        return "SDPA per example (models/packed_attention.py)"
-    return f"{model.config._attn_implementation} attention with transformers' packed mask"

@@ -130,6 +130,27 @@ def encode_records(tokenizer, records: list[dict], template: str = "default", ma
     return Encoded(out_ids, out_labels, dropped)
 
 
+def start_token(tokenizer) -> int:
+    """The token a plain text starts from: the tokenizer's bos, or its eos where it has none (the separator
+    between documents in pre-training), so that every token of the text is predicted from something."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int = 512) -> Encoded:
+    """Plain texts (no template) as ids and labels for a loss over every token of each text: the start token,
+    then the text's tokens (truncated to max_length in all), every one of them a label; no eos is appended."""
+    start = start_token(tokenizer)
+    out_ids, out_labels, dropped = [], [], 0
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        ids = ([start] + list(ids))[:max_length]
+        if len(ids) < 2:
+            dropped += 1  # nothing to predict
+            continue
+        out_ids.append(ids)
+        out_labels.append([IGNORE] + ids[1:])
+    return Encoded(out_ids, out_labels, dropped)
+
+
 def prompt_ids(tokenizer, record: dict, template: str = "default") -> list[int]:
     """The ids the model continues to answer `record` (its `output` ignored): the earlier turns as training
     sees them (answers with their eos), then the last prompt."""

@@ -1,4 +1,6 @@
-"""The held-out loss: mean cross-entropy over response tokens (prompt masked, eos included) and perplexity."""
+"""Losses of a model on data it did not train on: the held-out loss (mean cross-entropy over response tokens,
+prompt masked, eos included) and the text loss (mean cross-entropy over every token of plain texts, no template:
+what forgetting is measured with), each with its perplexity."""
 
 from __future__ import annotations
 
@@ -10,18 +12,14 @@ def _batches(enc, batch_size):
         yield enc.input_ids[i:i + batch_size], enc.labels[i:i + batch_size]
 
 
-def response_loss(model, tokenizer, records, template="default", max_length=512, batch_size=8) -> dict:
-    """Token-weighted mean cross-entropy over response tokens of `records`.
-
-    Every response token counts once whatever the batch it lands in, so the
-    figure does not depend on batch size or padding.
-    """
+def _token_mean_loss(model, pad: int, enc, batch_size: int) -> tuple[float, int]:
+    """(sum of the cross-entropies of every labelled token of `enc`, their count): every token counts once
+    whatever the batch it lands in, so the mean depends neither on the batch size nor on the padding."""
     import torch
     import torch.nn.functional as F
 
-    from ..data.tokenize import IGNORE, encode_records
+    from ..data.tokenize import IGNORE
 
-    enc = encode_records(tokenizer, records, template, max_length)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -29,7 +27,6 @@ def response_loss(model, tokenizer, records, template="default", max_length=512,
     with torch.no_grad():
         for ids, labels in _batches(enc, batch_size):
             width = max(len(x) for x in ids)
-            pad = tokenizer.pad_token_id
             input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
             attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
             lab = torch.tensor([y + [IGNORE] * (width - len(y)) for y in labels], device=device)
@@ -43,6 +40,30 @@ def response_loss(model, tokenizer, records, template="default", max_length=512,
             count += int((shift_labels != IGNORE).sum())
     if was_training:
         model.train()
+    return total, count
+
+
+def _result(total: float, count: int, **extra) -> dict:
     mean = total / count if count else float("nan")
-    return {"loss": mean, "perplexity": math.exp(min(mean, 700)) if count else float("nan"),
-            "records": len(enc.input_ids), "tokens": count}
+    return {"loss": mean, "perplexity": math.exp(min(mean, 700)) if count else float("nan"), **extra,
+            "tokens": count}
+
+
+def response_loss(model, tokenizer, records, template="default", max_length=512, batch_size=8) -> dict:
+    """Token-weighted mean cross-entropy over response tokens of `records`."""
+    from ..data.tokenize import encode_records
+
+    enc = encode_records(tokenizer, records, template, max_length)
+    total, count = _token_mean_loss(model, tokenizer.pad_token_id, enc, batch_size)
+    return _result(total, count, records=len(enc.input_ids))
+
+
+def text_loss(model, tokenizer, texts: list[str], max_length=512, batch_size=8) -> dict:
+    """Token-weighted mean cross-entropy over every token of plain `texts` (no template; each from the start
+    token, truncated to max_length), as PEFT's method comparison measures its models on Wikipedia text: an
+    adapter's text loss minus its base's is how much it forgot of what the base predicted."""
+    from ..data.tokenize import encode_texts
+
+    enc = encode_texts(tokenizer, texts, max_length)
+    total, count = _token_mean_loss(model, tokenizer.pad_token_id, enc, batch_size)
+    return _result(total, count, texts=len(enc.input_ids))

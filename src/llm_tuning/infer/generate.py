@@ -15,7 +15,7 @@ compare with).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def generate(model, tokenizer, records: list[dict], template: str = "default", sampling=None,
@@ -59,15 +59,20 @@ def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_i
 
 def stream_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,
                max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int | None = None, penalties=None) -> Iterator[list[int | None]]:
+               seed: int | None = None, penalties=None, scores: bool = False,
+               on_prompt: Callable | None = None) -> Iterator[list[int | None]]:
     """Decode one batch, yielding at every step the new token of each prompt (None once a prompt has ended with
     eos). Stops when every prompt has ended or after `max_new_tokens`; closing the iterator stops decoding (a
     stop string, a client gone). `seed` makes sampling repeatable (a generator of its own, not torch's).
     `penalties`: transformers' logits processors against loops (sampling.Sampling.penalties), applied to each row's
-    own tokens (its prompt and answer so far, not the padding)."""
+    own tokens (its prompt and answer so far, not the padding).
+    `scores`: yield (tokens, logits) instead, the logits [batch, vocab] each token was picked from, as the model
+    gave them (before temperature, top-p and penalties). `on_prompt(rows)`: called once before the first token
+    with the logits of every prompt position (rows[i]: [len(prompts[i]), vocab]; row j predicts token j + 1),
+    from the same forward pass that starts decoding; with it, max_new_tokens 0 still runs that forward."""
     import torch
 
-    if not prompts or max_new_tokens <= 0:
+    if not prompts or (max_new_tokens <= 0 and on_prompt is None):
         return
     pad = eos_token_id if pad_token_id is None else pad_token_id
     device = next(model.parameters()).device
@@ -80,14 +85,19 @@ def stream_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id:
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     with torch.no_grad():
         step = _Decoder(model)
-        logits = step.start(ids, attn)
+        logits = step.start(ids, attn, every_position=on_prompt is not None)
+        if on_prompt is not None:
+            on_prompt([logits[i, width - len(p):] for i, p in enumerate(prompts)])
+            logits = logits[:, -1].clone()  # not a view: the prompt's logits are freed now
         seen = [list(p) for p in prompts]
         for _ in range(max_new_tokens):
+            raw = logits
             if penalties:
                 logits = _penalised(logits, seen, penalties)
             nxt = _pick(logits, do_sample, temperature, top_p, gen)
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            yield [None if f else t for t, f in zip(nxt.tolist(), finished.tolist())]
+            tokens = [None if f else t for t, f in zip(nxt.tolist(), finished.tolist())]
+            yield (tokens, raw) if scores else tokens
             for row, t in zip(seen, nxt.tolist()):
                 row.append(t)
             finished |= nxt == eos_token_id
@@ -129,19 +139,24 @@ class _Decoder:
         self.uses_positions = "position_ids" in params
         self.keep_arg = "logits_to_keep" in params
 
-    def _forward(self, **kw):
+    def _forward(self, positions_kept: int | None = None, **kw):
+        """The logits of the last position ([batch, vocab]), or of the last `positions_kept` ([batch, n, vocab])."""
         if self.uses_positions is False:
             kw.pop("position_ids")
         if self.keep_arg:
-            kw["logits_to_keep"] = 1
+            kw["logits_to_keep"] = positions_kept or 1
         cache = kw.pop("cache")
         if cache is not None:
             kw[self.cache_arg] = cache
         out = self.model(use_cache=True, **kw)
         self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        if positions_kept:  # the input's positions only (prompt tuning's virtual tokens come first)
+            return out.logits[:, -positions_kept:].float()
         return out.logits[:, -1].float()
 
-    def start(self, ids, attn):
+    def start(self, ids, attn, every_position: bool = False):
+        """The forward over the (left-padded) prompts: the logits of their last position, or with
+        `every_position` of each of their positions ([batch, width, vocab])."""
         import torch
 
         batch = ids.shape[0]
@@ -157,9 +172,10 @@ class _Decoder:
             words = self.peft.word_embeddings(ids)
             embeds = torch.cat([self.peft.get_prompt(batch_size=batch).to(words.dtype), words], dim=1)
         self.mask, self.last = mask, positions[:, -1]
+        kept = ids.shape[1] if every_position else None
         if embeds is not None:
-            return self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=None)
-        return self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
+            return self._forward(kept, inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=None)
+        return self._forward(kept, input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
 
     def next(self, tokens):
         import torch

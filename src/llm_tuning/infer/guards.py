@@ -5,9 +5,10 @@ shutdown bound; the rest is here).
 - `BodyLimit` (ASGI middleware): a body over `max_body_bytes` is answered 413 before it is read or parsed
   (from Content-Length, or while it arrives); a body that does not arrive within `receive_timeout` gets 408.
 - `KeyCheck` (ASGI middleware): the API and the reports need `Authorization: Bearer KEY`; there is no cookie.
-- `protocol_class`: uvicorn's h11 protocol with a deadline for the request head. uvicorn's own
+- `protocol_class`: uvicorn's h11 protocol with a deadline for the request head (uvicorn's own
   `timeout_keep_alive` only runs between requests, so a connection that never sends a complete request line
-  and headers would stay open for ever.
+  and headers would stay open for ever), and a lingering close, so that a client still sending the body a 413
+  refused reads the 413 instead of a connection reset.
 - `Server`: uvicorn's server whose first SIGTERM/SIGINT also empties the generation queue (each waiting
   request answered 503) and gives the running generation `shutdown_timeout` seconds; a second signal of
   either kind exits at once (uvicorn forces only on a second SIGINT).
@@ -103,14 +104,17 @@ class BodyLimit:
 
 
 class KeyCheck:
-    """With a key: /v1/... and /reports... need `Authorization: Bearer KEY`, compared in constant time."""
+    """With a key: /v1/..., /tokenize, /detokenize and /reports... need `Authorization: Bearer KEY`, compared in
+    constant time (/health, /metrics, /version and the playground page do not)."""
+
+    GUARDED = ("/v1/", "/reports", "/tokenize", "/detokenize")
 
     def __init__(self, app, api_key: str):
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] == "http" and (path.startswith("/v1/") or path.startswith("/reports")):
+        if scope["type"] == "http" and path.startswith(self.GUARDED):
             given = dict(scope["headers"]).get(b"authorization", b"")
             token = given[7:].strip() if given[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, self.key):
@@ -119,25 +123,64 @@ class KeyCheck:
         await self.app(scope, receive, send)
 
 
-def protocol_class(head_timeout: float):
-    """uvicorn's h11 protocol, closing a connection whose request head has not arrived `head_timeout` seconds
-    after it opened or after its last answer (a request being answered is never cut)."""
+LINGER_BYTES = 64 * 1024 * 1024  # at least this much of an unread body is read and discarded after its answer
+
+
+def protocol_class(head_timeout: float, linger_bytes: int = LINGER_BYTES):
+    """uvicorn's h11 protocol, with two bounds uvicorn lacks.
+
+    - A connection whose request head has not arrived `head_timeout` seconds after it opened or after its last
+      answer is closed (a request being answered is never cut).
+    - Lingering close (nginx's `lingering_close`): when an answer (413, 408) closes a connection whose body the
+      client is still sending, closing the socket at once would make the kernel reset it, and a client that
+      writes its whole body before reading gets the reset, not the answer. So the answer is followed by a FIN
+      (half-close), the rest of the body is read and discarded, and the socket closes at the client's own end,
+      after `linger_bytes` more bytes, or after `head_timeout` seconds, whichever comes first."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeadDeadline(H11Protocol):
         _head_timer = None
+        _linger_timer = None
+        _lingering = False
+        _discarded = 0
 
         def connection_made(self, transport):
             super().connection_made(transport)
+            self._close_now = transport.close
+            transport.close = self._close  # uvicorn closes through the transport after a Connection: close answer
             self._arm()
+
+        def _close(self):
+            sending_body = self.conn.their_state is h11.SEND_BODY
+            if self._lingering or not sending_body or self.transport.is_closing() or not self.transport.can_write_eof():
+                return self._close_now()
+            self._lingering = True
+            self.transport.write_eof()  # after the answer already written: the client can read all of it
+            self.transport.resume_reading()  # uvicorn may have paused reading the body nobody read
+            self._linger_timer = self.loop.call_later(head_timeout or 10.0, self._close_now)
+
+        def data_received(self, data):
+            if not self._lingering:
+                return super().data_received(data)
+            self._discarded += len(data)  # never parsed
+            if self._discarded > linger_bytes:
+                self._close_now()
+
+        def eof_received(self):
+            if self._lingering:
+                self._close_now()
+                return False
+            return super().eof_received()
 
         def on_response_complete(self):
             super().on_response_complete()
             self._arm()
 
         def connection_lost(self, exc):
-            if self._head_timer is not None:
-                self._head_timer.cancel()
+            for timer in (self._head_timer, self._linger_timer):
+                if timer is not None:
+                    timer.cancel()
             super().connection_lost(exc)
 
         def _arm(self):
@@ -166,7 +209,9 @@ def make_server(app, host: str, port: int, limits: Limits, worker):
                 worker.drain(limits.shutdown_timeout)
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol_class(limits.receive_timeout),
+    linger = max(LINGER_BYTES, limits.max_body_bytes)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            http=protocol_class(limits.receive_timeout, linger),
                             timeout_keep_alive=limits.keep_alive_timeout, h11_max_incomplete_event_size=16 * 1024,
                             limit_concurrency=limits.max_connections or None,
                             # a backstop: the worker stops the running generation after shutdown_timeout

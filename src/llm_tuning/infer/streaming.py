@@ -8,7 +8,8 @@ answer at the next token. The context checks say before decoding whether a promp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .generate import stream_ids
@@ -19,8 +20,12 @@ from .sampling import Sampling
 class Completion:
     text: str
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # the final eos not counted
     finish_reason: str  # "stop" (eos or a stop string), "length" (max_new_tokens), "cancelled"
+    token_ids: list[int] = field(default_factory=list)  # as decoded, the final eos included
+    logprobs: list | None = None  # logprobs.TokenLogprob of each of token_ids, when asked
+    prompt_logprobs: list | None = None  # ... of each prompt token (the first has no log-probability), when asked
+    first_token_at: float | None = None  # time.monotonic() when its first token was decoded
 
 
 class ContextTooLong(ValueError):
@@ -118,32 +123,88 @@ def stream_generate(model, tokenizer, prompt_ids: list[int], sampling: Sampling,
                     lstrip: bool = False) -> Completion:
     """Decode one prompt (token ids) with infer.generate's KV-cached loop (every method); stops at eos, a stop
     string, max_new_tokens or when `cancelled()` turns true. ContextTooLong if the prompt leaves no room."""
+    hand_out = None if on_text is None else (lambda i, piece, entries: piece and on_text(piece))
+    return stream_batch(model, tokenizer, [prompt_ids], sampling, hand_out, cancelled, lstrip)[0]
 
-    room = check_context(model, tokenizer, prompt_ids)
-    budget = sampling.max_new_tokens if room is None else min(sampling.max_new_tokens, room)
-    text = _Text(tokenizer, sampling.stop, lstrip)
-    eos, n, reason = tokenizer.eos_token_id, 0, "length"
-    steps = stream_ids(model, [prompt_ids], eos, tokenizer.pad_token_id, budget, do_sample=not sampling.greedy,
-                       temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                       penalties=sampling.penalties())
+
+def stream_batch(model, tokenizer, prompts: list[list[int]], sampling: Sampling,
+                 on_text: Callable[[int, str, list], None] | None = None,
+                 cancelled: Callable[[], bool] = lambda: False, lstrip: bool = False, logprobs: int | None = None,
+                 echo: bool = False, on_prompt: Callable[[int, list], None] | None = None) -> list[Completion]:
+    """Decode several prompts as one batch (each row stops on its own: eos, a stop string, its length or the
+    context's end); a row's text goes to `on_text(row, piece, entries)` as it becomes safe to show.
+    `logprobs` (k): every answer token's log-probability and the k most likely at its place (logprobs.py), in
+    `entries` and the Completion; with `echo` the prompt's too (`on_prompt(row, entries)` before the first
+    token). ContextTooLong if a prompt leaves no room."""
+    from .logprobs import AnswerLogprobs, prompt_logprobs
+
+    scoring = logprobs is not None
+    rows = []
+    for p in prompts:
+        room = check_context(model, tokenizer, p)
+        budget = sampling.max_new_tokens if room is None else min(sampling.max_new_tokens, room)
+        rows.append(_Row(tokenizer, p, budget, lstrip, sampling.stop,
+                         AnswerLogprobs(tokenizer, p, logprobs) if scoring else None))
+
+    def prompt_rows(logits):
+        for i, (row, p, rows_i) in enumerate(zip(rows, prompts, logits)):
+            row.prompt_logprobs = prompt_logprobs(tokenizer, p, rows_i, logprobs)
+            if on_prompt:
+                on_prompt(i, row.prompt_logprobs)
+
+    steps = stream_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       max(r.budget for r in rows), do_sample=not sampling.greedy, temperature=sampling.temperature,
+                       top_p=sampling.top_p, seed=sampling.seed, penalties=sampling.penalties(), scores=scoring,
+                       on_prompt=prompt_rows if echo and scoring else None)
     try:
-        for (token,) in steps:
-            if token is None or token == eos:
-                reason = "stop"
-                break
-            n += 1
-            piece = text.add(token)
-            if piece and on_text:
-                on_text(piece)
-            if text.stopped:
-                reason = "stop"
+        for step in steps:
+            tokens, logits = step if scoring else (step, None)
+            for i, (row, token) in enumerate(zip(rows, tokens)):
+                if row.reason is None and token is not None:
+                    row.take(token, None if logits is None else logits[i], tokenizer.eos_token_id, i, on_text)
+            if all(r.reason is not None for r in rows):
                 break
             if cancelled():
-                reason = "cancelled"
+                for row in rows:
+                    row.reason = row.reason or "cancelled"
                 break
     finally:
         steps.close()  # decoding ends here, not at max_new_tokens
-    rest = text.flush()
-    if rest and on_text:
-        on_text(rest)
-    return Completion(text.text, len(prompt_ids), n, reason)
+    return [row.finish(i, on_text) for i, row in enumerate(rows)]
+
+
+class _Row:
+    """One answer of a batch as it is decoded: its text, token ids, log-probabilities and why it ended."""
+
+    def __init__(self, tokenizer, prompt, budget: int, lstrip: bool, stop, scores):
+        self.text, self.prompt, self.budget, self.scores = _Text(tokenizer, stop, lstrip), prompt, budget, scores
+        self.ids: list[int] = []
+        self.entries: list = []  # the answer tokens' log-probabilities, when scored
+        self.prompt_logprobs = None  # the prompt's, when echoed
+        self.reason: str | None = None if budget > 0 else "length"
+        self.ended_by_eos = False
+        self.first_token_at = None
+
+    def take(self, token: int, logits, eos: int, i: int, on_text) -> None:
+        if not self.ids:
+            self.first_token_at = time.monotonic()
+        self.ids.append(token)
+        entry = self.scores.add(token, logits) if self.scores is not None else None
+        if entry is not None:
+            self.entries.append(entry)
+        piece = "" if token == eos else self.text.add(token)
+        if on_text and (piece or entry is not None):
+            on_text(i, piece, [] if entry is None else [entry])
+        self.ended_by_eos = token == eos
+        if token == eos or self.text.stopped:
+            self.reason = "stop"
+        elif len(self.ids) >= self.budget:
+            self.reason = "length"
+
+    def finish(self, i: int, on_text) -> Completion:
+        rest = self.text.flush()
+        if rest and on_text:
+            on_text(i, rest, [])
+        return Completion(self.text.text, len(self.prompt), len(self.ids) - self.ended_by_eos,
+                          self.reason or "length", self.ids, self.entries if self.scores is not None else None,
+                          self.prompt_logprobs, self.first_token_at)

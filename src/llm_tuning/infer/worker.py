@@ -48,6 +48,7 @@ class Job:
     loop: object  # the asyncio loop of the request
     events: object  # asyncio.Queue of (kind, value): ("text", str), ("done", result), ("error", exception)
     deadline: float | None = None  # time.monotonic() after which the job is stopped as timed out
+    started: float | None = None  # time.monotonic() when the worker took it off the queue
     cancelled: str | None = None  # why it was stopped: "client" (went away), "timeout", "shutdown"
     ended: bool = False
     id: int = field(default_factory=itertools.count().__next__)
@@ -146,6 +147,7 @@ class Worker:
             if self._stopping:
                 return None
             self.running = self.waiting.popleft()
+            self.running.started = time.monotonic()
             return self.running
 
     def _run(self):

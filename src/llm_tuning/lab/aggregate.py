@@ -8,11 +8,12 @@ import math
 from .stats import mean_std, verdict, welch
 
 # (key, lower is better): the figures averaged over seeds
-METRICS = (("heldout_loss", True), ("rouge_l", False), ("bleu_4", False), ("rouge_1", False), ("rouge_2", False),
-           ("tokens_per_s", False), ("final_train_loss", True), ("val_loss", True), ("peak_rss_mib", True),
-           ("wall_s", True), ("answer_tokens", False), ("answers_at_limit", True), ("answers_empty", True),
-           ("repeated_trigrams", True))
-COMPARED = ("heldout_loss", "rouge_l", "bleu_4")  # against the base and the best run
+METRICS = (("heldout_loss", True), ("forget_loss", True), ("rouge_l", False), ("bleu_4", False), ("rouge_1", False),
+           ("rouge_2", False), ("tokens_per_s", False), ("final_train_loss", True), ("val_loss", True),
+           ("peak_rss_mib", True), ("wall_s", True), ("answer_tokens", False), ("answers_at_limit", True),
+           ("answers_empty", True), ("repeated_trigrams", True), ("gen_tokens_per_s", False),
+           ("gen_speed_ratio", False), ("gen_tokens_per_s_merged", False), ("gen_speed_ratio_merged", False))
+COMPARED = ("heldout_loss", "forget_loss", "rouge_l", "bleu_4")  # against the base and the best run
 SAME_FOR_EVERY_SEED = ("trainable_params", "total_params", "adapter_bytes", "mergeable", "train_tokens")
 
 
@@ -87,7 +88,18 @@ def run_row(run: dict, grid: list[float], sweep: list[dict] | None, chosen: floa
                 row[key + "_vs_base"] = row[key] - base[key]
                 row[key + "_p_vs_base"] = welch(row[key + "_values"], [base[key]])
                 row[key + "_verdict_vs_base"] = verdict(row[key + "_values"], [base[key]], dict(METRICS)[key])
+        if "forget_loss_vs_base" in row:
+            row.update(_forgetting(row, base))
     return row
+
+
+def _forgetting(row: dict, base: dict) -> dict:
+    """Forgetting per seed: the loss on the forgetting texts with the adapter minus the base's; its mean ± std,
+    and Welch's test against the base (a one-sample t-test of the seeds' differences against 0)."""
+    values = [v - base["forget_loss"] if v is not None else None for v in row["forget_loss_values"]]
+    mean, std = mean_std(values)
+    return {"forgetting": mean, "forgetting_std": std, "forgetting_values": values,
+            "forgetting_p": welch(values, [0.0]), "forgetting_verdict": verdict(values, [0.0], True)}
 
 
 def noise_summary(rows: list[dict]) -> dict:

@@ -128,24 +128,30 @@ def verdict_text(agree: dict, b1: float, b2: float) -> str:
     return text + f". Best at {b1:g}x: {best[0]}; at {b2:g}x: {best[1]} ({same})."
 
 
-def _cell(r: dict | None) -> list[str]:
+def _cell(r: dict | None, forgetting: bool) -> list[str]:
     if not r or r.get("status") != "ok" or r.get(KEY) is None:
-        return ["failed" if r else "", "", ""]
+        return ["failed" if r else "", ""] + [""] * forgetting + [""]
     std = r.get(KEY + "_std")
     d = r.get(KEY + "_vs_base")
     lr = "" if r.get("lr") is None else f"{r['lr']:.3g}" + (" (edge)" if r.get("bracketed") is False else "")
-    return [f"{r[KEY]:.4f}" + (f" ± {std:.4f}" if std is not None else ""), "" if d is None else f"{d:+.4f}", lr]
+    f, fs = r.get("forgetting"), r.get("forgetting_std")
+    forgot = ["" if f is None else f"{f:+.4f}" + (f" ± {fs:.4f}" if fs is not None else "")] if forgetting else []
+    return [f"{r[KEY]:.4f}" + (f" ± {std:.4f}" if std is not None else ""), "" if d is None else f"{d:+.4f}",
+            *forgot, lr]
 
 
 def budget_table(done: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One row per run (the base first): held-out loss, its difference to the base, the chosen rate and the rank
-    at each budget."""
+    """One row per run (the base first): held-out loss, its difference to the base, the forgetting (where the
+    comparison measured it), the chosen rate and the rank at each budget."""
     budgets = [d["summary"]["budget"] for d in done]
+    base = done[0]["base"]
+    forgetting = base.get("forget_loss") is not None
     header = ["run", "method"]
     for b, d in zip(budgets, done):
-        header += [f"held-out loss {b:g}x", f"Δ vs base {b:g}x", f"lr {b:g}x", f"rank {b:g}x"]
-    base = done[0]["base"]
-    rows = [["base", "untouched model"] + sum(([f"{base[KEY]:.4f}", "+0.0000", "", ""] for _ in done), [])] \
+        header += [f"held-out loss {b:g}x", f"Δ vs base {b:g}x"] + [f"forgetting {b:g}x"] * forgetting + \
+            [f"lr {b:g}x", f"rank {b:g}x"]
+    zero = ["+0.0000"] * (1 + forgetting)
+    rows = [["base", "untouched model"] + sum(([f"{base[KEY]:.4f}", *zero, "", ""] for _ in done), [])] \
         if base.get("status") == "ok" else []
     by_budget = [{r["name"]: r for r in d["results"]} for d in done]
     rank_of = []
@@ -155,7 +161,7 @@ def budget_table(done: list[dict]) -> tuple[list[str], list[list[str]]]:
     for run in done[0]["results"]:
         cells = [run["name"], run["method"]]
         for rows_of, rk in zip(by_budget, rank_of):
-            cells += _cell(rows_of.get(run["name"])) + [f"{rk[run['name']]:g}" if run["name"] in rk else ""]
+            cells += _cell(rows_of.get(run["name"]), forgetting) + [f"{rk[run['name']]:g}" if run["name"] in rk else ""]
         rows.append(cells)
     return header, rows
 
@@ -167,8 +173,8 @@ def write_budget_report(out: str, cc, done: list[dict]) -> dict:
                   for b, d in zip(budgets[1:], done[1:])]
     plot_path = os.path.join(out, "heldout_loss_vs_budget.png")
     plots.plot_budgets(done, plot_path)
-    steps = ", ".join(f"{b:g}x: {d['summary']['steps']} steps ({budget_folder(b)}/report.md)"
-                      for b, d in zip(budgets, done))
+    steps = ", ".join(f"{b:g}x: {d['summary']['steps']} steps ([{budget_folder(b)}/report.md]"
+                      f"({budget_folder(b)}/report.md))" for b, d in zip(budgets, done))
     s0 = done[0]["summary"]
     blocks = [("h1", s0["title"]),
               ("p", f"The comparison at {len(budgets)} budgets of training tokens, each a whole comparison of its own "
@@ -177,7 +183,9 @@ def write_budget_report(out: str, cc, done: list[dict]) -> dict:
                     f"Model `{s0['model']}`, data `{s0['data']}`, the same split and held-out records at every budget."),
               ("h2", "Does the order of the methods hold as the budget grows?")]
     blocks += [("p", verdict_text(a, a["first"], a["second"])) for a in agreements]
-    blocks += [("h2", "Held-out loss at each budget (mean ± std over seeds; rank 1 = lowest loss)"),
+    blocks += [("h2", "Held-out loss at each budget (mean ± std over seeds; rank 1 = lowest loss)"
+                      + ("; forgetting: the loss on the forgetting texts minus the base's" if
+                         done[0]["base"].get("forget_loss") is not None else "")),
                ("table", (*budget_table(done), None)),
                ("img", ("Held-out loss against the training budget, the base model dashed", plot_path))]
     paths = {"md": os.path.join(out, "report.md"), "html": os.path.join(out, "report.html"), "plot": plot_path}
@@ -191,7 +199,8 @@ def write_budget_report(out: str, cc, done: list[dict]) -> dict:
                     for b, d in zip(budgets, done)],
         "rank_agreement": agreements, "base": done[0]["base"],
         "runs": [{"name": r["name"], "method": r["method"], "by_budget": [
-            {k: x.get(k) for k in ("lr", "bracketed", KEY, KEY + "_std", KEY + "_values", KEY + "_vs_base", "status")}
+            {k: x.get(k) for k in ("lr", "bracketed", KEY, KEY + "_std", KEY + "_values", KEY + "_vs_base",
+                                   "forgetting", "forgetting_std", "forgetting_values", "status")}
             for x in (next((y for y in d["results"] if y["name"] == r["name"]), {}) for d in done)]}
             for r in done[0]["results"]]})
     return paths

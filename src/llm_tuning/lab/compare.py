@@ -60,9 +60,10 @@ class _Comparison:
     """The state of one `compare` invocation: settings, split, data files, counters and timings."""
 
     def __init__(self, config_path: str, force: bool, log, output_dir: str, budget: float = 1.0,
-                 centres: dict | None = None):
+                 centres: dict | None = None, forget: list[str] | None = None):
         """output_dir: this comparison's folder (a budget's own with several budgets); centres: {run name: rate}
-        that `lr: auto` sweeps around instead of the method's default (the rate chosen at the budget before)."""
+        that `lr: auto` sweeps around instead of the method's default (the rate chosen at the budget before);
+        forget: the forgetting texts, when a comparison before this one (a smaller budget) has them already."""
         from ..data.formats import load_records
 
         t = time.time()
@@ -81,6 +82,14 @@ class _Comparison:
         self.grids = {r["name"]: lr_grid(r, self.cc, (centres or {}).get(r["name"])) for r in self.cc.runs}
         if not self.val and any(len(g) > 1 for g in self.grids.values()):
             raise UserError(f"{config_path}: a learning-rate sweep needs validation records (val_size > 0)")
+        self._forget = forget
+        if self.cc.forget_data and forget is None:  # a bad file is refused before anything trains
+            from ..data.texts import load_texts
+
+            try:
+                self._forget = load_texts(self.cc.forget_data)
+            except UserError as e:
+                raise UserError(f"{config_path}: forget_data: {e}") from None
         self.steps = _steps_for_budget(self.cc, self.shared, self.train, budget)
         self.eval_every = self.cc.eval_every or max(1, self.steps // 8)
         self.timings = {"split and tokenisation": time.time() - t}
@@ -119,6 +128,24 @@ class _Comparison:
             self.data_paths[part] = os.path.abspath(path)
         write_json(os.path.join(self.out, "data", "split.json"),
                    {"data": self.cc.data, "split_seed": self.cc.split_seed, **self.split})
+        if self._forget and not self.cc.forget_data:  # the sample drawn at a budget before: the same texts here
+            from .forgetting import write_texts
+
+            write_texts(os.path.join(self.out, "data"), self._forget)
+
+    def forget(self) -> list[str]:
+        """The texts forgetting is measured on (none with forget_texts 0 and no forget_data); the base's own
+        sample is drawn the first time an evaluation needs it."""
+        if self._forget is None:
+            from .forgetting import forget_texts
+
+            self._forget = forget_texts(self.cc, os.path.join(self.out, "data"), self.force, self.log) \
+                if self.cc.forget_data or self.cc.forget_texts else []
+        return self._forget
+
+    def drawn_forget(self) -> list[str] | None:
+        """The forgetting texts where this comparison has read or drawn them (None: no evaluation needed them)."""
+        return self._forget
 
     def _eval_args(self):
         from ..infer.sampling import Sampling
@@ -136,7 +163,7 @@ class _Comparison:
             t = time.time()
             try:
                 row = evaluate_base(self.cc.model, self.heldout, self.val, *self._eval_args()[1:],
-                                    os.path.dirname(path))
+                                    os.path.dirname(path), self.forget())
             except Exception as e:  # the comparison goes on without its reference line
                 row = {"name": "base", "status": "failed", "error": f"{type(e).__name__}: {e}"}
             row["eval_s"] = round(time.time() - t, 1)
@@ -146,7 +173,8 @@ class _Comparison:
             self.log("base: done already (base/result.json), skipped")
         if row.get("status") == "ok":
             self.log(f"base: held-out loss {row['heldout_loss']:.4f}, ROUGE-L {row['rouge_l']:.2f}, "
-                     f"validation loss {row['val_loss'] or float('nan'):.4f}")
+                     f"validation loss {row['val_loss'] or float('nan'):.4f}"
+                     + (f", loss on the forgetting texts {row['forget_loss']:.4f}" if "forget_loss" in row else ""))
         return row
 
     def run_settings(self, run, lr: float, seed: int, run_dir: str) -> dict:
@@ -198,10 +226,11 @@ class _Comparison:
         if row["status"] != "ok" or "heldout_loss" in row:
             return row
         run_dir = os.path.join(self.out, run["name"], point_name(lr, seed))
-        evaluate_point(row, run_dir, self.cc.model, *self._eval_args())
+        evaluate_point(row, run_dir, self.cc.model, *self._eval_args(), self.forget())
         label = self._label(run, lr, seed)
         if row["status"] == "ok":
-            self.log(f"    {label}: held-out loss {row['heldout_loss']:.4f}, ROUGE-L {row['rouge_l']:.2f}")
+            self.log(f"    {label}: held-out loss {row['heldout_loss']:.4f}, ROUGE-L {row['rouge_l']:.2f}"
+                     + (f", forgetting-text loss {row['forget_loss']:.4f}" if "forget_loss" in row else ""))
         else:
             self.log(f"    {label}: FAILED in evaluation: {row['error']}")
         write_json(os.path.join(run_dir, "result.json"), row)
@@ -283,7 +312,7 @@ def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:
     return {**cmp.timings, "base evaluation": base.get("eval_s") or 0.0,
             "training: learning-rate sweep (every rate x sweep seed)": sweep_s,
             "training at one rate (runs not swept, seeds beyond sweep_seeds)": final_s,
-            "held-out evaluation (loss, ROUGE / BLEU)": eval_s}
+            "held-out evaluation (loss, forgetting, ROUGE / BLEU)": eval_s}
 
 
 def _output_dir(from_yaml: str, given: str | None, log) -> str:
@@ -329,6 +358,8 @@ def _compare_at(cmp: _Comparison, base_row: dict | None = None) -> dict:
     noise = noise_summary(rows)
     timings = _timings(cmp, base, rows)
 
+    from .forgetting import describe
+    from .pareto import pareto_table
     from .report import write_report
 
     summary = {"title": cc.title or f"Method comparison on {os.path.basename(cc.model.rstrip('/'))}",
@@ -339,6 +370,8 @@ def _compare_at(cmp: _Comparison, base_row: dict | None = None) -> dict:
                "quote_records": cc.quote_records, "max_new_tokens": cc.max_new_tokens,
                "repetition_penalty": cc.repetition_penalty, "no_repeat_ngram_size": cc.no_repeat_ngram_size,
                "lr_factors": cc.lr_factors, "lr_extend": cc.lr_extend, "sweep_seeds": cc.sweep_seeds,
+               "forgetting": describe(cc, cmp.forget()) if "forget_loss" in base else None,
+               "pareto": {q: pareto_table(rows, q) for q in ("heldout_loss", "forgetting")},
                "heldout": cmp.heldout, "noise": noise, "timings": timings}
     timings["this invocation up to the report (wall)"] = time.time() - t0
     paths = write_report(cmp.out, summary, base, rows)
@@ -356,12 +389,12 @@ def run_compare(config_path: str, force: bool = False, log=print, output_dir: st
     out = _output_dir(cc.output_dir, output_dir, log)
     if cc.budgets == [1]:
         return _compare_at(_Comparison(config_path, force, log, out))
-    done, centres, base = [], {}, None
+    done, centres, base, forget = [], {}, None, None
     for b in sorted(cc.budgets):
         log(f"compare: budget {b:g}x")
-        cmp = _Comparison(config_path, force, log, os.path.join(out, budget_folder(b)), b, centres)
+        cmp = _Comparison(config_path, force, log, os.path.join(out, budget_folder(b)), b, centres, forget)
         result = _compare_at(cmp, base)
-        base = result["base"]
+        base, forget = result["base"], cmp.drawn_forget()
         centres = {r["name"]: r["lr"] for r in result["results"] if r.get("lr") is not None}
         done.append(result)
     from .budgets import write_budget_report

@@ -2,7 +2,8 @@
 (images inlined as base64): compare's report.py and the quantisation lab's report use it alike.
 
 Blocks: ("h1"|"h2", text), ("p", text), ("table", (header, rows, source rows or None)), ("img", (caption, path)),
-("samples", [(instruction, reference, [(run, prediction)])]).
+("samples", [(instruction, reference, [(run, prediction)])]). A paragraph's Markdown links [text](target) are
+links in the HTML page too, to the HTML form of a linked report.md (every report is written in both forms).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
+
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
 def md_cell(v):
@@ -37,6 +41,13 @@ def markdown(blocks) -> str:
     return "\n".join(md) + "\n"
 
 
+def _html_link(m) -> str:
+    target = m.group(2)
+    if target.endswith("report.md"):
+        target = target[:-len(".md")] + ".html"
+    return f'<a href="{target}">{m.group(1)}</a>'
+
+
 def html_page(blocks, title) -> str:
     e = html.escape
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title>",
@@ -47,7 +58,7 @@ def html_page(blocks, title) -> str:
         if kind in ("h1", "h2"):
             h.append(f"<{kind}>{e(c)}</{kind}>")
         elif kind == "p":
-            h.append(f"<p>{e(c).replace('**', '')}</p>")
+            h.append(f"<p>{_LINK.sub(_html_link, e(c).replace('**', ''))}</p>")
         elif kind == "table":
             header, rows, source = c
             h.append("<table><tr>" + "".join(f"<th>{e(x)}</th>" for x in header) + "</tr>")

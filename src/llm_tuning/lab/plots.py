@@ -97,7 +97,9 @@ def plot_curves(rows, base, path):
     plt.close(fig)
 
 
-def _hbars(ax, ok, key, base, col, digits):
+def _hbars(ax, ok, key, base_value, col, digits, scores=False):
+    """Horizontal bars of `key` (mean ± std) per run, the base's value a dashed line. scores: 0..100 figures,
+    drawn from 0; otherwise the axis spans the values (a loss may not start at 0, a difference may be negative)."""
     y = list(range(len(ok)))
     values = [r[key] for r in ok]
     errs = [r.get(key + "_std") or 0 for r in ok]
@@ -105,16 +107,22 @@ def _hbars(ax, ok, key, base, col, digits):
     ax.set_yticks(y, [f"{r['name']}  ({r['trainable_params']:,} params)" for r in ok], fontsize=8)
     ax.invert_yaxis()
     for yi, v, e in zip(y, values, errs):
-        ax.annotate(f"{v:.{digits}f}" + (f" ± {e:.{digits}f}" if e else ""), (v + e, yi), xytext=(3, 0),
+        ax.annotate(f"{v:.{digits}f}" + (f" ± {e:.{digits}f}" if e else ""), (max(v + e, v), yi), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=7)
-    lo = min(values + ([base[key]] if base and base.get(key) is not None else []))
-    hi = max([v + e for v, e in zip(values, errs)] + ([base[key]] if base and base.get(key) is not None else []))
-    if base and base.get(key) is not None:
-        ax.axvline(base[key], **BASE_STYLE, label=f"base {base[key]:.{digits}f}")
+    ref = [] if base_value is None else [base_value]
+    lo = min([v - e for v, e in zip(values, errs)] + ref)
+    hi = max([v + e for v, e in zip(values, errs)] + ref)
+    if base_value is not None:
+        ax.axvline(base_value, **BASE_STYLE, label=f"base {base_value:.{digits}f}")
         ax.legend(fontsize=8, loc="lower right")
-    span = max(hi - lo, 0.05 if key == "heldout_loss" else 1.0)  # scores are 0..100
-    ax.set_xlim(max(0, lo - 0.3 * span) if key == "heldout_loss" else 0, hi + 0.35 * span)
+    span = max(hi - lo, 1.0 if scores else 0.05)
+    left = 0 if scores else lo - 0.3 * span
+    ax.set_xlim(max(0, left) if key.endswith("loss") else left, hi + 0.35 * span)  # a loss is >= 0
     ax.grid(axis="x", alpha=0.3)
+
+
+def _base_value(base, key):
+    return base.get(key) if base and base.get("status", "ok") == "ok" else None
 
 
 def plot_heldout(rows, base, path):
@@ -123,12 +131,29 @@ def plot_heldout(rows, base, path):
     ok = sorted((r for r in rows if r.get("heldout_loss") is not None), key=lambda r: r["trainable_params"])
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.38 * max(1, len(ok))), dpi=110)
     if ok:
-        _hbars(ax, ok, "heldout_loss", base, colors(rows), 3)
+        _hbars(ax, ok, "heldout_loss", _base_value(base, "heldout_loss"), colors(rows), 3)
     ax.set_xlabel("held-out loss (lower is better; bars: mean ± std over seeds)")
     ax.set_title("Held-out loss by run (sorted by trainable parameters)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_forgetting(rows, base, path) -> bool:
+    """Forgetting per run (the loss on the forgetting texts minus the base's), mean ± std over seeds, runs sorted
+    by trainable parameters, the base at 0. False (nothing written) when no run has it."""
+    ok = sorted((r for r in rows if r.get("forgetting") is not None), key=lambda r: r["trainable_params"])
+    if not ok:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.38 * len(ok)), dpi=110)
+    _hbars(ax, ok, "forgetting", 0.0, colors(rows), 4)
+    ax.set_xlabel("forgetting: loss on the forgetting texts minus the base's (lower is better; mean ± std over seeds)")
+    ax.set_title("Forgetting by run (sorted by trainable parameters)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def plot_scores(rows, base, path):
@@ -138,7 +163,7 @@ def plot_scores(rows, base, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.38 * max(1, len(ok))), dpi=110, sharey=True)
     for ax, key, label in zip(axes, ("rouge_l", "bleu_4"), ("ROUGE-L", "BLEU-4")):
         if ok:
-            _hbars(ax, ok, key, base, colors(rows), 2)
+            _hbars(ax, ok, key, _base_value(base, key), colors(rows), 2, scores=True)
         ax.set_xlabel(f"{label} (higher is better)")
         ax.set_title(label, fontsize=10)
     fig.tight_layout()
@@ -211,3 +236,46 @@ def plot_budgets(done: list[dict], path: str):
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+
+
+FRONT_STYLE = dict(color=(0.1, 0.3, 0.9, 0.3), linewidth=5, solid_capstyle="round", zorder=0)
+
+
+def plot_pareto(rows, base, path: str, quality: str = "heldout_loss") -> bool:
+    """`quality` (a key of pareto.QUALITIES: held-out loss, forgetting) against each cost of pareto.COSTS (training
+    memory, trainable parameters on a log scale, training tokens/s): one point per run, error bars of one std
+    over seeds on both axes, the base model's value dashed, the runs of the Pareto front joined. False (nothing
+    written) when no run has the figure."""
+    from .pareto import COSTS, QUALITIES, front
+
+    key, label, base_ref = next(q for q in QUALITIES if q[0] == quality)
+    ok = [r for r in rows if r.get("status") == "ok" and r.get(key) is not None]
+    if not ok:
+        return False
+    base_y = base_ref if not isinstance(base_ref, str) else (base or {}).get(base_ref)
+    plt = _plt()
+    col = colors(rows)
+    fig, axes = plt.subplots(1, len(COSTS), figsize=(16, 5.2), dpi=110, sharey=True)
+    for ax, (cost, xlabel, lower, log) in zip(axes, COSTS):
+        pts = [r for r in ok if r.get(cost) is not None]
+        for r in pts:
+            ax.errorbar(r[cost], r[key], xerr=r.get(cost + "_std") or 0, yerr=r.get(key + "_std") or 0, fmt="o",
+                        color=col[r["name"]], markersize=6, capsize=2, linewidth=1, label=r["name"])
+            ax.annotate(r["name"], (r[cost], r[key]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        on_front = front([(r[cost], r[key]) for r in pts], x_lower=lower)
+        ax.plot([pts[i][cost] for i in on_front], [pts[i][key] for i in on_front], marker="o", markersize=14,
+                label="Pareto front (no run better on both axes)", **FRONT_STYLE)
+        if base_y is not None:
+            ax.axhline(base_y, **BASE_STYLE, label=f"base {base_y:.4f}")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(label, fontsize=9)
+    fig.suptitle(f"{label.split(' (')[0].split(':')[0].capitalize()} against the costs of training (mean ± std "
+                 f"over seeds)", fontsize=11)
+    _legend_outside(fig, axes[0])
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True

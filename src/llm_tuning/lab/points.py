@@ -136,34 +136,42 @@ def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None 
 
 
 def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, sampling, template: str,
-             max_length: int, predictions_path: str | None) -> dict:
+             max_length: int, predictions_path: str | None, forget: list[str] | None = None) -> dict:
     """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: a
-    sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends)."""
+    sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends);
+    with `forget` texts, the loss on them (every token, no template: forgetting is its difference to the base's);
+    the generation speed (inference_cost.py), unmerged and merged, against the base's."""
     from ..infer import load_for_inference
-    from ..evaluate import response_loss
+    from ..evaluate import response_loss, text_loss
     from ..infer.scoring import generation_metrics
 
+    from .inference_cost import adapter_speed, base_speed
+
     t = time.time()
-    m, tok, _ = load_for_inference(model, adapter)
+    m, tok, info = load_for_inference(model, adapter)
     loss = response_loss(m, tok, heldout, template, max_length)
+    forget = {"forget_loss": text_loss(m, tok, forget, max_length)["loss"]} if forget else {}
     gen = generation_metrics(m, tok, heldout[:eval_records], template, sampling, predictions_path=predictions_path)
-    return {"heldout_loss": loss["loss"], "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
+    # last: the speed with the adapter merged changes the model
+    speed = adapter_speed(m, tok, info["method"], model, heldout, template) if adapter else \
+        base_speed(m, tok, heldout, template)
+    return {"heldout_loss": loss["loss"], **forget, "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
             "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
-            **gen["answers"], "eval_s": round(time.time() - t, 1)}
+            **gen["answers"], **speed, "eval_s": round(time.time() - t, 1)}
 
 
 def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, sampling, template,
-                   max_length) -> dict:
+                   max_length, forget=None) -> dict:
     try:
         row.update(evaluate(model, run_dir, heldout, eval_records, sampling, template, max_length,
-                            os.path.join(run_dir, "predictions.jsonl")))
+                            os.path.join(run_dir, "predictions.jsonl"), forget))
     except Exception as e:  # an evaluation failure is this point's failure, not the comparison's
         row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return row
 
 
 def evaluate_base(model: str, heldout, validation, eval_records, sampling, template, max_length,
-                  out_dir: str) -> dict:
+                  out_dir: str, forget=None) -> dict:
     """The untouched model, once: held-out loss and scores as for every run, plus its validation loss."""
     from ..infer import load_for_inference
     from ..evaluate import response_loss
@@ -172,7 +180,7 @@ def evaluate_base(model: str, heldout, validation, eval_records, sampling, templ
     t = time.time()
     row = {"name": "base", "method": "none (untouched model)", "status": "ok"}
     row.update(evaluate(model, None, heldout, eval_records, sampling, template, max_length,
-                        os.path.join(out_dir, "predictions.jsonl")))
+                        os.path.join(out_dir, "predictions.jsonl"), forget))
     m, tok, _ = load_for_inference(model, None)
     row["val_loss"] = response_loss(m, tok, validation, template, max_length)["loss"] if validation else None
     row["eval_s"] = round(time.time() - t, 1)

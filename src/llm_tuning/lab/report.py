@@ -5,6 +5,7 @@ sample answers; written as Markdown and as a self-contained HTML page (plots emb
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from . import page, plots
 from .stats import ALPHA
@@ -38,6 +39,24 @@ def _verdict(r, key):
     return "" if v is None else v + (f" (p={p:.3g})" if p is not None else "")
 
 
+def _forgetting(r):
+    """The loss on the forgetting texts minus the base's, mean ± std over seeds, signed (+: forgets)."""
+    m, s = r.get("forgetting"), r.get("forgetting_std")
+    if m is None:
+        return ""
+    return f"{0.0 if abs(m) < 5e-5 else m:+.4f}" + (f" ± {s:.4f}" if s is not None else "")
+
+
+FORGETTING_WORDS = {"worse": "forgets", "better": "improves", "within noise": "within noise", "n/a": "n/a"}
+
+
+def _forgetting_verdict(r):
+    """Whether the run's loss on the forgetting texts is above the base's ("forgets"), below it ("improves") or
+    within noise of it, with the p-value."""
+    v, p = r.get("forgetting_verdict"), r.get("forgetting_p")
+    return "" if v is None else FORGETTING_WORDS[v] + (f" (p={p:.3g})" if p is not None else "")
+
+
 def _pct(r):
     if r.get("trainable_params") is None or not r.get("total_params"):
         return ""
@@ -59,6 +78,14 @@ def _status(r):
     return "ok" if not r.get("error") else f"ok ({r['error']})"
 
 
+def _merged_ratio(r) -> str:
+    """The merged model's generation speed as a ratio to the base's; n/a where the adapter was not merged (a
+    method that cannot merge, or a model that cannot hold it merged)."""
+    if r.get("gen_speed_ratio_merged") is not None:
+        return _ms(r, "gen_speed_ratio_merged", 2)
+    return "n/a" if r.get("gen_speed_ratio") is not None else ""
+
+
 def _lr(r) -> str:
     """The chosen rate; "(edge)" where the sweep's best is still its lowest or highest rate (not bracketed)."""
     if r.get("lr") is None:
@@ -77,6 +104,8 @@ QUALITY = [
     ("held-out loss", lambda r: _ms(r, "heldout_loss", 4)),
     ("Δ loss vs base", lambda r: _delta(r, "heldout_loss", 4)),
     ("loss vs base", lambda r: _verdict(r, "heldout_loss")),
+    ("forgetting", _forgetting),
+    ("forgetting vs base", _forgetting_verdict),
     ("ROUGE-L", lambda r: _ms(r, "rouge_l", 2)),
     ("Δ ROUGE-L", lambda r: _delta(r, "rouge_l", 2)),
     ("BLEU-4", lambda r: _ms(r, "bleu_4", 2)),
@@ -103,6 +132,9 @@ COST = [
     ("train tokens/s", lambda r: _ms(r, "tokens_per_s", 0)),
     ("wall s", lambda r: _num(r.get("wall_s"), 1)),
     ("mergeable", lambda r: "" if "mergeable" not in r else ("yes" if r["mergeable"] else "no")),
+    ("generation tokens/s", lambda r: _ms(r, "gen_tokens_per_s", 0)),
+    ("generation × base (unmerged)", lambda r: _ms(r, "gen_speed_ratio", 2)),
+    ("generation × base (merged)", lambda r: _merged_ratio(r)),
 ]
 
 
@@ -110,12 +142,20 @@ def _base_row(base):
     if not base or base.get("status") != "ok":
         return {"name": "base", "method": "untouched model", "status": "failed",
                 "error": (base or {}).get("error", "not evaluated")}
+    forgetting = {"forgetting": 0.0} if base.get("forget_loss") is not None else {}
     return {**base, "method": "untouched model", "heldout_loss_vs_base": 0.0, "rouge_l_vs_base": 0.0,
-            "bleu_4_vs_base": 0.0}
+            "bleu_4_vs_base": 0.0, **forgetting}
+
+
+def quality_columns(base) -> list:
+    """QUALITY, without the forgetting columns where the comparison measured none."""
+    if base and base.get("forget_loss") is not None:
+        return QUALITY
+    return [c for c in QUALITY if not c[0].startswith("forgetting")]
 
 
 def quality_rows(base, rows):
-    return [[fn(r) for _, fn in QUALITY] for r in [_base_row(base)] + rows]
+    return [[fn(r) for _, fn in quality_columns(base)] for r in [_base_row(base)] + rows]
 
 
 def answer_rows(base, rows):
@@ -153,6 +193,29 @@ def cost_rows(rows):
     return [[fn(r) for _, fn in COST] for r in rows]
 
 
+def cost_text(summary, base) -> str:
+    """How the inference cost is measured, and which runs are on the Pareto fronts."""
+    from .inference_cost import NEW_TOKENS, PROMPTS, REPEATS
+    from .pareto import COSTS
+
+    text = ""
+    if base and base.get("gen_tokens_per_s") is not None:
+        text = (f"Generation: new tokens per second answering the prompts of the first {PROMPTS} held-out records "
+                f"in one batch, greedy, {NEW_TOKENS} new tokens each (no end of answer), the best of {REPEATS} rounds "
+                f"after a warm-up, with the adapter as trained (unmerged) and folded into the base (merged, where "
+                f"the method merges), each as a ratio to the base model timed in the same rounds of the same process "
+                f"(the base alone: {base['gen_tokens_per_s']:,.0f} tokens/s; the ratio is the figure to compare, "
+                f"the tokens/s move with the machine's load). ")
+    names = {"peak_rss_mib": "training memory", "trainable_params": "trainable parameters",
+             "tokens_per_s": "training tokens/s"}
+    for quality, label in (("heldout_loss", "held-out loss"), ("forgetting", "forgetting")):
+        fronts = (summary.get("pareto") or {}).get(quality)
+        if fronts and any(fronts.values()):
+            text += (f"Pareto front of {label} (runs no other beats on both axes) against " + "; ".join(
+                f"{names[c]}: {', '.join(fronts[c]) or 'none'}" for c, *_ in COSTS) + ". ")
+    return text.strip()
+
+
 def _p(p):
     return "no spread" if p is None else f"p={p:.3g}"
 
@@ -164,7 +227,8 @@ def noise_text(summary, rows) -> list[str]:
            f"noise*. With {n} seeds only large, consistent differences are told apart."]
     if n < 2:
         out.append("With one seed there is no spread to test: no difference can be called within noise or not.")
-    names = {"heldout_loss": "Held-out loss", "rouge_l": "ROUGE-L", "bleu_4": "BLEU-4"}
+    names = {"heldout_loss": "Held-out loss", "forget_loss": "Forgetting (loss on the forgetting texts)",
+             "rouge_l": "ROUGE-L", "bleu_4": "BLEU-4"}
     for key, info in summary["noise"].items():
         tied = ", ".join(f"{t['name']} ({_p(t['p'])})" for t in info["within_noise_of_best"]) or "none"
         same = [r["name"] for r in rows if r.get(key + "_verdict_vs_base") == "within noise"]
@@ -215,7 +279,11 @@ def _setup(summary) -> str:
             f"(least mean validation loss after training; the validation loss is also measured every "
             f"{summary['eval_every']} steps); the table reports the held-out records, which choose nothing: "
             f"held-out loss on all of them, ROUGE-L / BLEU-4 of greedy answers to the first "
-            f"{summary['eval_records']} ({_decoding(summary)}). Figures are mean ± standard deviation over the seeds at the chosen rate. "
+            f"{summary['eval_records']} ({_decoding(summary)}). "
+            + (f"Forgetting: with the run's adapter, the loss over every token of {summary['forgetting']}, minus "
+               f"the base model's (positive: the run forgot some of what the base predicted). "
+               if summary.get("forgetting") else "")
+            + f"Figures are mean ± standard deviation over the seeds at the chosen rate. "
             f"Training memory: peak RSS above the process's RSS just before the model was loaded (measured on the "
             f"first point of each training process: the points of a run train one after another in one process), and "
             f"`llm-tuning estimate` from the config alone (estimated).")
@@ -226,11 +294,11 @@ def _blocks(summary, base, rows, images):
     t = summary["timings"]
     b = [("h1", summary["title"]), ("p", _setup(summary)),
          ("h2", "Quality (mean ± std over seeds; the base model first)"),
-         ("table", ([c for c, _ in QUALITY], quality_rows(base, rows), [_base_row(base)] + rows)),
+         ("table", ([c for c, _ in quality_columns(base)], quality_rows(base, rows), [_base_row(base)] + rows)),
          ("h2", "Answers: what the scored generations are like (mean ± std over seeds)"),
          ("table", ([c for c, _ in ANSWERS], answer_rows(base, rows), [_base_row(base)] + rows)),
          ("p", answers_text(summary, base, rows)),
-         ("h2", "Cost"), ("table", ([c for c, _ in COST], cost_rows(rows), rows)),
+         ("h2", "Cost"), ("table", ([c for c, _ in COST], cost_rows(rows), rows)), ("p", cost_text(summary, base)),
          ("h2", "Which differences are within noise")] + [("p", line) for line in noise_text(summary, rows)]
     sweeps = sweep_rows(rows)
     if sweeps:
@@ -263,19 +331,27 @@ def write_report(out_dir, summary, base, rows) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     paths = {"loss_curves": os.path.join(out_dir, "loss_curves.png"),
              "bars": os.path.join(out_dir, "heldout_loss_vs_params.png"),
-             "scores": os.path.join(out_dir, "scores.png"), "lr_sweep": os.path.join(out_dir, "lr_sweep.png")}
+             "scores": os.path.join(out_dir, "scores.png")}
     plots.plot_curves(rows, base, paths["loss_curves"])
     plots.plot_heldout(rows, base, paths["bars"])
     plots.plot_scores(rows, base, paths["scores"])
     images = [("Held-out loss by run, the base model dashed", paths["bars"]),
               ("ROUGE-L and BLEU-4 by run, the base model dashed", paths["scores"]),
               ("Training loss and validation loss during training", paths["loss_curves"])]
-    if plots.plot_lr_sweep(rows, base, paths["lr_sweep"]):
-        images.insert(0, ("Validation loss against learning rate", paths["lr_sweep"]))
-    else:
-        paths.pop("lr_sweep")
-        if os.path.exists(os.path.join(out_dir, "lr_sweep.png")):
-            os.remove(os.path.join(out_dir, "lr_sweep.png"))
+    optional = (("forgetting", plots.plot_forgetting, 1,
+                 "Forgetting by run: the loss on the forgetting texts minus the base's"),
+                ("pareto_heldout_loss", plots.plot_pareto, 0,
+                 "Held-out loss against training memory, trainable parameters and training speed: the runs of the "
+                 "Pareto front joined, the base model dashed"),
+                ("pareto_forgetting", partial(plots.plot_pareto, quality="forgetting"), 1,
+                 "Forgetting against the same costs: the runs of the Pareto front joined, the base (0) dashed"),
+                ("lr_sweep", plots.plot_lr_sweep, 0, "Validation loss against learning rate"))
+    for key, plot, at, caption in optional:  # drawn where the comparison has them; a stale one removed
+        paths[key] = os.path.join(out_dir, f"{key}.png")
+        if plot(rows, base, paths[key]):
+            images.insert(at, (caption, paths[key]))
+        elif os.path.exists(paths.pop(key)):
+            os.remove(os.path.join(out_dir, f"{key}.png"))
     blocks = _blocks(summary, base, rows, images)
     paths["md"], paths["html"] = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
     with open(paths["md"], "w", encoding="utf-8") as f:

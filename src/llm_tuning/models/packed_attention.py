@@ -58,3 +58,18 @@ def use_packed_attention(model) -> bool:
     AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
     return True
+
+
+def uses_flash_attention(model) -> bool:
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return impl.startswith("flash_attention")
+
+
+def prepare_for_packing(model) -> str:
+    """Per-example attention for packed rows (data/packing.py's collator): Llama-family models running SDPA switch
+    to this file's attention (Bloom's speedups attention does it by itself). Returns what was done."""
+    if getattr(model.config, "model_type", None) == "bloom":
+        return "Bloom: SDPA per example (models/speedups.py)"
+    if use_packed_attention(model):
+        return "SDPA per example (models/packed_attention.py)"
+    return f"{model.config._attn_implementation} attention with transformers' packed mask"

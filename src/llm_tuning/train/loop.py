@@ -181,10 +181,11 @@ def _gpu_path_model_hooks(cfg, chosen, model, loss_path):
 
         log(apply_liger(model))
     if cfg.packing:
-        from ..data.packing import check_packing, prepare_model
+        from ..data.packing import check_packing
+        from ..models.packed_attention import prepare_for_packing
 
         check_packing(chosen, model.config.model_type, cfg.speedups, model.config._attn_implementation)
-        log(f"packing: each micro-batch's examples in one row; {prepare_model(model)}")
+        log(f"packing: each micro-batch's examples in one row; {prepare_for_packing(model)}")
 
 
 def _training_arguments(cfg: TrainConfig, lr: float, eps: float, has_eval: bool):
@@ -389,7 +390,8 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     collator = make_collator(tokenizer)
     preflight(tokenizer, train_ds, train_ds, tuned, cfg, eps, collator, log=log)
     if cfg.packing:  # the padded collator above is the one the guard checks
-        from ..data.packing import packing_collator, uses_flash_attention
+        from ..data.packing import packing_collator
+        from ..models.packed_attention import uses_flash_attention
 
         collator = packing_collator(uses_flash_attention(tuned))
     os.makedirs(cfg.output_dir, exist_ok=True)
