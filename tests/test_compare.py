@@ -1,6 +1,7 @@
 """`llm-tuning compare` on stories260K: 2 methods x 2 seeds x a 2-point learning-rate sweep (and a broken run).
-The report has a base row, mean ± std over the seeds and the difference to the base; the rate is chosen on the
-validation records, which are apart from the held-out records the table reports; valid PNG plots; a failed row
+The report has a base row, mean ± std over the seeds and the difference to the base (an lm-eval task's score
+too: harness_tasks); the rate is chosen on the validation records, which are apart from the held-out records the
+table reports; valid PNG plots; a failed row
 for the broken run without stopping the others; a re-run resumes only what is not done; --force starts afresh."""
 
 import json
@@ -17,10 +18,28 @@ RUNS = ("lora-r4", "prefix-proj", "broken")
 SEEDS = [0, 1]
 
 
+HARNESS_KEY = "harness/cmp_bpb/bits_per_byte"  # the lm-eval task the comparison scores (written below)
+
+
+def harness_task(folder, data_path) -> str:
+    """A local lm-eval task: bits per byte of a few English answers (loglikelihood_rolling), no hub."""
+    folder.mkdir(parents=True)
+    records = json.load(open(data_path))[-6:]
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"text": r["output"][:200]}) + "\n" for r in records))
+    (folder / "cmp_bpb.yaml").write_text(
+        f"task: cmp_bpb\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'docs.jsonl'}\n"
+        f"  cache_dir: {folder / 'datasets-cache'}\ntest_split: test\noutput_type: loglikelihood_rolling\n"
+        'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: bits_per_byte\n'
+        "metadata:\n  version: 1.0\n")
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "report"
+    tasks = harness_task(tmp_path_factory.mktemp("harness") / "tasks", need_shared(EN_DATA))
     cfg = {"title": "test", "model": need_shared(STORIES), "data": need_shared(EN_DATA), "output_dir": str(out),
+           "harness_tasks": ["cmp_bpb"], "harness_tasks_dir": tasks,
            "max_steps": 4, "batch_size": 4, "max_length": 96, "heldout_size": 10, "val_size": 8, "eval_records": 2,
            "max_new_tokens": 8, "samples": 2, "seeds": SEEDS, "eval_every": 2, "lr_factors": [1, 3],
            "lr_extend": 1,  # a 2-rate sweep's best is always an edge: one rate 3x beyond it is added
@@ -163,16 +182,47 @@ def test_table_has_every_column_filled_for_ok_runs(compare_run):
     headers = [l for l in md.splitlines() if l.startswith("| run |")]
     for col in ("held-out loss", "ROUGE-L", "BLEU-4", "final train loss", "Δ loss vs base", "lr", "seeds"):
         assert col in headers[0]
+    assert "cmp_bpb bits_per_byte" in headers[1]  # the benchmarks (lm-eval) after the quality table
     for col in ("answer tokens", "% at the token limit", "% empty", "% repeated trigrams"):
-        assert col in headers[1]
+        assert col in headers[2]
     for col in ("trainable params", "trainable %", "adapter size", "training memory MiB (measured)",
                 "training memory MiB (estimated)", "train tokens/s", "wall s", "mergeable", "generation tokens/s",
                 "generation × base (unmerged)", "generation × base (merged)"):
-        assert col in headers[2]
-    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora |")]  # quality, answers, cost, sweep
-    assert len(ok_rows) == 4 and all("|  |" not in l for l in ok_rows)  # no empty cell
+        assert col in headers[3]
+    # quality, benchmarks, answers, cost, sweep
+    ok_rows = [l for l in md.splitlines() if l.startswith("| lora-r4 | lora |")]
+    assert len(ok_rows) == 5 and all("|  |" not in l for l in ok_rows)  # no empty cell
     assert cost[0][0] == "run" and "## Sample generations" in md and md.count("- *reference*:") == 2
     assert "## Time" in md and "base evaluation" in md and "learning-rate sweep" in md
+
+
+def test_harness_tasks_are_columns_with_seeds_and_welch_against_the_base(compare_run):
+    from llm_tuning.lab.stats import verdict, welch
+
+    out, _, _ = compare_run
+    rows, base = _rows(out), json.load(open(out / "base" / "result.json"))
+    assert base["harness_tasks"] == ["cmp_bpb"] and base["harness_higher"] == {HARNESS_KEY: False}
+    md = (out / "report.md").read_text()
+    table = _table(md[md.index("## Benchmarks (lm-eval"):], "run")
+    assert table[0] == ["run", "method", "cmp_bpb bits_per_byte ↓", "Δ vs base", "vs base"]
+    assert table[1][:4] == ["base", "untouched model", f"{base[HARNESS_KEY]:.4f}", "+0.0000"]
+    for name in ("lora-r4", "prefix-proj"):
+        row = rows[name]
+        points = [json.load(open(out / name / f"lr{row['lr']:.3g}-seed{s}" / "result.json")) for s in SEEDS]
+        values = [p[HARNESS_KEY] for p in points]
+        for s, v in zip(SEEDS, values):  # each point's figure is its own lm-eval results file's
+            saved = json.load(open(out / name / f"lr{row['lr']:.3g}-seed{s}" / "harness_results.json"))
+            assert saved["results"]["cmp_bpb"]["bits_per_byte,none"] == v
+        assert row[HARNESS_KEY + "_values"] == values and values[0] != values[1] != base[HARNESS_KEY]
+        assert row[HARNESS_KEY] == pytest.approx(statistics.mean(values))
+        assert row[HARNESS_KEY + "_std"] == pytest.approx(statistics.stdev(values))
+        assert row[HARNESS_KEY + "_p_vs_base"] == welch(values, [base[HARNESS_KEY]])
+        assert row[HARNESS_KEY + "_verdict_vs_base"] == verdict(values, [base[HARNESS_KEY]], lower_is_better=True)
+        cells = next(r for r in table if r[0] == name)
+        assert cells[2:4] == [f"{row[HARNESS_KEY]:,.4f} ± {row[HARNESS_KEY + '_std']:,.4f}",
+                              f"{row[HARNESS_KEY] - base[HARNESS_KEY]:+.4f}"]
+        assert cells[4].startswith(row[HARNESS_KEY + "_verdict_vs_base"])
+    assert "| broken | lora |" in md[md.index("## Benchmarks"):]
 
 
 def test_broken_method_is_a_failed_row_and_the_others_ran(compare_run):

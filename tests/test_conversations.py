@@ -63,7 +63,9 @@ def learned_spans(ids, labels):
     return spans + ([cur] if cur else [])
 
 
-def answers_ids(tok):
+def answers_ids(tok, template="default"):
+    if template == "llama2":  # the official render's answer, " A </s>", tokenised with the rest (eos as text)
+        return [tok(f" {a} {tok.eos_token}", add_special_tokens=False)["input_ids"] for _, a in TURNS]
     return [tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for _, a in TURNS]
 
 
@@ -79,8 +81,8 @@ def test_every_form_normalises_to_the_same_record():
 EXPECTED_TEXT = {
     "default": "System: {s}\n\nHuman: {u0}\n\nAssistant: {a0}</s>Human: {u1}\n\nAssistant: {a1}</s>"
                "Human: {u2}\n\nAssistant: {a2}</s>",
-    "llama2": "[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{u0} [/INST] {a0}</s><s>[INST] {u1} [/INST] {a1}</s>"
-              "<s>[INST] {u2} [/INST] {a2}</s>",
+    "llama2": "<s>[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{u0} [/INST] {a0} </s><s>[INST] {u1} [/INST] {a1} </s>"
+              "<s>[INST] {u2} [/INST] {a2} </s>",
 }
 
 
@@ -90,7 +92,7 @@ def test_each_assistant_turn_is_learned_exactly(form, template, tok):
     t = with_template(tok, CHATML) if template == "auto" else tok
     rec = validate_record(FORMS[form], 0, "data.json")
     ids, labels = encode_conversation(t, rec, template)
-    assert learned_spans(ids, labels) == answers_ids(t)
+    assert learned_spans(ids, labels) == answers_ids(t, template)
     text = t.decode(ids)
     if template == "auto":
         msgs = [{"role": "system", "content": SYSTEM}] + [
@@ -102,10 +104,11 @@ def test_each_assistant_turn_is_learned_exactly(form, template, tok):
         assert text == EXPECTED_TEXT[template].format(**fill)
     # --train-on last: only the final answer
     ids_last, labels_last = encode_conversation(t, rec, template, train_on="last")
-    assert ids_last == ids and learned_spans(ids_last, labels_last) == answers_ids(t)[-1:]
+    assert ids_last == ids and learned_spans(ids_last, labels_last) == answers_ids(t, template)[-1:]
     # the generation prompt is the training sequence up to the last answer
     prompt = prompt_ids(t, rec, template)
-    assert ids[:len(prompt)] == prompt and learned_spans(ids[len(prompt):], labels[len(prompt):]) == answers_ids(t)[-1:]
+    assert ids[:len(prompt)] == prompt
+    assert learned_spans(ids[len(prompt):], labels[len(prompt):]) == answers_ids(t, template)[-1:]
 
 
 def test_single_turn_encoding_is_the_seeds(tok, sample_records):
@@ -144,7 +147,7 @@ def test_messages_prompt_equals_the_records_prompt(tok):
     for template in ("default", "llama2"):
         assert conversation_prompt_ids(tok, msgs, template) == prompt_ids(tok, rec, template)
         text = prompt_from_messages(msgs, template, tok)
-        assert text.endswith(" [/INST] " if template == "llama2" else "Assistant: ") and SYSTEM in text
+        assert text.endswith(" [/INST]" if template == "llama2" else "Assistant: ") and SYSTEM in text
         assert text.count("</s>") == 2
     single = [{"role": "user", "content": "说出一种水果。"}]
     assert tok(prompt_from_messages(single, "default", tok))["input_ids"] == prompt_ids(

@@ -70,7 +70,8 @@ def test_split_is_deterministic_and_disjoint():
 def test_templates():
     assert format_prompt(RECS[0]) == "Human: 把这句话翻译成英文。\n今天天气很好。\n\nAssistant: "
     assert format_prompt(RECS[1]) == "Human: 说出一种水果。\n\nAssistant: "
-    assert format_prompt(RECS[1], "llama2") == "[INST] 说出一种水果。 [/INST] "
+    # the official Llama-2-chat render: bos as text (no tokenizer given: the family's "<s>"), no space after [/INST]
+    assert format_prompt(RECS[1], "llama2") == "<s>[INST] 说出一种水果。 [/INST]"
     with pytest.raises(UserError, match="--template 'nope' is unknown"):
         format_prompt(RECS[1], "nope")
 

@@ -28,6 +28,7 @@ def _clone(folder):
     for name in os.listdir(os.path.join(ROOT, "examples")):
         if name.endswith(".yaml"):
             shutil.copy(os.path.join(ROOT, "examples", name), folder / "examples" / name)
+    shutil.copytree(os.path.join(ROOT, "examples", "harness"), folder / "examples" / "harness")  # eval --tasks-dir
     tour = folder / "examples" / "compare_tour.yaml"
     cfg = yaml.safe_load(tour.read_text())
     # two of its runs, trained at once (each point is a process of its own: ~10 s of start-up on a busy CPU)
@@ -62,7 +63,7 @@ def test_readme_tour_runs_twice_in_a_fresh_folder(tmp_path):
     first = _replay(clone, todo)
     for path in ("runs/tiny/config.json", "runs/lora/llm_tuning.json", "runs/qlora/llm_tuning.json",
                  "runs/yaml/llm_tuning.json", "runs/merged/config.json", "runs/compare/report.md",
-                 "runs/quantlab/report.md"):
+                 "runs/quantlab/report.md", "runs/prefix/harness_results.json"):
         assert (clone / path).exists(), path
     assert yaml.safe_load((clone / "runs/yaml/config.yaml").read_text())["lr"] == 3e-4  # the flag won
     second = _replay(clone, todo)

@@ -36,7 +36,8 @@ COMMANDS = [
     Command("train", "fine-tune a model with one method", TrainConfig, run.train, yaml=True),
     Command("merge", "fold a LoRA / IA3 / BitFit adapter into its base model", MergeConfig, run.merge),
     Command("generate", "answer an instruction", GenerateConfig, run.generate),
-    Command("eval", "held-out response loss and perplexity (--generate: ROUGE / BLEU)", EvalConfig, run.evaluate),
+    Command("eval", "held-out response loss and perplexity (--generate: ROUGE / BLEU; --tasks: lm-eval's "
+            "benchmarks)", EvalConfig, run.evaluate),
     Command("estimate", "predict peak training memory from a model config (no weights needed)", EstimateConfig,
             lab.estimate),
     Command("compare", "run several methods on one budget and write a report (table + plots)", CompareCommand,

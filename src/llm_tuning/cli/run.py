@@ -31,18 +31,66 @@ def generate(cfg):
 
 
 def evaluate(cfg):
-    from ..data.formats import load_records
     from ..data.texts import is_text_file
+    from ..errors import UserError
+
+    if not cfg.data and not cfg.tasks:
+        raise UserError("eval needs --data (records or plain text to score) or --tasks (lm-eval benchmarks), or both")
+    text = bool(cfg.data) and (cfg.text or is_text_file(cfg.data, cfg.encoding))
+    if text and cfg.generate:
+        raise UserError(f"{cfg.data}: --generate answers instructions, and plain text has none; drop --generate "
+                        "(or --text, for alpaca records)")
+    manager = None
+    if cfg.tasks:
+        from ..infer.harness import prepare_tasks
+
+        manager = prepare_tasks(cfg.tasks, cfg.tasks_dir)  # lm-eval installed, the tasks found: before any load
+    data = _read_data(cfg, text) if cfg.data else None
+    model, tok, info = _load(cfg)
+    r = {}
+    if text:
+        from ..evaluate import text_loss
+
+        r = text_loss(model, tok, data, cfg.max_length, cfg.batch_size)
+    elif data is not None:
+        r = _record_figures(cfg, model, tok, _template(cfg, info), data)
+    results = None
+    if cfg.tasks:
+        results, r["harness"] = _benchmarks(cfg, model, tok, manager)
+    if text and cfg.adapter:
+        del model
+        r.update(_forgetting(cfg, data, r["loss"]))
+    if cfg.json:
+        print(json.dumps(r))
+        return
+    if cfg.data:
+        _print_metrics(r, ("texts", "tokens", "base_loss", "loss", "forgetting", "base_perplexity", "perplexity")
+                       if text else ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l",
+                                     "bleu-4"))
+    if cfg.predictions:
+        print(f"predictions written to {cfg.predictions}")
+    if cfg.tasks:
+        from ..infer.harness import table
+
+        print(("\n" if cfg.data else "") + table(results))
+        print(f"lm-eval's results written to {r['harness']['output']}")
+
+
+def _read_data(cfg, text: bool) -> list:
+    """--data's plain texts or records (the first --limit), read and checked before any model is loaded."""
+    if text:
+        from ..data.texts import load_texts
+
+        return load_texts(cfg.data, cfg.encoding)[: cfg.limit or None]
+    from ..data.formats import load_records
+
+    return load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records[: cfg.limit or None]
+
+
+def _record_figures(cfg, model, tok, template, records) -> dict:
+    """Held-out loss and perplexity of the records; with --generate, ROUGE / BLEU of greedy answers."""
     from ..evaluate import response_loss
 
-    if cfg.text or is_text_file(cfg.data, cfg.encoding):
-        return evaluate_text(cfg)
-
-    records = load_records(cfg.data, cfg.skip_bad_records, encoding=cfg.encoding).records
-    if cfg.limit:
-        records = records[: cfg.limit]
-    model, tok, info = _load(cfg)
-    template = _template(cfg, info)
     r = response_loss(model, tok, records, template, cfg.max_length, cfg.batch_size)
     if cfg.generate:
         from ..infer.sampling import Sampling
@@ -52,15 +100,21 @@ def evaluate(cfg):
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # greedy
         g = generation_metrics(model, tok, records, template, sampling, cfg.batch_size, cfg.predictions)
         r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
-    _print_metrics(cfg, r, ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l", "bleu-4"))
-    if cfg.predictions:
-        print(f"predictions written to {cfg.predictions}")
+    return r
 
 
-def _print_metrics(cfg, r: dict, keys) -> None:
-    if cfg.json:
-        print(json.dumps(r))
-        return
+def _forgetting(cfg, texts, loss: float) -> dict:
+    """The base model's loss on the same plain texts and the difference (forgetting, as `compare` measures it:
+    the same texts, loss and truncation); loaded once the adapter's model is gone."""
+    from ..evaluate import text_loss
+    from ..infer import load_for_inference
+
+    base, base_tok, _ = load_for_inference(cfg.model, None, cfg.precision, cfg.trust_remote_code, cfg.quantization)
+    b = text_loss(base, base_tok, texts, cfg.max_length, cfg.batch_size)
+    return {"base_loss": b["loss"], "base_perplexity": b["perplexity"], "forgetting": loss - b["loss"]}
+
+
+def _print_metrics(r: dict, keys) -> None:
     print("| metric | value |\n|---|---|")
     for key in keys:
         if key in r:
@@ -68,27 +122,18 @@ def _print_metrics(cfg, r: dict, keys) -> None:
             print(f"| {key} | {v if isinstance(v, int) else f'{v:.4f}'} |")
 
 
-def evaluate_text(cfg):
-    """The loss over every token of plain texts; with an adapter, the base's too and the difference (forgetting,
-    as `compare` measures it: the same texts, loss and truncation)."""
-    from ..data.texts import load_texts
-    from ..errors import UserError
-    from ..evaluate import text_loss
-    from ..infer import load_for_inference
+def _benchmarks(cfg, model, tok, manager) -> tuple[dict, dict]:
+    """lm-eval's tasks on the loaded model: (its results, {results, groups, output} of them); the results JSON
+    written."""
+    import os
 
-    if cfg.generate:
-        raise UserError(f"{cfg.data}: --generate answers instructions, and plain text has none; drop --generate "
-                        "(or --text, for alpaca records)")
-    texts = load_texts(cfg.data, cfg.encoding)[: cfg.limit or None]
-    model, tok, _ = _load(cfg)
-    r = text_loss(model, tok, texts, cfg.max_length, cfg.batch_size)
-    if cfg.adapter:
-        del model
-        base, base_tok, _ = load_for_inference(cfg.model, None, cfg.precision, cfg.trust_remote_code,
-                                               cfg.quantization)
-        b = text_loss(base, base_tok, texts, cfg.max_length, cfg.batch_size)
-        r.update(base_loss=b["loss"], base_perplexity=b["perplexity"], forgetting=r["loss"] - b["loss"])
-    _print_metrics(cfg, r, ("texts", "tokens", "base_loss", "loss", "forgetting", "base_perplexity", "perplexity"))
+    from ..infer.harness import run_tasks, write_results
+
+    results = run_tasks(model, tok, cfg.tasks, manager, cfg.limit, cfg.batch_size, cfg.bootstrap_iters, cfg.samples)
+    path = cfg.harness_output or os.path.join(cfg.adapter or ".", "harness_results.json")
+    write_results(path, results)
+    kept = {k: results[k] for k in ("results", "groups") if results.get(k)}
+    return results, json.loads(json.dumps({**kept, "output": path}, default=float))
 
 
 def merge(cfg):

@@ -11,7 +11,7 @@ from ..models.precision import PRECISIONS, QUANTIZATIONS
 from ..options import option, same_as
 from .train import CHECKPOINTS_GROUP, DATA_GROUP, MODEL_GROUP, TRAINING_GROUP, TrainConfig
 
-GENERATION_GROUP, EVALUATION_GROUP = "generation", "evaluation"
+GENERATION_GROUP, EVALUATION_GROUP, HARNESS_GROUP = "generation", "evaluation", "benchmarks (lm-eval)"
 
 
 @dataclass
@@ -51,13 +51,16 @@ class GenerateConfig(LoadConfig):
 @dataclass
 class EvalConfig(LoadConfig):
     """`llm-tuning eval`: held-out response loss and perplexity (and, with --generate, ROUGE / BLEU); on plain text
-    (--text, a .txt file, records of {"text": ...}): the loss over every token, and with --adapter the forgetting."""
+    (--text, a .txt file, records of {"text": ...}): the loss over every token, and with --adapter the forgetting;
+    with --tasks, lm-eval's benchmarks."""
 
-    data: str = same_as(TrainConfig, "data")
+    data: str | None = same_as(TrainConfig, "data", default=None, required=False)
     encoding: str | None = same_as(TrainConfig, "encoding")
     max_length: int = same_as(TrainConfig, "max_length")
-    batch_size: int = option(8, "records per forward pass", group=EVALUATION_GROUP, range="[1, inf)")
-    limit: int | None = option(None, "evaluate only the first N records", group=EVALUATION_GROUP, range="[1, inf)")
+    batch_size: int = option(8, "records (or lm-eval requests) per forward pass", group=EVALUATION_GROUP,
+                             range="[1, inf)")
+    limit: int | None = option(None, "evaluate only the first N records (and the first N documents of each "
+                                     "--tasks task)", group=EVALUATION_GROUP, range="[1, inf)")
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
     generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
                                    "BLEU-4 on characters", group=EVALUATION_GROUP)
@@ -70,6 +73,20 @@ class EvalConfig(LoadConfig):
     no_repeat_ngram_size: int = same_as(GenerateConfig, "no_repeat_ngram_size")
     predictions: str | None = option(None, "with --generate: write prompt/reference/prediction JSONL here",
                                      group=EVALUATION_GROUP)
+    tasks: list[str] | None = option(None, "benchmarks through EleutherAI's lm-evaluation-harness on the model with "
+                                           "its adapter, comma-separated: task YAMLs of --tasks-dir, or lm-eval's "
+                                           "built-in tasks (cmmlu, ceval-valid, mmlu, ...; their data comes from "
+                                           "the hub); needs pip install 'llm-tuning[harness]'",
+                                     group=HARNESS_GROUP)
+    tasks_dir: str | None = option(None, "folder of lm-eval task YAML files (lm-eval's include_path); the built-in "
+                                         "tasks are only read when a name is not found there", group=HARNESS_GROUP)
+    bootstrap_iters: int = option(0, "lm-eval's bootstrap resamples for the standard errors (0: none, the "
+                                     "table shows N/A)", group=HARNESS_GROUP, range="[0, inf)")
+    harness_output: str | None = option(None, "lm-eval's results JSON (default: harness_results.json in the "
+                                              "adapter folder, or in the current folder without an adapter)",
+                                        group=HARNESS_GROUP)
+    samples: bool = option(False, "keep every document's requests and answers in the results JSON (lm-eval's "
+                                  "log_samples)", group=HARNESS_GROUP)
     json: bool = option(False, "print JSON instead of a table", group=EVALUATION_GROUP)
 
 
@@ -239,6 +256,12 @@ class CompareConfig:
                            group=TRAINING_GROUP, range="[1, inf)")
     threads: int | None = option(None, "torch threads per training process (OMP_NUM_THREADS; default: torch's "
                                        "choice, one per core)", group=TRAINING_GROUP, range="[1, inf)")
+    harness_tasks: list = option([], "lm-eval tasks scored for every run's seeds and the base, as columns of the "
+                                     "report (mean ± std, Welch against the base); names as `eval --tasks` takes",
+                                 group=HARNESS_GROUP)
+    harness_tasks_dir: str | None = same_as(EvalConfig, "tasks_dir")
+    harness_limit: int | None = option(None, "the first N documents of each harness task (default: all)",
+                                       group=HARNESS_GROUP, range="[1, inf)")
 
 
 QUANTLAB_GROUP = "quantisation lab"

@@ -36,8 +36,9 @@ class TrainSettings:
                        group=DATA_GROUP, required=True)
     encoding: str | None = option(None, "text encoding of the data file, e.g. gbk (default: UTF-8, a byte-order "
                                         "mark accepted)", group=DATA_GROUP)
-    template: str = option("default", "prompt template: default (Human:/Assistant:), llama2, or auto (the "
-                                      "tokenizer's own chat template when it has one, else default)",
+    template: str = option("default", "prompt template: default (Human:/Assistant:); a family's official chat "
+                                      "format: llama2, chatml (Qwen), llama3, mistral; or auto (the tokenizer's own "
+                                      "chat template when it has one, else default)",
                            choices=TEMPLATE_NAMES, group=DATA_GROUP)
     train_on: str = option("all", "multi-turn records: learn every assistant turn, or the last only",
                            choices=("all", "last"), group=DATA_GROUP)

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 
-ENCODING_VERSION = 2  # bump when encode_records changes what it produces
+ENCODING_VERSION = 3  # bump when encode_records changes what it produces
 
 
 def cache_root() -> str:

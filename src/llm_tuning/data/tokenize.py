@@ -2,9 +2,10 @@
 
 Each example is prompt + response + eos, or for a multi-turn record every turn's prompt and answer (templates.py
 renders the pieces). Prompts are masked out of the labels (-100), so the loss covers exactly the answer tokens
-and their eos (every assistant turn, or the last only with train_on="last"). eos is
-appended *by id*: the Llama-2 tokenizer never appends it, and a literal "</s>"
-string inside text is not reliably tokenised as the eos token.
+and their end token (every assistant turn, or the last only with train_on="last"). With the default template eos
+is appended *by id* (the Llama-2 tokenizer never appends it, and answer text is not tokenised with special
+tokens). The families' official templates (templates.OFFICIAL) write their special tokens as text: the whole
+conversation is tokenised once, as apply_chat_template does, and answer tokens are found by character offsets.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class Encoded:
     dropped: int  # examples whose response was truncated away entirely
 
 
-def prepare_tokenizer(tokenizer, log=print):
-    """pad = eos when the tokenizer has no pad token. (Right padding for training is the guard's job.)"""
+def prepare_tokenizer(tokenizer, log=print, template: str | None = None):
+    """pad = eos when the tokenizer has no pad token. (Right padding for training is the guard's job.) With the
+    template a run trains in: its end token as eos where it has its own (templates.use_end_token)."""
     if tokenizer.eos_token_id is None:
         from ..errors import UserError
 
@@ -30,6 +32,10 @@ def prepare_tokenizer(tokenizer, log=print):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
         log(f"tokenizer has no pad token: using eos ({tokenizer.eos_token!r}, id {tokenizer.eos_token_id}) as pad")
+    if template:
+        from .templates import use_end_token
+
+        use_end_token(tokenizer, template, log)
     return tokenizer
 
 
@@ -55,14 +61,12 @@ def _assemble(pieces, ids_of, tokenizer, chat: bool, train_on: str) -> tuple[lis
     """ids and labels of one conversation's pieces (their ids from `ids_of`, in order). Answers are learned
     (all of them, or the last only); eos follows each answer by id (chat templates: the answer is cut after the
     eos the template writes, the rest read as prompt)."""
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id
     last_answer = max((i for i, (kind, _) in enumerate(pieces) if kind == "answer"), default=-1)
     ids: list[int] = []
     labels: list[int] = []
     for i, (kind, _) in enumerate(pieces):
-        if kind == "bos":
-            piece, learned = ([bos] if bos is not None else []), []
-        elif kind == "prompt":
+        if kind == "prompt":
             piece, learned = (ids_of(i) if chat or i else _strip_eos(ids_of(i), eos)), []
         else:
             answer = list(ids_of(i))
@@ -83,19 +87,54 @@ def encode_conversation(tokenizer, record: dict, template: str = "default", trai
     return _encode_many(tokenizer, [record], template, train_on)[0]
 
 
-def _encode_many(tokenizer, records, template, train_on):
-    from .templates import resolve
+def _learned(offsets, spans) -> list[bool]:
+    """Per token (its character offsets): whether it overlaps one of the learned character spans."""
+    return [any(a < end and max(b, a + 1) > start for start, end in spans) for a, b in offsets]
 
-    chat = resolve(template, tokenizer) == "chat"
+
+def _encode_official(tokenizer, all_pieces, template: str, train_on: str, complete: list[bool]):
+    """Each conversation's text tokenised once without added special tokens (the text writes them); a token is
+    learned where it overlaps a learned answer's characters. A complete conversation ends with its last answer's
+    end token (ChatML's newline after it dropped, as Qwen's own fine-tuning script does and as --template auto
+    does), so that every training example ends with the token generation stops on."""
+    from ..errors import UserError
+    from .templates import check_markers
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"--template {template} finds the answers by character offsets, which needs a fast "
+                        "tokenizer (a tokenizer.json); use --template default")
+    check_markers(template, tokenizer)
+    texts, all_spans = [], []
+    for pieces, done in zip(all_pieces, complete):
+        at, spans = 0, []
+        answers = [i for i, (kind, _) in enumerate(pieces) if kind == "answer"]
+        if done and answers:
+            pieces = pieces[:answers[-1] + 1]
+        for i, (kind, text) in enumerate(pieces):
+            if kind == "answer" and (train_on == "all" or i == answers[-1]):
+                spans.append((at, at + len(text)))
+            at += len(text)
+        texts.append("".join(text for _, text in pieces))
+        all_spans.append(spans)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [(ids, [t if learn else IGNORE for t, learn in zip(ids, _learned(offsets, spans))])
+            for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], all_spans)]
+
+
+def _encode_many(tokenizer, records, template, train_on):
+    from .templates import OFFICIAL, resolve
+
+    kind = resolve(template, tokenizer)
+    chat = kind == "chat"
     all_pieces = [_conversation_pieces(r, template, tokenizer) for r in records]
+    if kind in OFFICIAL:
+        return _encode_official(tokenizer, all_pieces, kind, train_on, [bool(r.get("output")) for r in records])
     # Batched tokenizer calls (fast tokenizers run them in parallel): the first prompt of each record with the
     # tokenizer's special tokens (its bos; chat templates write their own), every other piece without.
     firsts, others, where = [], [], []
-    for r, pieces in enumerate(all_pieces):
-        for i, (kind, text) in enumerate(pieces):
-            if kind == "bos":
-                where.append(None)
-            elif i == 0 and not chat:
+    for pieces in all_pieces:
+        for i, (_, text) in enumerate(pieces):
+            if i == 0 and not chat:
                 where.append((0, len(firsts)))
                 firsts.append(text)
             else:
@@ -107,8 +146,7 @@ def _encode_many(tokenizer, records, template, train_on):
     for pieces in all_pieces:
         slots = where[k:k + len(pieces)]
         k += len(pieces)
-        out.append(_assemble(pieces, lambda i, s=slots: tokenized[s[i][0]][s[i][1]] if s[i] else [], tokenizer,
-                             chat, train_on))
+        out.append(_assemble(pieces, lambda i, s=slots: tokenized[s[i][0]][s[i][1]], tokenizer, chat, train_on))
     return out
 
 

@@ -32,9 +32,9 @@ def prompt_from_messages(messages: list[dict], template: str = "default", tokeni
     """The prompt for a conversation, ending where the assistant's next answer starts.
 
     Rendered by data/templates.py as training renders a multi-turn record (system first, each earlier exchange
-    finished, the last user turn open): default, llama2, or with `auto` the tokenizer's own chat template.
-    Earlier answers end with the tokenizer's eos *text*; the exact ids training sees (eos by id, no re-merging
-    across turns) are data.tokenize.conversation_prompt_ids(tokenizer, messages, template)."""
+    finished, the last user turn open): default, a family's chat format (llama2, chatml, llama3, mistral), or
+    with `auto` the tokenizer's own chat template. With default, earlier answers end with the tokenizer's eos
+    *text*; the exact ids training sees are data.tokenize.conversation_prompt_ids(tokenizer, messages, template)."""
     from ..data.conversations import from_messages
     from ..data.templates import format_prompt
 

@@ -1,5 +1,6 @@
 """A run's row from its points: the learning rate chosen on the validation split, mean ± std over seeds at that
-rate, the difference to the base model, and which differences are within noise (Welch's t-test)."""
+rate (lm-eval's scores, when the comparison runs harness tasks, included), the difference to the base model, and
+which differences are within noise (Welch's t-test)."""
 
 from __future__ import annotations
 
@@ -82,15 +83,31 @@ def run_row(run: dict, grid: list[float], sweep: list[dict] | None, chosen: floa
     row["loss_curves"] = [p.get("loss_curve") or [] for p in ok]
     row["val_curves"] = [p.get("val_curve") or [] for p in ok]
     row["samples"] = ok[0].get("samples")
+    lower, columns = dict(METRICS), harness_columns(None, ok)
+    for key, higher in columns.items():  # lm-eval's scores, as the figures above
+        values = [p.get(key) for p in ok]
+        row[key], row[key + "_std"] = mean_std(values)
+        row[key + "_values"], lower[key] = values, not higher
+    if columns:
+        row["harness_higher"] = columns
     if base:
-        for key in COMPARED:
+        for key in [*COMPARED, *columns]:
             if row.get(key) is not None and base.get(key) is not None:
                 row[key + "_vs_base"] = row[key] - base[key]
                 row[key + "_p_vs_base"] = welch(row[key + "_values"], [base[key]])
-                row[key + "_verdict_vs_base"] = verdict(row[key + "_values"], [base[key]], dict(METRICS)[key])
+                row[key + "_verdict_vs_base"] = verdict(row[key + "_values"], [base[key]], lower[key])
         if "forget_loss_vs_base" in row:
             row.update(_forgetting(row, base))
     return row
+
+
+def harness_columns(base: dict | None, rows: list[dict]) -> dict:
+    """{"harness/TASK/METRIC": higher is better} of the lm-eval scores the base and the rows hold, in order."""
+    out: dict = {}
+    for r in [base or {}, *rows]:
+        for key, higher in (r.get("harness_higher") or {}).items():
+            out.setdefault(key, higher)
+    return out
 
 
 def _forgetting(row: dict, base: dict) -> dict:

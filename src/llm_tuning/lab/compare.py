@@ -21,8 +21,9 @@ import threading
 import time
 
 from ..errors import UserError
-from .aggregate import choose_lr, edge, noise_summary, run_row, sweep_table
-from .points import estimate_mib, evaluate_base, evaluate_point, point_name, read_json, train_points, write_json
+from .aggregate import choose_lr, edge, harness_columns, noise_summary, run_row, sweep_table
+from .points import (add_benchmarks, estimate_mib, evaluate_base, evaluate_point, needs_benchmarks, point_name,
+                     read_json, train_points, write_json)
 from .settings import budget_folder, load_compare_config, lr_grid
 
 __all__ = ["load_compare_config", "run_compare", "split_three_ways"]
@@ -47,7 +48,8 @@ def _steps_for_budget(cc, shared: dict, train_records: list[dict], budget: float
     from ..data.tokenize import prepare_tokenizer
     from ..models.load import load_tokenizer
 
-    tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cc.model), log=lambda m: None)
+    tok = prepare_tokenizer(load_tokenizer(shared.get("tokenizer") or cc.model), log=lambda m: None,
+                            template=shared.get("template"))
     # Through the cache: the runs tokenise exactly these records the same way, and then find them there.
     ds, _ = tokenized_dataset(tok, train_records, shared.get("template", "default"), shared.get("max_length", 512),
                               shared.get("cache", True), log=lambda m: None)
@@ -95,6 +97,12 @@ class _Comparison:
         self.timings = {"split and tokenisation": time.time() - t}
         self.done, self.total = 0, sum(self._points_of(r) for r in self.cc.runs)
         self.lock = threading.Lock()  # runs may train in parallel threads (each driving its own process)
+        self.harness = None
+        if self.cc.harness_tasks:  # lm-eval there and the tasks found before anything trains
+            from ..infer.harness import prepare_tasks
+
+            self.harness = {"tasks": self.cc.harness_tasks, "limit": self.cc.harness_limit,
+                            "manager": prepare_tasks(self.cc.harness_tasks, self.cc.harness_tasks_dir)}
 
     def _sweep_seeds(self, run) -> list[int]:
         seeds = self.cc.seeds
@@ -163,11 +171,18 @@ class _Comparison:
             t = time.time()
             try:
                 row = evaluate_base(self.cc.model, self.heldout, self.val, *self._eval_args()[1:],
-                                    os.path.dirname(path), self.forget())
+                                    os.path.dirname(path), self.forget(), self.harness)
             except Exception as e:  # the comparison goes on without its reference line
                 row = {"name": "base", "status": "failed", "error": f"{type(e).__name__}: {e}"}
-            row["eval_s"] = round(time.time() - t, 1)
+            row["eval_s"] = round(time.time() - t - row.get("harness_s", 0), 1)
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, row)
+        elif needs_benchmarks(row, self.harness):
+            self.log("base: scoring the harness tasks ...")
+            try:
+                add_benchmarks(row, self.cc.model, None, self.harness, os.path.dirname(path))
+            except Exception as e:
+                row.update(status="failed", error=f"{type(e).__name__}: {e}")
             write_json(path, row)
         else:
             self.log("base: done already (base/result.json), skipped")
@@ -223,10 +238,10 @@ class _Comparison:
 
     def evaluated(self, run, lr: float, seed: int, row: dict) -> dict:
         """The point scored on the held-out records (once: the scores are kept in its result.json)."""
-        if row["status"] != "ok" or "heldout_loss" in row:
+        if row["status"] != "ok" or "heldout_loss" in row and not needs_benchmarks(row, self.harness):
             return row
         run_dir = os.path.join(self.out, run["name"], point_name(lr, seed))
-        evaluate_point(row, run_dir, self.cc.model, *self._eval_args(), self.forget())
+        evaluate_point(row, run_dir, self.cc.model, *self._eval_args(), self.forget(), self.harness)
         label = self._label(run, lr, seed)
         if row["status"] == "ok":
             self.log(f"    {label}: held-out loss {row['heldout_loss']:.4f}, ROUGE-L {row['rouge_l']:.2f}"
@@ -296,7 +311,7 @@ class _Comparison:
 def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:
     """Seconds per part of the comparison (training and evaluation from the points' own records, so a resumed
     comparison counts the work done before it too)."""
-    sweep_s = final_s = eval_s = 0.0
+    sweep_s = final_s = eval_s = harness_s = 0.0
     for run in cmp.cc.runs:
         name = run["name"]
         for entry in os.listdir(os.path.join(cmp.out, name)) if os.path.isdir(os.path.join(cmp.out, name)) else []:
@@ -309,10 +324,14 @@ def _timings(cmp: _Comparison, base: dict, rows: list[dict]) -> dict:
             else:
                 final_s += p.get("wall_s") or 0
             eval_s += p.get("eval_s") or 0
-    return {**cmp.timings, "base evaluation": base.get("eval_s") or 0.0,
-            "training: learning-rate sweep (every rate x sweep seed)": sweep_s,
-            "training at one rate (runs not swept, seeds beyond sweep_seeds)": final_s,
-            "held-out evaluation (loss, forgetting, ROUGE / BLEU)": eval_s}
+            harness_s += p.get("harness_s") or 0
+    out = {**cmp.timings, "base evaluation": base.get("eval_s") or 0.0,
+           "training: learning-rate sweep (every rate x sweep seed)": sweep_s,
+           "training at one rate (runs not swept, seeds beyond sweep_seeds)": final_s,
+           "held-out evaluation (loss, forgetting, ROUGE / BLEU)": eval_s}
+    if cmp.harness:
+        out["harness tasks (lm-eval; runs and base)"] = harness_s + (base.get("harness_s") or 0)
+    return out
 
 
 def _output_dir(from_yaml: str, given: str | None, log) -> str:
@@ -373,6 +392,8 @@ def _compare_at(cmp: _Comparison, base_row: dict | None = None) -> dict:
                "forgetting": describe(cc, cmp.forget()) if "forget_loss" in base else None,
                "pareto": {q: pareto_table(rows, q) for q in ("heldout_loss", "forgetting")},
                "heldout": cmp.heldout, "noise": noise, "timings": timings}
+    if cc.harness_tasks:
+        summary.update(harness_tasks=cc.harness_tasks, harness_columns=harness_columns(base, rows))
     timings["this invocation up to the report (wall)"] = time.time() - t0
     paths = write_report(cmp.out, summary, base, rows)
     write_json(os.path.join(cmp.out, "compare.json"),

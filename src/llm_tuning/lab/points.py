@@ -1,6 +1,7 @@
 """One point of a comparison: a run's settings at one learning rate and one seed, trained in its own process
 (its peak memory is its own), and scored: validation loss (from the training process) for every point,
-held-out loss and ROUGE / BLEU for the points that fill the table. Each point keeps a result.json."""
+held-out loss and ROUGE / BLEU for the points that fill the table, and the scores of lm-eval's tasks when the
+comparison names some (harness_tasks). Each point keeps a result.json."""
 
 from __future__ import annotations
 
@@ -136,11 +137,13 @@ def train_points(jobs: list[dict], jobs_path: str, on_done, threads: int | None 
 
 
 def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records: int, sampling, template: str,
-             max_length: int, predictions_path: str | None, forget: list[str] | None = None) -> dict:
+             max_length: int, predictions_path: str | None, forget: list[str] | None = None,
+             harness: dict | None = None) -> dict:
     """Held-out response loss on every held-out record; ROUGE / BLEU of the answers (`sampling`: a
     sampling.Sampling, greedy) to the first eval_records, and what the answers are like (length, loops, ends);
     with `forget` texts, the loss on them (every token, no template: forgetting is its difference to the base's);
-    the generation speed (inference_cost.py), unmerged and merged, against the base's."""
+    with `harness`, its lm-eval tasks' scores (benchmarks); the generation speed (inference_cost.py), unmerged
+    and merged, against the base's."""
     from ..infer import load_for_inference
     from ..evaluate import response_loss, text_loss
     from ..infer.scoring import generation_metrics
@@ -152,26 +155,60 @@ def evaluate(model: str, adapter: str | None, heldout: list[dict], eval_records:
     loss = response_loss(m, tok, heldout, template, max_length)
     forget = {"forget_loss": text_loss(m, tok, forget, max_length)["loss"]} if forget else {}
     gen = generation_metrics(m, tok, heldout[:eval_records], template, sampling, predictions_path=predictions_path)
+    bench = benchmarks(m, tok, harness, harness["out_dir"]) if harness else {}
     # last: the speed with the adapter merged changes the model
     speed = adapter_speed(m, tok, info["method"], model, heldout, template) if adapter else \
         base_speed(m, tok, heldout, template)
     return {"heldout_loss": loss["loss"], **forget, "rouge_l": gen["rouge-l"], "bleu_4": gen["bleu-4"],
             "rouge_1": gen["rouge-1"], "rouge_2": gen["rouge-2"], "samples": gen["predictions"],
-            **gen["answers"], **speed, "eval_s": round(time.time() - t, 1)}
+            **gen["answers"], **speed, **bench,
+            "eval_s": round(time.time() - t - bench.get("harness_s", 0), 1)}  # the harness's time: its own figure
+
+
+def benchmarks(m, tok, harness: dict, out_dir: str) -> dict:
+    """lm-eval's scores of the loaded model on harness["tasks"] ({"harness/TASK/METRIC": value}, which way is
+    better, the seconds it took); its results JSON in out_dir/harness_results.json."""
+    from ..infer.harness import run_tasks, scores, write_results
+
+    t = time.time()
+    results = run_tasks(m, tok, harness["tasks"], harness["manager"], harness.get("limit"))
+    write_results(os.path.join(out_dir, "harness_results.json"), results)
+    values, higher = scores(results, harness["tasks"])
+    return {**values, "harness_tasks": list(harness["tasks"]), "harness_higher": higher,
+            "harness_s": round(time.time() - t, 1)}
+
+
+def needs_benchmarks(row: dict, harness: dict | None) -> bool:
+    """A scored row (a point or the base) without this comparison's harness tasks (added since it was scored)."""
+    return bool(harness) and row.get("status") == "ok" and row.get("harness_tasks") != list(harness["tasks"])
+
+
+def add_benchmarks(row: dict, model: str, adapter: str | None, harness: dict, out_dir: str) -> dict:
+    """A row scored before harness_tasks were added to the comparison, given their scores."""
+    from ..infer import load_for_inference
+
+    m, tok, _ = load_for_inference(model, adapter)
+    row.update(benchmarks(m, tok, harness, out_dir))
+    return row
 
 
 def evaluate_point(row: dict, run_dir: str, model: str, heldout, eval_records, sampling, template,
-                   max_length, forget=None) -> dict:
+                   max_length, forget=None, harness: dict | None = None) -> dict:
+    """The point's held-out scores (and harness tasks'), or only the harness tasks' where it has the others."""
     try:
-        row.update(evaluate(model, run_dir, heldout, eval_records, sampling, template, max_length,
-                            os.path.join(run_dir, "predictions.jsonl"), forget))
+        if "heldout_loss" not in row:
+            row.update(evaluate(model, run_dir, heldout, eval_records, sampling, template, max_length,
+                                os.path.join(run_dir, "predictions.jsonl"), forget,
+                                harness and {**harness, "out_dir": run_dir}))
+        elif needs_benchmarks(row, harness):
+            add_benchmarks(row, model, run_dir, harness, run_dir)
     except Exception as e:  # an evaluation failure is this point's failure, not the comparison's
         row.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return row
 
 
 def evaluate_base(model: str, heldout, validation, eval_records, sampling, template, max_length,
-                  out_dir: str, forget=None) -> dict:
+                  out_dir: str, forget=None, harness: dict | None = None) -> dict:
     """The untouched model, once: held-out loss and scores as for every run, plus its validation loss."""
     from ..infer import load_for_inference
     from ..evaluate import response_loss
@@ -180,8 +217,8 @@ def evaluate_base(model: str, heldout, validation, eval_records, sampling, templ
     t = time.time()
     row = {"name": "base", "method": "none (untouched model)", "status": "ok"}
     row.update(evaluate(model, None, heldout, eval_records, sampling, template, max_length,
-                        os.path.join(out_dir, "predictions.jsonl"), forget))
+                        os.path.join(out_dir, "predictions.jsonl"), forget, harness and {**harness, "out_dir": out_dir}))
     m, tok, _ = load_for_inference(model, None)
     row["val_loss"] = response_loss(m, tok, validation, template, max_length)["loss"] if validation else None
-    row["eval_s"] = round(time.time() - t, 1)
+    row["eval_s"] = round(time.time() - t - row.get("harness_s", 0), 1)  # the harness's time is its own figure
     return row

@@ -154,6 +154,37 @@ def quality_columns(base) -> list:
     return [c for c in QUALITY if not c[0].startswith("forgetting")]
 
 
+def harness_label(key: str) -> str:
+    """"harness/TASK/METRIC" as a column name: "TASK METRIC"."""
+    return " ".join(key.split("/", 2)[1:])
+
+
+def harness_table(summary, base, rows):
+    """lm-eval's scores: per task and metric the mean ± std over seeds, the difference to the base and whether it
+    is within noise (the base model's row first); None when the comparison runs no harness task."""
+    columns = summary.get("harness_columns") or {}
+    if not columns:
+        return None
+    header = ["run", "method"]
+    for key, higher in columns.items():
+        header += [f"{harness_label(key)} {'↑' if higher else '↓'}", "Δ vs base", "vs base"]
+    table = []
+    for r in [_base_row(base)] + rows:
+        cells = [r["name"], r["method"]]
+        for key in columns:
+            base_row = r["name"] == "base" and r.get(key) is not None
+            cells += [_ms(r, key, 4), "+0.0000" if base_row else _delta(r, key, 4), _verdict(r, key)]
+        table.append(cells)
+    return header, table, [_base_row(base)] + rows
+
+
+def harness_text(summary) -> str:
+    return (f"lm-eval (EleutherAI's lm-evaluation-harness) tasks {', '.join(summary['harness_tasks'])} on every "
+            "seed of each run at its chosen rate and on the base model, through lm-eval's `hf` backend over the "
+            "loaded model with its adapter (generation by the project's decoding loop). ↑: higher is better, ↓: lower. "
+            "Each point's full results are in its folder's harness_results.json.")
+
+
 def quality_rows(base, rows):
     return [[fn(r) for _, fn in quality_columns(base)] for r in [_base_row(base)] + rows]
 
@@ -295,6 +326,7 @@ def _blocks(summary, base, rows, images):
     b = [("h1", summary["title"]), ("p", _setup(summary)),
          ("h2", "Quality (mean ± std over seeds; the base model first)"),
          ("table", ([c for c, _ in quality_columns(base)], quality_rows(base, rows), [_base_row(base)] + rows)),
+         *_harness_blocks(summary, base, rows),
          ("h2", "Answers: what the scored generations are like (mean ± std over seeds)"),
          ("table", ([c for c, _ in ANSWERS], answer_rows(base, rows), [_base_row(base)] + rows)),
          ("p", answers_text(summary, base, rows)),
@@ -313,6 +345,14 @@ def _blocks(summary, base, rows, images):
     if summary["samples"]:
         b.append(("samples", _samples(summary, base, rows)))
     return b
+
+
+def _harness_blocks(summary, base, rows) -> list:
+    table = harness_table(summary, base, rows)
+    if table is None:
+        return []
+    return [("h2", "Benchmarks (lm-eval; mean ± std over seeds; the base model first)"), ("table", table),
+            ("p", harness_text(summary))]
 
 
 def _samples(summary, base, rows):

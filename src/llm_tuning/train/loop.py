@@ -378,7 +378,8 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
 
     transformers.logging.set_verbosity_error()
     transformers.set_seed(cfg.seed)
-    tokenizer = prepare_tokenizer(load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code), log=log)
+    tokenizer = prepare_tokenizer(load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code), log=log,
+                                  template=cfg.template)
     train_ds, eval_ds = data(cfg, tokenizer, train_recs, val_recs)
 
     rss_before_model = reset_peak_rss_mib()
