@@ -51,7 +51,7 @@ def recipe_worker(model_dir, data_path, out_json, max_steps=-1, log_path=None):
                               TrainerCallback, TrainingArguments)
 
     sys.path.insert(0, os.path.join(ROOT, "src"))
-    from llm_tuning.train.memory import seconds_since_process_start
+    from llm_tuning.memory.process import seconds_since_process_start
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
@@ -136,7 +136,7 @@ def _peak_rss_mib():
     high-water mark over into a child's ru_maxrss (seen: 671 MiB reported by a child whose VmHWM was 9 MiB,
     spawned by this script's driver after it had built the model)."""
     sys.path.insert(0, os.path.join(ROOT, "src"))
-    from llm_tuning.train.memory import peak_rss_mib as peak
+    from llm_tuning.memory.process import peak_rss_mib as peak
 
     return peak()
 

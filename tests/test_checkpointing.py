@@ -156,8 +156,8 @@ def _int8_run(path, variant, tokenizer, batch, checkpointing):
 
 def _estimated_int8_inputs(path, batch, cfg, monkeypatch, outlive):
     """The estimate's activations with the 8-bit inputs of checkpointed layers counted as kept, less without."""
-    from llm_tuning.lab.estimate import activations
-    from llm_tuning.lab.estimate.peak import estimate
+    from llm_tuning.memory import activations
+    from llm_tuning.memory.cpu_estimate import estimate
 
     def acts(rule):
         monkeypatch.setattr(activations, "int8_inputs_outlive_checkpointing", rule)

@@ -99,6 +99,37 @@ def test_eval_generate_scores_the_answers_it_writes(lora_run, tiny_models, tmp_p
         k: expected[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")}
 
 
+def test_eval_run_scores_exactly_the_records_the_run_held_out(lora_run):
+    from llm_tuning.data.formats import load_records, split_records
+
+    out, _ = lora_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the run's model, adapter, max length 96 and its 8 held-out records (those with an answer left within 96
+    # tokens scored), from its folder alone
+    r = run_cli("eval", "--run", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    evaluated = json.loads(r.stdout.strip().splitlines()[-1])
+    assert evaluated["loss"] == pytest.approx(metrics["eval_loss"], abs=1e-6)
+    g = run_cli("eval", "--run", str(out), "--limit", "2", "--generate", "--max-new-tokens", "4")
+    assert g.returncode == 0, g.stderr
+    heldout = split_records(load_records(SAMPLE).records, 8, 42)[1]
+    assert [l[len("reference: "):] for l in g.stdout.splitlines() if l.startswith("reference: ")] == [
+        rec["output"].splitlines()[0] for rec in heldout[:2]]
+    assert g.stdout.count("\nanswer: ") == 2 and "| rouge-l |" in g.stdout
+
+
+def test_eval_split_needs_a_run_folder_with_held_out_records(lora_run, tmp_path):
+    out, _ = lora_run
+    r = run_cli("eval", "--run", str(tmp_path))
+    assert r.returncode == 2 and "no config.yaml, so not a folder `llm-tuning train` wrote" in r.stderr
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load((out / "config.yaml").read_text()),
+                                                          "val_size": 0}))
+    r = run_cli("eval", "--run", str(tmp_path))
+    assert r.returncode == 2 and "held out no records" in r.stderr, r.stderr
+    r = run_cli("eval", "--model", "m", "--split", "heldout", "--data", SAMPLE)
+    assert r.returncode == 2 and "needs the run: --run DIR" in r.stderr
+
+
 def test_merge_refuses_prompt_methods(tiny_models, tmp_path):
     out = tmp_path / "prefix"
     r = run_cli("train", "--model", tiny_models["bloom"], "--data", SAMPLE, "--method", "prefix", "--max-steps", "1",
@@ -252,7 +283,7 @@ def test_val_data_file_is_what_the_heldout_loss_is_measured_on(tmp_path, tiny_mo
     evaluated = json.loads(e.stdout.strip().splitlines()[-1])
     assert evaluated["records"] == 5
     assert metrics["eval_loss"] == pytest.approx(evaluated["loss"], rel=1e-6)
-    assert f"held-out loss {evaluated['loss']:.4f}" in r.stdout
+    assert f"-> {evaluated['loss']:.4f} (" in r.stdout.strip().splitlines()[-1]  # held-out loss BASE -> AFTER (DIFF)
 
 
 def test_val_data_and_val_size_together_are_refused(tmp_path, tiny_models):

@@ -150,6 +150,8 @@ def test_rate_is_chosen_on_validation_records_apart_from_the_heldout_ones(compar
                 # the validation loss is the training process's own, on exactly the validation records ...
                 assert json.load(open(point / "metrics.json"))["eval_loss"] == v
                 run_cfg = yaml.safe_load(open(point / "train.yaml"))
+                # the comparison evaluates the base once itself: no run does it again
+                assert run_cfg["base_eval"] is False and json.load(open(point / "metrics.json"))["base_eval_loss"] is None
                 data = load_records(run_cfg["data"]).records
                 assert run_cfg["val_size"] == 0 and load_records(run_cfg["val_data"]).records == validation
                 assert data == training  # the training records in the split's order, whatever the seed

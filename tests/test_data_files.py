@@ -112,6 +112,12 @@ BROKEN = {
                        ["line 3 has 4 cells, the header has 3"], []),
     "csv-no-output-column": ("a.csv", b"instruction,answer\na,b\n", ["record 0: missing 'output' (line 2;"], []),
     "csv-header-twice": ("a.csv", b"instruction,output,output\na,b,c\n", ["'output' twice"], []),
+    "csv-semicolon": ("a.csv", "instruction;input;output\n说出一种水果。;;苹果\n翻译：;你好;Hello, friend\n".encode(),
+                      ["looks ';'-separated, not comma-separated", "save it comma-separated"], []),
+    "csv-tab-separated": ("a.csv", b"instruction\tinput\toutput\na\t\tb\n", ["looks tab-separated", "name it .tsv"],
+                          []),
+    "tsv-comma-separated": ("a.tsv", b"instruction,input,output\na,,b\n", ["looks comma-separated", "name it .csv"],
+                            []),
     "parquet-garbage": ("a.parquet", JSON.encode(), ["not a readable Parquet file"], []),
     "parquet-no-output": ("a.parquet", lambda p: _parquet(p, [{"instruction": "a", "answer": "b"}]),
                           ["record 0: missing 'output'"], []),
@@ -226,6 +232,14 @@ VALID = {
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_awkward_but_valid_files_load(tmp_path, name):
     assert load_records(_write(tmp_path / name, VALID[name])).records == RECS
+
+
+def test_a_comma_csv_with_semicolons_and_tabs_in_its_cells_loads(tmp_path):
+    """Only a header that splits into more cells at another separator is refused: cells full of ';' are text."""
+    text = "instruction,input,output\n" + "a;b;c;d,\"x;\ty\",1;2;3\ne;f,,\"g\tg;h\"\n"
+    recs = load_records(_write(tmp_path / "a.csv", text.encode())).records
+    assert recs == [{"instruction": "a;b;c;d", "input": "x;\ty", "output": "1;2;3"},
+                    {"instruction": "e;f", "input": "", "output": "g\tg;h"}]
 
 
 def test_valid_edge_texts_load(tmp_path):

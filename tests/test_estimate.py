@@ -15,7 +15,10 @@ import torch
 
 from llm_tuning.errors import UserError
 from llm_tuning.config import EstimateConfig
-from llm_tuning.lab.estimate import PRESETS, count_params, estimate, print_estimate, trainable_params
+from llm_tuning.cli.estimate import print_estimate
+from llm_tuning.memory.cpu_estimate import estimate
+from llm_tuning.memory.params import trainable_params
+from llm_tuning.models.arch import PRESETS, count_params
 
 GiB, MiB = 2**30, 2**20
 
@@ -470,7 +473,7 @@ LOAD_SCRIPT = r"""
 import json, sys
 import torch, transformers.models.llama.modeling_llama  # the runtime: imported before the reset
 from llm_tuning.models import load_model
-from llm_tuning.train.memory import peak_rss_mib, reset_peak_rss_mib
+from llm_tuning.memory.process import peak_rss_mib, reset_peak_rss_mib
 before = reset_peak_rss_mib()  # after the imports: what the load alone adds
 model = load_model(sys.argv[1], precision=sys.argv[2])
 print("RESULT " + json.dumps({"growth_mib": peak_rss_mib() - before}))
@@ -500,3 +503,58 @@ def test_loading_peak_of_a_converting_load_is_measured(tmp_path, precision):
         predicted = est["loading"] - est["runtime"]
         assert abs(predicted / growth - 1) <= 0.15, (predicted / MiB, growth / MiB)
         assert est["total"] == max(est["training"], est["loading"]) and est["loading"] > est["training"]
+
+
+# ---------------------------------------------------------------- the verdict: does it fit, and what would
+
+
+def _verdict(capsys, *flags) -> tuple[int, str]:
+    """(exit code, stdout) of `llm-tuning estimate` on Llama-2-7B, LoRA, fp16 with these flags, in this process."""
+    from llm_tuning.cli import main
+
+    code = main(["estimate", "--model", "llama-2-7b", "--method", "lora", "--precision", "fp16", *flags])
+    return code, capsys.readouterr().out
+
+
+def test_estimate_says_it_fits_in_the_memory_given(capsys):
+    code, out = _verdict(capsys, "--batch-size", "1", "--memory", "24")
+    assert code == 0
+    assert out.splitlines()[-1] == f"fits ({100 * _total(capsys) / (24 * GiB):.0f} % of 24 GiB)"
+    code, out = _verdict(capsys, "--batch-size", "1", "--memory", "24", "--json")
+    assert code == 0 and json.loads(out)["fits"] is True and json.loads(out)["memory_budget"] == 24 * GiB
+
+
+def test_estimate_that_does_not_fit_exits_3_naming_each_change_that_fits_with_its_estimate(capsys):
+    code, out = _verdict(capsys, "--batch-size", "4", "--memory", "24")
+    assert code == 3
+    needed = _total(capsys, batch_size=4)
+    line = out.splitlines()[-1]
+    assert line.startswith(f"does not fit: needs {needed / GiB:.1f} GiB of 24 GiB; try "), line
+    shown = dict(re.findall(r"(--[a-z-]+(?: \w+)?) \((\d+\.\d) GiB\)", line))
+    changes = {"--quantization 4bit": dict(quantization="4bit"), "--gradient-checkpointing":
+               dict(gradient_checkpointing=True), "--batch-size 3": dict(batch_size=3)}
+    assert list(shown) == list(changes), line
+    code, out = _verdict(capsys, "--batch-size", "4", "--memory", "24", "--json")
+    js = json.loads(out)
+    assert code == 3 and js["fits"] is False and js["total"] == needed
+    assert [s["change"] for s in js["suggestions"]] == list(changes)
+    for s in js["suggestions"]:  # each figure is the estimate of the run with that one change, and fits
+        changed = _total(capsys, **{"batch_size": 4, **changes[s["change"]]})
+        assert s["needed"] == changed <= 24 * GiB and shown[s["change"]] == f"{changed / GiB:.1f}"
+    # a change that does not fit is not suggested: at 16 GiB neither a 4-bit base nor batch 1 fits
+    assert min(_total(capsys, batch_size=4, quantization="4bit"), _total(capsys, batch_size=1)) > 16 * GiB
+    line = _verdict(capsys, "--batch-size", "4", "--memory", "16")[1].splitlines()[-1]
+    assert list(dict(re.findall(r"(--[a-z-]+(?: \w+)?) \((\d+\.\d) GiB\)", line))) == ["--gradient-checkpointing"]
+
+
+def test_estimate_verdict_on_a_gpu_and_the_qlora_header(capsys):
+    code, out = _verdict(capsys, "--device", "cuda", "--batch-size", "8", "--memory", "16")
+    gpu = _total(capsys, device="cuda", batch_size=8)
+    assert code == 3 and out.splitlines()[-1].startswith(f"does not fit: needs {gpu / GiB:.1f} GiB of 16 GiB")
+    if not torch.cuda.is_available():  # the card's memory is read from the card; here the command says so
+        from llm_tuning.cli import main
+
+        assert main(["estimate", "--model", "llama-2-7b", "--device", "cuda"]) == 0
+        assert "no verdict: no CUDA GPU here" in capsys.readouterr().err
+    out = _verdict(capsys, "--quantization", "4bit", "--precision", "bf16")[1]
+    assert "fp32 adapter on a 4-bit NF4 base (its other weights bf16), batch 4 x 512 tokens" in out

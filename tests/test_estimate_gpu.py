@@ -1,9 +1,9 @@
 """`estimate --device cuda` against the peak GPU memory measured on an H200 (NVML, CUDA context included).
 
-Source: ../shared/gpu/README.md, "Measured 2026-12-04 on one H200 (landed main ab613c4)", random weights at the
+Source: ../shared/gpu/README.md, "Measured 2026-12-04 on one H200", random weights at the
 real shapes: Llama-2-7B LoRA q/v + gradient checkpointing, batch 4 x 512: fp16 15,127 MiB, 4-bit (bf16)
 7,569 MiB, 8-bit (fp16) 17,259 MiB; Bloom-1b4 bf16 batch 4 x 512, no checkpointing: LoRA 6,251 MiB, and the other
-methods (BLOOM_METHODS). Those runs used the fused loss (landed main's default), so the estimate is asked for the
+methods (BLOOM_METHODS). Those runs used the fused loss (train's default), so the estimate is asked for the
 fused-loss path (kernels auto).
 Their records are not all 512 tokens long (Bloom: Chinese alpaca records, length-grouped), the estimate assumes
 full rows: the goal is +-10 %, the issue's target."""
@@ -11,7 +11,8 @@ full rows: the goal is +-10 %, the issue's target."""
 import pytest
 
 from llm_tuning.config import TrainConfig
-from llm_tuning.lab.estimate.gpu import estimate_gpu, largest_batch_that_fits
+from llm_tuning.memory.gpu_estimate import estimate_gpu
+from llm_tuning.memory.sizing import largest_fitting
 
 MIB = 2**20
 MEASURED = {  # (model, precision, quantisation, checkpointing) -> peak MiB measured
@@ -34,11 +35,11 @@ def test_estimate_within_10_percent_of_the_h200_peaks(key):
 
 
 def test_8bit_peak_measured_is_the_estimate_plus_the_int8_inputs_checkpointing_kept(monkeypatch):
-    """LLM.int8 measured 17,259 MiB, above fp16. ab613c4 checkpointed it non-reentrantly, which left each layer's
+    """LLM.int8 measured 17,259 MiB, above fp16, checkpointed non-reentrantly, which left each layer's
     8-bit linears' inputs alive (models/checkpointing.py; test_checkpointing shows it on the CPU): with those,
     the estimate is within 10 % of the measurement. train now checkpoints an 8-bit base reentrantly, and the
     estimate drops them again: 32 layers x 2,048 tokens x (3 x 4,096 + 11,008) fp32, plus the allocator's 5 %."""
-    import llm_tuning.lab.estimate.activations as activations
+    import llm_tuning.memory.activations as activations
 
     now = _est("llama-2-7b", "fp16", "8bit", True)["total"]
     monkeypatch.setattr(activations, "int8_inputs_outlive_checkpointing", lambda quant, prefix: quant == "8bit")
@@ -49,7 +50,7 @@ def test_8bit_peak_measured_is_the_estimate_plus_the_int8_inputs_checkpointing_k
 
 
 # The same H200 run, every method at the Bloom-1b4 shape: bf16, batch 4 x 512, 12 steps, no checkpointing, the
-# method's defaults (unchanged since ab613c4: 10 virtual tokens, ...). LoRA is above (6,251).
+# method's defaults (10 virtual tokens, ...). LoRA is above (6,251).
 BLOOM_METHODS = {"ptuning-lstm": (8079, "ptuning", {"encoder": "lstm"}), "bitfit": (5767, "bitfit", {}),
                  "ia3": (7939, "ia3", {}), "lora-8bit": (10963, "lora", {}),
                  "prompt": (6001, "prompt", {}), "prefix-projection": (9815, "prefix", {"prefix_projection": True})}
@@ -76,7 +77,7 @@ def test_bloom_sdpa_keeps_less_than_eager_and_the_stock_loss_more():
     """`estimate --speedups false` walks transformers' eager Bloom attention, as train then runs it: the
     probabilities of 24 layers come back; the stock loss keeps B*L*V fp32 logits."""
     from llm_tuning.config import EstimateConfig
-    from llm_tuning.lab.estimate import estimate_config
+    from llm_tuning.memory.estimate import estimate_config
 
     def est(**kw):
         return estimate_config(EstimateConfig(model="bloom-1b4", precision="bf16", batch_size=4, max_length=512,
@@ -89,7 +90,7 @@ def test_bloom_sdpa_keeps_less_than_eager_and_the_stock_loss_more():
 
 
 def test_largest_batch_that_fits_a_24_gib_card():
-    b = largest_batch_that_fits("llama-2-7b", "lora", 24 * 2**30, "fp16", None, 512, True)
+    b = largest_fitting(lambda n: _est("llama-2-7b", "fp16", None, True, batch=n)["total"] <= 24 * 2**30, 256)
     assert b >= 1
     assert _est("llama-2-7b", "fp16", None, True, batch=b)["total"] <= 24 * 2**30
     assert _est("llama-2-7b", "fp16", None, True, batch=b + 1)["total"] > 24 * 2**30
@@ -100,7 +101,7 @@ def test_partial_checkpointing_lies_between_every_layer_and_none(model, precisio
     """--checkpoint-every N on CUDA: the layers kept add their activations (Bloom: with the SDPA attention's own
     saved tensors), so the peak grows with N up to no checkpointing; the text output lists the choices."""
     from llm_tuning.config import EstimateConfig
-    from llm_tuning.lab.estimate import print_estimate
+    from llm_tuning.cli.estimate import print_estimate
 
     def total(n, gc=True):
         o = TrainConfig(model=model, data="-", output_dir="-", precision=precision, batch_size=4, max_length=512,

@@ -18,10 +18,10 @@ from helpers import VARIANTS, make_cfg
 def test_same_loss_and_gradients_as_the_stock_forward(method, arch, chunked, tiny_models, sample_records, monkeypatch):
     assert get_method(VARIANTS[method]["method"]).fast_loss
     if chunked:  # 7 positions per chunk: many chunks, and a ragged last one; vocabulary blocks of 256 of 600
-        import llm_tuning.train.fastloss as fl
+        from llm_tuning.memory import loss_chunks
 
-        monkeypatch.setattr(fl, "CHUNK_ELEMENTS", 7 * len(load_tokenizer(tiny_models[arch])))
-        monkeypatch.setattr(fl, "VOCAB_BLOCK", 256)
+        monkeypatch.setattr(loss_chunks, "CHUNK_ELEMENTS", 7 * len(load_tokenizer(tiny_models[arch])))
+        monkeypatch.setattr(loss_chunks, "VOCAB_BLOCK", 256)
     path = tiny_models[arch]
     tok = prepare_tokenizer(load_tokenizer(path), log=lambda m: None)
     from llm_tuning.data.collate import make_collator
@@ -102,8 +102,9 @@ def test_vocabulary_blocks_redo_rows_whose_exponentials_overflow(bias, monkeypat
     in the first block. Rows where a later block has a logit ~120 above both would overflow: they must come out
     as torch's cross-entropy all the same (redone by row chunks), and the other rows unchanged."""
     import llm_tuning.train.fastloss as fl
+    from llm_tuning.memory import loss_chunks
 
-    monkeypatch.setattr(fl, "VOCAB_BLOCK", 16)  # blocks 0-15, 16-31, 32-47, 48-49
+    monkeypatch.setattr(loss_chunks, "VOCAB_BLOCK", 16)  # blocks 0-15, 16-31, 32-47, 48-49
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=bias).requires_grad_(False)
     hidden = torch.randn(9, 16, requires_grad=True)

@@ -1,10 +1,10 @@
-"""Peak GPU memory in metrics.json and the log (train/gpu_memory.py): nothing on a CPU; on CUDA the whole run's
+"""Peak GPU memory in metrics.json and the log (memory/gpu_peaks.py): nothing on a CPU; on CUDA the whole run's
 peak and, apart, the peak while loading (the figure that tells a loading transient from training's own)."""
 
 import pytest
 import torch
 
-from llm_tuning.train.gpu_memory import describe, gpu_peaks
+from llm_tuning.memory.gpu_peaks import describe, gpu_peaks
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side: no GPU figures")

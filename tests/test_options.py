@@ -80,3 +80,76 @@ def test_yaml_values_are_checked_like_flags(tmp_path):
     cfg.write_text("model: m\ndata: d\noutput_dir: o\nlora_r: 2.5\n", encoding="utf-8")
     r = run_cli("train", "--config", str(cfg))
     assert r.returncode == 2 and "'lora_r' has a bad value 2.5" in r.stderr and str(cfg) in r.stderr
+
+
+def test_help_and_docs_describe_each_command_in_prose():
+    """The description is the command's own sentence, never the dataclass's generated signature."""
+    from llm_tuning.cli.docs import options_markdown
+
+    for c in COMMANDS:
+        assert not (c.config.__doc__ or "").startswith(c.config.__name__ + "("), c.name
+    r = run_cli("train", "--help")
+    assert r.returncode == 0 and "TrainConfig(" not in r.stdout and "`llm-tuning train`: fine-tune" in r.stdout
+    assert "Config(" not in options_markdown()
+
+
+def _error(argv, capsys) -> str:
+    """The stderr of a command refused with exit code 2 (by argparse or by a UserError)."""
+    from llm_tuning.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    return capsys.readouterr().err
+
+
+TRAIN = ["train", "--model", "m", "--data", "d", "--output-dir", "o"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (TRAIN + ["--method", "lroa"], "--method 'lroa' is unknown; did you mean 'lora'? choose one of full,"),
+    (["estimate", "--model", "llama-2-7b", "--precision", "bf61"], "did you mean 'bf16'?"),
+    (TRAIN + ["--lora-rank", "8"], "unrecognized arguments: --lora-rank 8; did you mean '--lora-r'?"),
+    (["eval", "--model", "m", "--adaptor", "a"], "did you mean '--adapter'?"),
+    (["trian", "--model", "m"], "no command 'trian'; did you mean 'train'?"),
+])
+def test_did_you_mean_for_a_choice_a_flag_and_a_command(argv, expected, capsys):
+    assert expected in _error(argv, capsys)
+
+
+def test_did_you_mean_for_a_yaml_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: m\ndata: d\noutput_dir: o\nlora-rank: 8\n", encoding="utf-8")
+    assert f"{cfg}: unknown option 'lora-rank'; did you mean 'lora_r'?" in _error(["train", "--config", str(cfg)],
+                                                                                  capsys)
+    cmp = tmp_path / "cmp.yaml"
+    cmp.write_text("model: m\ndata: d\noutput_dir: o\nmax_steps: 2\nrun:\n- {name: a, method: lora}\n")
+    assert "unknown option 'run'; did you mean 'runs'?" in _error(["compare", "--config", str(cmp)], capsys)
+
+
+def test_a_misspelt_flag_prints_the_commands_own_usage(capsys):
+    err = _error(["train", "--model", "m", "--max-step", "3", "--lora-rank", "8"], capsys)
+    assert err.startswith("usage: llm-tuning train ") and "[--lora-r LORA_R]" in err
+    assert err.strip().endswith("llm-tuning train: error: unrecognized arguments: --lora-rank 8; did you mean "
+                                "'--lora-r'?")
+    assert "{demo,init-model,train" not in err  # not the top-level usage, which lists the commands
+
+
+def test_a_learning_rate_far_from_the_methods_default_is_warned_before_any_work(tmp_path, capsys):
+    """3e4 for 3e-4: a line at once (before the model is even looked for), --quiet or not; a rate inside what a
+    comparison sweeps around the default (x27 either way) says nothing."""
+    from llm_tuning.cli import main
+    from llm_tuning.methods import METHODS
+
+    lora = METHODS["lora"]
+    for lr, warned in ((3e4, True), (lora.default_lr * 27, False), (lora.default_lr / 27, False),
+                       (lora.default_lr / 31, True)):
+        argv = ["train", "--model", str(tmp_path / "no-model"), "--data", os.path.join(ROOT, "src", "llm_tuning",
+                "data", "samples", "zh_sample.json"), "--output-dir", str(tmp_path / "o"), "--lr", f"{lr:g}",
+                "--quiet"]
+        assert main(argv) == 2  # the missing model, after the warning
+        out = capsys.readouterr().out
+        assert (f"warning: --lr {lr:g} is " in out) == warned, out
+    assert "--lr 30000 is 3e+07 times lora's default 0.001" in lora.lr_warning(3e4)

@@ -120,3 +120,22 @@ def test_max_length_negative_or_zero_is_refused_before_tokenising(tmp_path):
         assert r.returncode == 2 and r.stderr == \
             f"llm-tuning train: error: --max-length {value}: out of range (must be >= 1)\n"
         assert not (tmp_path / "out").exists()
+
+
+def test_batch_size_zero_is_out_of_range_and_auto_is_a_word(tmp_path, capsys, monkeypatch):
+    """0 is what auto stands for inside, never a number a user can type for it: refused as a flag, a YAML value
+    and from Python, while the word reads as auto everywhere, through copies and back into YAML."""
+    import dataclasses
+
+    from llm_tuning.options import AUTO
+
+    for flag in ("--batch-size", "--checkpoint-every"):
+        _refused(["train", "--model", "m", "--data", "d.json", "--output-dir", "out", flag, "0"], tmp_path, capsys,
+                 monkeypatch, f"llm-tuning train: error: {flag} 0: out of range (must be auto, or >= 1)")
+    with pytest.raises(UserError, match=r"^TrainConfig\(batch_size=0\): out of range \(must be auto, or >= 1\)"):
+        TrainConfig(batch_size=0)
+    cfg = TrainConfig(batch_size="auto", checkpoint_every="Auto")
+    assert cfg.batch_size is AUTO and cfg.checkpoint_every is AUTO
+    copy = dataclasses.replace(cfg, lr=1e-3)
+    assert copy.batch_size == AUTO and repr(copy.batch_size) == "auto"
+    assert yaml.safe_load(yaml.safe_dump(copy.to_dict()))["batch_size"] == "auto"

@@ -1,4 +1,4 @@
-"""The README's five-minute tour works in a fresh folder, and a second time over what the first left.
+"""The README's tour works in a fresh folder, and a second time over what the first left.
 
 The commands are read from the README (tests/tour.py), so an edit of the tour is what is tested. The folder
 holds what a clone gives the tour (the bundled sample, the example YAML files); the slow commands get a small
@@ -51,8 +51,8 @@ def _replay(folder, todo):
 def test_readme_tour_runs_twice_in_a_fresh_folder(tmp_path):
     commands, python = tour_commands()
     names = [c[0] for c in commands]
-    # the parse found the whole tour (a README edit that breaks the parse fails here, not silently)
-    assert names.count("train") == 10 and {"init-model", "merge", "generate", "eval", "chat", "compare",
+    # the parse found the whole tour, --resume included (a README edit that breaks the parse fails here, not silently)
+    assert names.count("train") == 11 and {"init-model", "merge", "generate", "eval", "chat", "compare",
                                            "estimate", "quantlab"} <= set(names), names
     clone = tmp_path / "clone"
     _clone(clone)

@@ -54,7 +54,7 @@ def tour_commands() -> tuple[list[list[str]], str]:
     """(the tour's CLI commands, the Python block that follows it) as the README gives them."""
     with open(README, encoding="utf-8") as f:
         text = f.read()
-    return _bash_commands(_block(text, "## A five-minute tour", "bash")), _block(text, "The same steps from Python",
+    return _bash_commands(_block(text, "## A tour", "bash")), _block(text, "The same steps from Python",
                                                                                 "python")
 
 

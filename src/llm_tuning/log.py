@@ -40,6 +40,11 @@ def log(msg: str) -> None:
     logger.info(msg)
 
 
+def warn(msg: str) -> None:
+    """One line "[llm-tuning] warning: msg", shown under quiet() too."""
+    logger.warning(f"warning: {msg}")
+
+
 @contextlib.contextmanager
 def quiet(on: bool = True):
     """Warnings and errors only while the block runs (when `on`); the level before it comes back after."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import typing
@@ -24,7 +25,8 @@ def option(default, help: str, *, choices=None, group: str = "general", required
     and Python construction all refuse a value outside before any work (`check_range`), and --help and the
     docs show it (`range_text`). hints: {a value users type that is not a choice: what they mean}, said in
     the refusal ("qlora" -> "--method lora --quantization 4bit"). words: {a word a numeric option takes: the
-    value it stands for} ("auto" -> 0 for --batch-size; put the value in `also`)."""
+    Word it stands for} ("auto" -> AUTO for --batch-size); the Word's number typed as a number (`--batch-size 0`)
+    is range-checked like any other."""
     meta = {"help": help, "choices": tuple(choices) if choices else None, "group": group, "required": required,
             "cli": cli, "range": parse_range(range) if range else None, "also": tuple(also), "hints": hints or {},
             "words": words or {}}
@@ -41,6 +43,31 @@ def same_as(cls, name: str, default=MISSING, required: bool | None = None):
         meta["required"] = required
     value = f.default if default is MISSING else default
     return field(default=value, metadata=meta)
+
+
+class Word(int):
+    """What a word a numeric option takes stands for (AUTO, `--batch-size auto`): equal to its number for the code
+    that reads the option (`batch_size == 0`), but never out of range, while that number typed as a number is
+    checked like any other (`--batch-size 0` is refused). Shown, copied and written back as the word."""
+
+    def __new__(cls, value: int, word: str):
+        self = super().__new__(cls, value)
+        self.word = word
+        return self
+
+    def __reduce__(self):  # copies (dataclasses.replace, asdict) and pickles keep the word
+        return Word, (int(self), self.word)
+
+    def __repr__(self) -> str:
+        return self.word
+
+
+AUTO = Word(0, "auto")  # `--batch-size auto`, `--checkpoint-every auto`: sized by the memory estimate
+
+
+def plain(value):
+    """A value as YAML and JSON write it: a Word as its word."""
+    return value.word if isinstance(value, Word) else value
 
 
 # ---------------------------------------------------------------- ranges
@@ -73,13 +100,13 @@ def range_text(f: dataclasses.Field) -> str:
         if math.isfinite(high):
             parts.append(f"{'<=' if high_in else '<'} {_num(high)}")
         text = " and ".join(parts)
-    also = f.metadata.get("also") or ()
-    return ", ".join(_num(a) for a in also) + ", or " + text if also else text
+    also = [*(f.metadata.get("words") or ()), *(_num(a) for a in f.metadata.get("also") or ())]
+    return ", ".join(also) + ", or " + text if also else text
 
 
 def in_range(f: dataclasses.Field, value) -> bool:
     r = f.metadata.get("range")
-    if not r or value is None or isinstance(value, bool) or value in (f.metadata.get("also") or ()):
+    if not r or value is None or isinstance(value, (bool, Word)) or value in (f.metadata.get("also") or ()):
         return True
     low, low_in, high, high_in = r
     return (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
@@ -116,6 +143,20 @@ def declared(cls, name: str):
 # ---------------------------------------------------------------- reading values
 
 
+def did_you_mean(word, known, spell=str) -> str:
+    """"did you mean 'lora'? " when `word` is close to one of `known` (difflib's ratio, its default cutoff), else
+    "". spell: how a candidate is written back to the user (a flag's dashes)."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return f"did you mean {spell(close[0])!r}? " if close else ""
+
+
+def unknown_option(key, known, source: str | None = None) -> UserError:
+    """The refusal of a YAML key (source: the file) or an option name no config declares, with the closest known
+    one; dashes and underscores are the same to the YAML files."""
+    hint = did_you_mean(str(key).replace("-", "_"), known).rstrip()
+    return UserError(f"{source + ': ' if source else ''}unknown option {key!r}" + (f"; {hint}" if hint else ""))
+
+
 def parse_bool(value) -> bool:
     """true/yes/1/on or false/no/0/off: one reading for command-line flags and YAML values alike."""
     v = str(value).lower()
@@ -145,7 +186,7 @@ def coerce(f: dataclasses.Field, value, source: str):
         return None
     words = f.metadata.get("words") or {}
     if isinstance(value, str) and value.strip().lower() in words:
-        value = words[value.strip().lower()]
+        return words[value.strip().lower()]  # the word's value, which a number typed in its place never is
     try:
         if typ is list and isinstance(value, str):
             value = [m.strip() for m in value.split(",") if m.strip()]
@@ -170,7 +211,8 @@ def coerce(f: dataclasses.Field, value, source: str):
     if choices and value not in choices:
         hint = (f.metadata.get("hints") or {}).get(value)
         raise UserError(f"{flag} {value!r} is unknown; " + (f"{hint} (the choices: {', '.join(choices)})" if hint
-                                                           else f"choose one of {', '.join(choices)}"))
+                                                           else did_you_mean(value, choices)
+                                                           + f"choose one of {', '.join(choices)}"))
     if isinstance(value, (int, float)):
         check_range(f, value, f"{flag} {value}" if source == "flag" else f"{source}: {f.name} {value}")
     return value
@@ -202,7 +244,7 @@ def build_config(cls, file_values: dict | None, flag_values: dict, config_path: 
         for key, value in values.items():
             k = str(key).replace("-", "_")
             if k not in fields:
-                raise UserError(f"{config_path}: unknown option {key!r}" if source != "flag" else f"unknown option {key!r}")
+                raise unknown_option(key, fields, config_path if source != "flag" else None)
             merged[k] = coerce(fields[k], value, config_path if source != "flag" else "flag")
     cfg = cls(**merged)
     for name, f in fields.items():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 
-def estimate(cfg):
-    from ..lab.estimate import print_estimate
+def estimate(cfg) -> int:
+    from .estimate import print_estimate
 
-    print_estimate(cfg)
+    return print_estimate(cfg)
 
 
 def compare(cfg):

@@ -7,8 +7,12 @@ import json
 
 def train(cfg):
     from ..train.loop import train_process
+    from ..train.resume import resume_hint
 
-    train_process(cfg)
+    try:
+        train_process(cfg)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(cfg.output_dir)) from None
 
 
 def _template(cfg, info):
@@ -34,8 +38,14 @@ def evaluate(cfg):
     from ..data.texts import is_text_file
     from ..errors import UserError
 
-    if not cfg.data and not cfg.tasks:
-        raise UserError("eval needs --data (records or plain text to score) or --tasks (lm-eval benchmarks), or both")
+    from .heldout import heldout, with_run
+
+    cfg = with_run(cfg)
+    if not cfg.data and not cfg.tasks and not cfg.split:
+        raise UserError("eval needs --data (records or plain text to score), --run DIR (a training run's held-out "
+                        "records) or --tasks (lm-eval benchmarks)")
+    if not cfg.model:
+        raise UserError("--model is required (or --run, a folder `llm-tuning train` wrote)")
     text = bool(cfg.data) and (cfg.text or is_text_file(cfg.data, cfg.encoding))
     if text and cfg.generate:
         raise UserError(f"{cfg.data}: --generate answers instructions, and plain text has none; drop --generate "
@@ -45,13 +55,14 @@ def evaluate(cfg):
         from ..infer.harness import prepare_tasks
 
         manager = prepare_tasks(cfg.tasks, cfg.tasks_dir)  # lm-eval installed, the tasks found: before any load
-    data = _read_data(cfg, text) if cfg.data else None
+    data = heldout(cfg) if cfg.split else _read_data(cfg, text) if cfg.data else None
     model, tok, info = _load(cfg)
     r = {}
     if text:
         from ..evaluate import text_loss
 
-        r = text_loss(model, tok, data, cfg.max_length, cfg.batch_size)
+        with _bar(cfg, len(data), "loss") as bar:
+            r = text_loss(model, tok, data, cfg.max_length, cfg.batch_size, bar.update)
     elif data is not None:
         r = _record_figures(cfg, model, tok, _template(cfg, info), data)
     results = None
@@ -61,19 +72,40 @@ def evaluate(cfg):
         del model
         r.update(_forgetting(cfg, data, r["loss"]))
     if cfg.json:
-        print(json.dumps(r))
+        print(json.dumps({k: v for k, v in r.items() if k != "predictions"}))
         return
-    if cfg.data:
+    if data is not None:
         _print_metrics(r, ("texts", "tokens", "base_loss", "loss", "forgetting", "base_perplexity", "perplexity")
                        if text else ("records", "tokens", "loss", "perplexity", "rouge-1", "rouge-2", "rouge-l",
                                      "bleu-4"))
+    if cfg.generate:
+        _print_samples(data, r["predictions"])
     if cfg.predictions:
         print(f"predictions written to {cfg.predictions}")
     if cfg.tasks:
         from ..infer.harness import table
 
-        print(("\n" if cfg.data else "") + table(results))
+        print(("\n" if data is not None else "") + table(results))
         print(f"lm-eval's results written to {r['harness']['output']}")
+
+
+def _bar(cfg, total: int, what: str):
+    """A progress bar on stderr (off with --json, and where stderr is not a terminal: tqdm's disable=None)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit="record", file=sys.stderr, disable=True if cfg.json else None,
+                dynamic_ncols=True, leave=False)
+
+
+SAMPLES = 3  # answers printed beside their references with --generate
+
+
+def _print_samples(records, predictions) -> None:
+    for rec, answer in list(zip(records, predictions))[:SAMPLES]:
+        prompt = " ".join(x for x in (rec["instruction"], rec.get("input") or "") if x)
+        print(f"\n> {prompt}\nreference: {rec['output']}\nanswer:    {answer}")
 
 
 def _read_data(cfg, text: bool) -> list:
@@ -91,15 +123,18 @@ def _record_figures(cfg, model, tok, template, records) -> dict:
     """Held-out loss and perplexity of the records; with --generate, ROUGE / BLEU of greedy answers."""
     from ..evaluate import response_loss
 
-    r = response_loss(model, tok, records, template, cfg.max_length, cfg.batch_size)
+    with _bar(cfg, len(records), "loss") as bar:
+        r = response_loss(model, tok, records, template, cfg.max_length, cfg.batch_size, bar.update)
     if cfg.generate:
         from ..infer.sampling import Sampling
         from ..infer.scoring import generation_metrics
 
         sampling = Sampling(cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size)  # greedy
-        g = generation_metrics(model, tok, records, template, sampling, cfg.batch_size, cfg.predictions)
-        r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")})
+        with _bar(cfg, len(records), "answers") as bar:
+            g = generation_metrics(model, tok, records, template, sampling, cfg.batch_size, cfg.predictions,
+                                   bar.update)
+        r.update({k: g[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "predictions")})
     return r
 
 

@@ -54,6 +54,15 @@ class EvalConfig(LoadConfig):
     (--text, a .txt file, records of {"text": ...}): the loss over every token, and with --adapter the forgetting;
     with --tasks, lm-eval's benchmarks."""
 
+    model: str = same_as(TrainConfig, "model", required=False)  # or --run's
+    run: str | None = option(None, "a folder `llm-tuning train` wrote: its adapter, with the run's base model, "
+                                   "template, max length, precision and quantisation for the options left at their "
+                                   "defaults; without --data or --tasks, the records it held out (--split heldout)",
+                             group=EVALUATION_GROUP)
+    split: str | None = option(None, "heldout: exactly the records the run (--run, or the --adapter folder `train` "
+                                     "wrote) held out from training, from its config.yaml: its --val-data file or "
+                                     "its --val-size split of --data, recomputed with its seed",
+                               choices=("heldout",), group=EVALUATION_GROUP)
     data: str | None = same_as(TrainConfig, "data", default=None, required=False)
     encoding: str | None = same_as(TrainConfig, "encoding")
     max_length: int = same_as(TrainConfig, "max_length")
@@ -63,7 +72,8 @@ class EvalConfig(LoadConfig):
                                      "--tasks task)", group=EVALUATION_GROUP, range="[1, inf)")
     skip_bad_records: bool = same_as(TrainConfig, "skip_bad_records")
     generate: bool = option(False, "also answer each record (greedy) and score it: ROUGE-1/2/L on jieba words, "
-                                   "BLEU-4 on characters", group=EVALUATION_GROUP)
+                                   "BLEU-4 on characters; the first answers are printed beside their references",
+                            group=EVALUATION_GROUP)
     text: bool = option(False, "score --data as plain text: the loss over every token, no template (alpaca records "
                                "read as instruction, input and output, one per line); with --adapter also the base "
                                "model's loss and the difference, the forgetting `compare` reports. A .txt file or "
@@ -122,13 +132,15 @@ class EstimateSettings:
     checkpoint_every: int = same_as(TrainConfig, "checkpoint_every")
     fast_loss: bool = same_as(TrainConfig, "fast_loss")
     speedups: bool = same_as(TrainConfig, "speedups")  # Bloom's attention: SDPA keeps less than eager
-    # the GPU path (issue 21): lab/estimate/gpu.py
+    # the GPU path: memory/gpu_estimate.py
     device: str = option("cpu", "cpu: peak process memory (RSS); cuda: peak GPU memory (CUDA context included)",
                          choices=("cpu", "cuda"), group=MODEL_GROUP)
     kernels: str = same_as(TrainConfig, "kernels")
-    memory: float | None = option(None, "with an auto size: the GiB the run may use (default: this machine's "
-                                        "available RAM, or with --device cuda its GPU's free memory)",
-                                  group=MODEL_GROUP, range="(0, inf)")
+    memory: float | None = option(None, "the GiB the run may use: the estimate ends with whether it fits, and if "
+                                        "not, each single change that would (exit code 3 when it does not fit); "
+                                        "the budget of an auto size (without it: this machine's available RAM, or "
+                                        "with --device cuda the GPU's free memory, and the verdict against the "
+                                        "card's whole memory)", group=MODEL_GROUP, range="(0, inf)")
     json: bool = same_as(EvalConfig, "json")
 
     def train_config(self) -> TrainConfig:
@@ -151,7 +163,7 @@ EstimateConfig.__doc__ = "`llm-tuning estimate`: peak training memory from a mod
 class InitModelConfig:
     """`llm-tuning init-model`: a tiny random Bloom or Llama with a tokenizer."""
 
-    arch: str = option("", "architecture", choices=("bloom", "llama"), group=MODEL_GROUP, required=True)
+    arch: str = option("", "the architecture to build", choices=("bloom", "llama"), group=MODEL_GROUP, required=True)
     output: str = option("", "folder for the model and tokenizer", group=MODEL_GROUP, required=True)
     tokenizer: str | None = option(None, "existing tokenizer folder (default: train a byte-level BPE)",
                                    group=MODEL_GROUP)

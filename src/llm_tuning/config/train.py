@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..data.templates import TEMPLATE_NAMES
 from ..methods import METHODS, option_fields
 from ..models.precision import PRECISIONS, QUANTIZATIONS
-from ..options import check_ranges, option
+from ..options import AUTO, check_ranges, option, plain
 
 # The option groups of --help and docs/options.md (the other commands' groups: commands.py)
 MODEL_GROUP, DATA_GROUP, METHOD_GROUP = "model", "data", "method"
@@ -50,6 +50,8 @@ class TrainSettings:
     val_data: str | None = option(None, "validation records from their own file, in any format --data takes (its "
                                         "--encoding and --skip-bad-records apply), instead of a --val-size split",
                                   group=DATA_GROUP)
+    base_eval: bool = option(True, "with held-out records: their loss on the base model first, so that the run "
+                                   "ends with base -> trained (false: skip that pass)", group=DATA_GROUP)
     # method
     method: str = option("lora", "the fine-tuning method", choices=tuple(METHODS), group=METHOD_GROUP,
                          hints={"qlora": "QLoRA is LoRA on a quantised base: --method lora --quantization 4bit (or "
@@ -61,8 +63,8 @@ class TrainSettings:
     lr: float | None = option(None, "learning rate (default: the method's own, see docs/methods.md)",
                               group=TRAINING_GROUP, range="(0, inf)")
     batch_size: int = option(4, "examples per device step; auto: the largest the memory estimate says fits in the "
-                                "device's free memory (CUDA) or the available RAM (CPU), at most 64 (train/"
-                                "batch_size.py)", group=TRAINING_GROUP, range="[1, inf)", also=(0,), words={"auto": 0})
+                                "device's free memory (CUDA) or the available RAM (CPU), at most 64 (memory/"
+                                "sizing.py)", group=TRAINING_GROUP, range="[1, inf)", words={"auto": AUTO})
     grad_accum: int = option(1, "gradient accumulation steps", group=TRAINING_GROUP, range="[1, inf)")
     warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up",
                                  group=TRAINING_GROUP, range="[0, 1)")
@@ -76,7 +78,7 @@ class TrainSettings:
                                       "first, then every Nth: transformers' every_n_layers); the others keep their "
                                       "activations, trading memory back for speed (1: every layer; auto: the "
                                       "largest N the memory estimate says fits, at the batch size)",
-                                   group=TRAINING_GROUP, range="[1, inf)", also=(0,), words={"auto": 0})
+                                   group=TRAINING_GROUP, range="[1, inf)", words={"auto": AUTO})
     group_by_length: bool = option(True, "batch examples of similar length together (less padding)",
                                    group=TRAINING_GROUP)
     fast_loss: bool = option(True, "the output layer only on learned positions, fused with the loss (CPU; on "
@@ -113,7 +115,7 @@ class TrainSettings:
         check_ranges(self)  # Python callers: the flags' checks, with the Python spelling
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {k: plain(v) for k, v in dataclasses.asdict(self).items()}  # an unsized batch written as auto
         d.pop("extra")
         return d
 
@@ -121,4 +123,6 @@ class TrainSettings:
 # `llm-tuning train`: config -> data -> model -> method -> Trainer -> adapter.
 TrainConfig = dataclasses.make_dataclass("TrainConfig", option_fields(), bases=(TrainSettings,))
 TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = ("`llm-tuning train`: fine-tune a model with one method (the methods' own options in their "
+                       "groups below); the adapter (or model), config.yaml, metrics and checkpoints go to --output-dir.")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)}

@@ -157,6 +157,7 @@ def _parse_csv(path: str, text: str, delimiter: str, skip_bad: bool) -> _Raw:
         if not any(header):
             raise UserError(f"{path}: the file is empty; expected a header row (instruction, input, output) and "
                             "one record per row")
+        _check_delimiter(path, text, delimiter, len(header))
         twice = sorted({h for h in header if header.count(h) > 1})
         if twice:
             raise UserError(f"{path}: the header names {', '.join(map(repr, twice))} twice; rename one")
@@ -176,6 +177,30 @@ def _parse_csv(path: str, text: str, delimiter: str, skip_bad: bool) -> _Raw:
     finally:
         csv.field_size_limit(old_limit)
     return raw
+
+
+_DELIMITERS = {",": "comma", "\t": "tab", ";": "';'", "|": "'|'"}
+
+
+def _check_delimiter(path: str, text: str, delimiter: str, cells: int) -> None:
+    """A file separated by another character than its name says (a ';' CSV, as spreadsheets write in locales whose
+    decimal mark is a comma) is named as such, rather than read as rows of one long cell: csv.Sniffer's guess on
+    the first lines, when it splits the header into more cells."""
+    import csv
+    import io
+    import itertools
+
+    sample = "".join(itertools.islice(io.StringIO(text, newline=""), 20))
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters="".join(_DELIMITERS)).delimiter
+    except csv.Error:  # no consistent delimiter in the sample: the row checks below say what is wrong
+        return
+    if found == delimiter or len(next(csv.reader(io.StringIO(sample), delimiter=found), [])) <= cells:
+        return
+    fix = ("name it .tsv (tab-separated)" if found == "\t" else "name it .csv" if found == "," else
+           "save it comma-separated (.csv) or tab-separated (.tsv)")
+    raise UserError(f"{path}: looks {_DELIMITERS[found]}-separated, not {_DELIMITERS[delimiter]}-separated as its "
+                    f"name says; {fix}")
 
 
 def _parse_parquet(path: str) -> _Raw:

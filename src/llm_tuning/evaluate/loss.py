@@ -12,9 +12,10 @@ def _batches(enc, batch_size):
         yield enc.input_ids[i:i + batch_size], enc.labels[i:i + batch_size]
 
 
-def _token_mean_loss(model, pad: int, enc, batch_size: int) -> tuple[float, int]:
+def _token_mean_loss(model, pad: int, enc, batch_size: int, progress=None) -> tuple[float, int]:
     """(sum of the cross-entropies of every labelled token of `enc`, their count): every token counts once
-    whatever the batch it lands in, so the mean depends neither on the batch size nor on the padding."""
+    whatever the batch it lands in, so the mean depends neither on the batch size nor on the padding.
+    progress: called with the number of examples of each batch once it is scored (a progress bar's update)."""
     import torch
     import torch.nn.functional as F
 
@@ -38,6 +39,8 @@ def _token_mean_loss(model, pad: int, enc, batch_size: int) -> tuple[float, int]
                                    ignore_index=IGNORE, reduction="sum")
             total += loss.item()
             count += int((shift_labels != IGNORE).sum())
+            if progress:
+                progress(len(ids))
     if was_training:
         model.train()
     return total, count
@@ -49,21 +52,22 @@ def _result(total: float, count: int, **extra) -> dict:
             "tokens": count}
 
 
-def response_loss(model, tokenizer, records, template="default", max_length=512, batch_size=8) -> dict:
+def response_loss(model, tokenizer, records, template="default", max_length=512, batch_size=8,
+                  progress=None) -> dict:
     """Token-weighted mean cross-entropy over response tokens of `records`."""
     from ..data.tokenize import encode_records
 
     enc = encode_records(tokenizer, records, template, max_length)
-    total, count = _token_mean_loss(model, tokenizer.pad_token_id, enc, batch_size)
+    total, count = _token_mean_loss(model, tokenizer.pad_token_id, enc, batch_size, progress)
     return _result(total, count, records=len(enc.input_ids))
 
 
-def text_loss(model, tokenizer, texts: list[str], max_length=512, batch_size=8) -> dict:
+def text_loss(model, tokenizer, texts: list[str], max_length=512, batch_size=8, progress=None) -> dict:
     """Token-weighted mean cross-entropy over every token of plain `texts` (no template; each from the start
     token, truncated to max_length), as PEFT's method comparison measures its models on Wikipedia text: an
     adapter's text loss minus its base's is how much it forgot of what the base predicted."""
     from ..data.tokenize import encode_texts
 
     enc = encode_texts(tokenizer, texts, max_length)
-    total, count = _token_mean_loss(model, tokenizer.pad_token_id, enc, batch_size)
+    total, count = _token_mean_loss(model, tokenizer.pad_token_id, enc, batch_size, progress)
     return _result(total, count, texts=len(enc.input_ids))

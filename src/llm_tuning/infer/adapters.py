@@ -63,10 +63,14 @@ class AdapterSet:
         from ..data.tokenize import prepare_tokenizer
         from ..methods import METHODS, method_of_adapter
         from ..models.load import load_model, load_tokenizer
+        from .compat import check_adapter
         from .load import run_info
 
         pairs = parse_adapter_specs(specs)
         methods = {name: method_of_adapter(folder) for name, folder in pairs}  # bad folders fail before loading
+        for name, folder in pairs:  # and adapters of another base's shape (a whole model needs no base)
+            if not METHODS[methods[name]].saves_model:
+                check_adapter(folder, model_path, trust_remote_code)
         self.base = load_model(model_path, precision, trust_remote_code, quantization)
         self.base.eval()
         self.tokenizer = prepare_tokenizer(load_tokenizer(model_path, trust_remote_code), log=lambda m: None)

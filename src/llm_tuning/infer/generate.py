@@ -26,8 +26,9 @@ def generate(model, tokenizer, records: list[dict], template: str = "default", s
 
 
 def answer_ids(model, tokenizer, records: list[dict], template: str = "default", sampling=None,
-               batch_size: int = 8) -> tuple[list[str], list[list[int]]]:
-    """generate()'s answers and the token ids each was decoded from (its eos included where the model ended it)."""
+               batch_size: int = 8, progress=None) -> tuple[list[str], list[list[int]]]:
+    """generate()'s answers and the token ids each was decoded from (its eos included where the model ended it).
+    progress: called with the number of answers of each batch once it is decoded."""
     from ..data.tokenize import prompt_ids
     from .sampling import Sampling
 
@@ -35,13 +36,13 @@ def answer_ids(model, tokenizer, records: list[dict], template: str = "default",
     prompts = [prompt_ids(tokenizer, r, template) for r in records]
     outs = generate_ids(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, s.max_new_tokens, batch_size,
                         do_sample=not s.greedy, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                        penalties=s.penalties())
+                        penalties=s.penalties(), progress=progress)
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs], outs
 
 
 def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_id: int | None = None,
                  max_new_tokens: int = 128, batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None, penalties=None) -> list[list[int]]:
+                 top_p: float = 1.0, seed: int | None = None, penalties=None, progress=None) -> list[list[int]]:
     """The new token ids of each prompt (its eos included when reached), in the prompts' order. Prompts of
     similar length share a batch (less padding); greedy answers do not depend on the batching."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -54,6 +55,8 @@ def generate_ids(model, prompts: list[list[int]], eos_token_id: int, pad_token_i
             for i, tok in zip(rows, step):
                 if tok is not None:
                     out[i].append(tok)
+        if progress:
+            progress(len(rows))
     return out
 
 

@@ -26,11 +26,14 @@ def load_for_inference(model_path: str, adapter: str | None = None, precision: s
     from ..data.tokenize import prepare_tokenizer
     from ..methods import get_method, method_of_adapter
     from ..models.load import load_model, load_tokenizer
+    from .compat import check_adapter
 
     info = run_info(adapter)
     if adapter:
         method = get_method(method_of_adapter(adapter))
         info.setdefault("method", method.name)
+        if not method.saves_model:  # a whole model needs no base
+            check_adapter(adapter, model_path, trust_remote_code)
         if method.saves_model:
             model = method.load(None, adapter)
         else:

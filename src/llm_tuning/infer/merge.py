@@ -6,6 +6,7 @@ import os
 import shutil
 
 from ..errors import UserError, spell
+from .compat import check_adapter
 from .load import load_for_inference, run_info
 
 
@@ -27,6 +28,25 @@ def _quantized_gap(model_path, adapter, merged, tokenizer, info, trust_remote_co
     log(f"on {len(records)} records: adapter on the {info['quantization']} base: loss {a['loss']:.4f}; merged "
         f"full-precision model: loss {b['loss']:.4f} (difference {b['loss'] - a['loss']:+.4f})")
     return a["loss"], b["loss"]
+
+
+def _write_card(folder, model_path, adapter, method, info, output, save_precision, save_quantization):
+    """The merged model's card: the adapter's held-out figures (its metrics.json) and the merge command."""
+    import json
+    import shlex
+
+    from ..train.card import write_merged_card
+
+    try:
+        with open(os.path.join(adapter, "metrics.json")) as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        metrics = None
+    command = " ".join(["llm-tuning merge", "--model", shlex.quote(model_path), "--adapter", shlex.quote(adapter),
+                        "--output", shlex.quote(output)]
+                       + (["--save-precision", save_precision] if save_precision != "fp32" else [])
+                       + (["--save-quantization", save_quantization] if save_quantization else []))
+    write_merged_card(folder, output, model_path, adapter, method, info, metrics, command)
 
 
 MERGE_BASES = ("auto", "original", "dequantized")
@@ -70,6 +90,7 @@ def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, t
     method.check_mergeable()
     if os.path.exists(output) and os.listdir(output) and not overwrite:
         raise UserError(f"{spell('output', output)}: not empty; choose a new folder or pass {spell('overwrite')}")
+    check_adapter(adapter, model_path, trust_remote_code)  # before the base is loaded
     info = run_info(adapter)
     info["quantization"] = info.get("config", {}).get("quantization")
     base = _base_for_merge(model_path, info, merge_base, trust_remote_code, log)
@@ -93,6 +114,7 @@ def merge(model_path: str, adapter: str, output: str, overwrite: bool = False, t
         requant.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         log(f"saved the merged model re-quantised to {save_quantization}")
+    _write_card(tmp, model_path, adapter, method.name, info, output, save_precision, save_quantization)
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(tmp, output)

@@ -1,2 +1,2 @@
-"""The laboratory: methods compared on one budget (compare, report), memory estimated (estimate), their answers
-scored (points, with evaluate/)."""
+"""The laboratory: methods compared on one budget (compare, report, forgetting, Pareto plots, inference cost), their
+answers scored (points, with evaluate/)."""

@@ -197,7 +197,7 @@ class _Comparison:
                 "data": self.data_paths["train"], "val_data": self.data_paths.get("validation"),
                 "val_size": 0, "output_dir": run_dir, "seed": seed,
                 "lr": lr, "max_steps": self.steps, "save_steps": self.steps, "eval_steps": self.eval_every,
-                "resume": True}
+                "resume": True, "base_eval": False}  # the comparison evaluates the base itself, once
 
     def _label(self, run, lr, seed):
         return f"{run['name']} lr {lr:.3g} seed {seed}"

@@ -52,7 +52,7 @@ def _last_error(log_path: str, code) -> str:
 
 def estimate_mib(run_cfg: dict):
     """The estimator's training-memory figure for this run, MiB (None where it cannot say)."""
-    from .estimate import estimate_run
+    from ..memory.estimate import estimate_run
 
     try:
         r = estimate_run(TrainConfig(**{k: v for k, v in run_cfg.items() if k in FIELDS}))

@@ -9,7 +9,7 @@ import re
 
 from ..config import FIELDS, CompareConfig
 from ..errors import UserError
-from ..options import coerce, load_yaml
+from ..options import coerce, load_yaml, unknown_option
 
 COMPARE_FIELDS = {f.name: f for f in dataclasses.fields(CompareConfig)}
 # Train options the comparison sets itself for every run (its split, seeds, budget and checkpoints).
@@ -36,7 +36,7 @@ def _train_options(values: dict, source: str, forbidden=()) -> dict:
     for key, value in values.items():
         k = str(key).replace("-", "_")
         if k not in FIELDS:
-            raise UserError(f"{source}: unknown option {key!r}")
+            raise unknown_option(key, FIELDS, source)
         if k in forbidden:
             raise UserError(f"{source}: {key!r} is set by compare for every run; see docs/compare.md")
         out[k] = coerce(FIELDS[k], value, source)
@@ -99,7 +99,7 @@ def load_compare_config(path: str) -> tuple[CompareConfig, dict]:
                 raise UserError(f"{path}: {key!r} is set by compare for every run; see docs/compare.md")
             shared[k] = coerce(FIELDS[k], value, path)
         else:
-            raise UserError(f"{path}: unknown option {key!r}")
+            raise unknown_option(key, [*COMPARE_FIELDS, *FIELDS], path)
     for key in ("model", "data", "output_dir", "runs"):
         if not values.get(key):
             raise UserError(f"{path}: {key!r} is required")

@@ -8,6 +8,7 @@ import json
 import os
 
 from ..errors import UserError
+from ..options import did_you_mean
 from .base import Footprint, Method, PeftMethod
 
 # The method files, in the order the command line, the docs and a comparison list them. Each defines METHODS,
@@ -45,7 +46,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise UserError(f"--method {name!r} is unknown; choose one of {', '.join(METHODS)}") from None
+        raise UserError(f"--method {name!r} is unknown; {did_you_mean(name, METHODS)}choose one of "
+                        f"{', '.join(METHODS)}") from None
 
 
 def quantizable_methods() -> list[str]:

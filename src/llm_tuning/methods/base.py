@@ -29,7 +29,7 @@ from ..errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """What the memory estimate needs to know of a method on one architecture (lab/estimate/)."""
+    """What the memory estimate needs to know of a method on one architecture (memory/)."""
 
     trainable: int  # trainable parameters (closed form, equal to the real model's count)
     largest: int  # elements of the largest trainable tensor (AdamW's per-tensor step makes temporaries of it)
@@ -47,6 +47,11 @@ class Footprint:
     weight_copies: int = 0  # bytes per layer of fp32 weight copies kept over a half-precision base (DoRA's dropout)
     # decoder linear name -> kept(in_f, out_f, act_bytes, input_rg) -> (bytes per token, keeps the input itself)
     adapters: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+
+# How far from a method's default a learning rate can sensibly be, either way: a comparison's automatic sweep
+# reaches the default x 3 and extends x3 at most twice past its edge, 27x (config/commands.py: lr_factors, lr_extend).
+LR_FAR = 30
 
 
 class Method:
@@ -72,6 +77,16 @@ class Method:
 
     def apply(self, model, cfg):
         raise NotImplementedError
+
+    def lr_warning(self, lr: float) -> str | None:
+        """A line for a learning rate further than LR_FAR times from the method's default either way (likely a
+        typo: 3e4 for 3e-4), else None."""
+        ratio = lr / self.default_lr
+        if 1 / LR_FAR <= ratio <= LR_FAR:
+            return None
+        times = f"{ratio:.3g} times" if ratio > 1 else f"1/{1 / ratio:.3g} of"
+        return (f"--lr {lr:g} is {times} {self.name}'s default {self.default_lr:g}, far outside what a comparison "
+                f"sweeps (docs/methods.md says why that rate); a typo?")
 
     def describe(self, cfg) -> str:
         """The method's settings beyond its name, for the estimate's header ('' when none matter)."""

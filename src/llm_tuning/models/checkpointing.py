@@ -55,7 +55,7 @@ def check_options(cfg):
 
 def checkpointed(index: int, every: int) -> bool:
     """Is decoder layer `index` checkpointed under `--checkpoint-every every`? transformers' every_n_layers rule:
-    the first layer, then every `every`-th (the estimate counts the same layers, lab/estimate/activations.py)."""
+    the first layer, then every `every`-th (the estimate counts the same layers, memory/activations.py)."""
     return index % every == 0
 
 

@@ -14,7 +14,7 @@ import os
 from transformers import TrainerCallback
 
 from ..log import is_quiet
-from .memory import seconds_since_process_start
+from ..memory.process import seconds_since_process_start
 from .processes import barrier
 from .rundir import mark_complete
 
@@ -112,6 +112,7 @@ class Progress(TrainerCallback):
     """One progress bar with the latest loss, instead of the Trainer's printout of every log dict."""
 
     bar = None
+    shown: dict = {}  # the latest figure of each kind, side by side (replaced, never changed in place)
 
     def on_train_begin(self, args, state, control, **kw):
         from tqdm.auto import tqdm
@@ -125,11 +126,14 @@ class Progress(TrainerCallback):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
+    SHOWN = {"loss": "loss", "eval_loss": "held-out"}  # the held-out loss as the run's last line measures it
+
     def on_log(self, args, state, control, logs=None, **kw):
         if self.bar is not None and logs:
-            shown = {k: f"{v:.4f}" for k, v in logs.items() if k in ("loss", "eval_loss") and isinstance(v, float)}
-            if shown:
-                self.bar.set_postfix(shown, refresh=False)
+            latest = {name: f"{logs[k]:.4f}" for k, name in self.SHOWN.items() if isinstance(logs.get(k), float)}
+            if latest:
+                self.shown = {**self.shown, **latest}
+                self.bar.set_postfix(self.shown, refresh=False)
 
     def close(self):
         if self.bar is not None:

@@ -23,21 +23,9 @@ output layer swapped for the identity, and the virtual positions are dropped.
 from __future__ import annotations
 
 
+from ..memory import loss_chunks  # read at each call: a test may set smaller blocks and chunks
+
 _TINY = 1e-30  # below this a softmax probability is near fp32's smallest normal number (1.2e-38): digits lost
-VOCAB_BLOCK = 2048  # output-layer rows per block when that layer does not train (see _by_vocabulary_blocks)
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk at most (64 MiB in fp32; 303 rows of a 55k vocabulary: a wide enough matmul)
-
-
-def chunk_rows(n, vocab):
-    """Rows per row chunk (and of its logits buffer): equal chunks of at most CHUNK_ELEMENTS logits (400 rows ->
-    2 x 200, not 303 + 97: a thin matmul is slow); 0 for no rows. estimate.py sizes the buffer with it too."""
-    return -(-n // max(1, -(-n * vocab // CHUNK_ELEMENTS)))
-
-
-def block_rows(n):
-    """Rows per pass of the vocabulary blocks: all of them, up to a [rows x VOCAB_BLOCK] block of CHUNK_ELEMENTS
-    logits; 0 for no rows. estimate.py sizes the block with it too."""
-    return min(n, max(1, CHUNK_ELEMENTS // VOCAB_BLOCK))
 
 
 def backbone_and_head(model):
@@ -102,7 +90,7 @@ def _by_row_chunks(hidden, weight, bias, target, grad_h, grad_w, grad_b):
     import torch
 
     n, vocab = hidden.shape[0], weight.shape[0]
-    rows = chunk_rows(n, vocab)
+    rows = loss_chunks.chunk_rows(n, vocab)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     fp32 = hidden.dtype == torch.float32 and weight.dtype == torch.float32
     # One [chunk x vocabulary] buffer for every chunk and every step (a fresh one costs page faults: glibc
@@ -150,8 +138,9 @@ def _by_vocabulary_blocks(hidden, weight, bias, target, grad_h):
     is log s + c - logit_target: the loss and gradient of the row-chunk path (to rounding) for any c that keeps
     the exponentials finite; c = the larger of the row's target logit and its largest logit in the
     first block. That needs no pass over the row to find its maximum (what made a vocabulary split with
-    per-part log-sum-exp merges slower: README), and s >= 1 since c is one of the row's logits. A row whose
-    largest logit is ~80 above c would overflow: its s is not finite, and such rows are redone by row chunks.
+    per-part log-sum-exp merges slower: benchmarks/README.md), and s >= 1 since c is one of the row's logits. A
+    row whose largest logit is ~80 above c would overflow: its s is not finite, and such rows are redone by row
+    chunks.
     Why: the output layer's products get every learned row of the batch at once (a wider product) and their
     block stays in cache for the exponentials. Measured against row chunks of at most 2^24 logits, this
     machine, 55,296 x 512, best of 5: 150 rows 61 vs 58 ms, 450 rows 159 vs 174, 900 rows 291 vs 333, 1200
@@ -159,7 +148,7 @@ def _by_vocabulary_blocks(hidden, weight, bias, target, grad_h):
     import torch
 
     n, vocab = hidden.shape[0], weight.shape[0]
-    rows = block_rows(n)  # n >= 1 here
+    rows = loss_chunks.block_rows(n)  # n >= 1 here
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     w_t = weight[target]
     logit_t = (hidden * w_t).sum(1)
@@ -171,11 +160,12 @@ def _by_vocabulary_blocks(hidden, weight, bias, target, grad_h):
         g = grad_h[r:r + rows] if grad_h is not None else None
         s = torch.zeros(len(h), dtype=torch.float32, device=h.device)
         c = None
-        for v in range(0, vocab, VOCAB_BLOCK):
-            w = weight[v:v + VOCAB_BLOCK]
+        block = loss_chunks.VOCAB_BLOCK
+        for v in range(0, vocab, block):
+            w = weight[v:v + block]
             e = torch.mm(h, w.t(), out=_logits_buffer(len(h), len(w), h.device))
             if bias is not None:
-                e += bias[v:v + VOCAB_BLOCK]
+                e += bias[v:v + block]
             if c is None:
                 c = torch.maximum(e.amax(1), lt).unsqueeze(1)
             s += e.sub_(c).exp_().sum(1)

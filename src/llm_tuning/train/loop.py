@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..log import log, quiet
+from ..log import log, quiet, warn
+from ..memory.allocator import return_freed_memory
+from ..memory.gpu_peaks import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
+from ..memory.process import peak_rss_mib, reset_peak_rss_mib
 from ..models.load import quiet_libraries
-from .gpu_memory import describe as describe_gpu_peaks, gpu_peaks, reset_peak_gpu
-from .memory import peak_rss_mib, reset_peak_rss_mib
 from .processes import warn_about_launch
+from .resume import check_resume_matches, write_run_config
 from .rundir import TRAINING_FIGURES, complete_checkpoints, earlier_metrics, prepare_output_dir_once, write_final
 
 
@@ -59,12 +61,15 @@ def check(cfg: TrainConfig):
     from ..models.load import check_source
 
     method = get_method(cfg.method)
+    check_resume_matches(cfg, method)  # before a checkpoint of another shape or data meets the Trainer
     check_checkpointing(cfg)
     if cfg.packing:  # one line where packing cannot apply (the method says, data/packing.py)
         from ..data.packing import check_packing
 
         check_packing(method)
     check_quantizable(cfg.method, cfg.quantization)
+    if cfg.lr is not None and (note := method.lr_warning(cfg.lr)):
+        warn(note)
     train_recs, val_recs = _records(cfg)
     check_source(cfg.model, "model")
     check_source(cfg.tokenizer or cfg.model, "tokenizer")  # a model folder without one: say so before any work
@@ -86,6 +91,11 @@ def _records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     return split_records(records, cfg.val_size, cfg.seed)
 
 
+def heldout_records(cfg: TrainConfig) -> list[dict]:
+    """The records a run of `cfg` held out from training (`eval --run` scores them again)."""
+    return _records(cfg)[1]
+
+
 def _load(cfg: TrainConfig, path: str) -> list[dict]:
     from ..data.formats import load_records
 
@@ -96,9 +106,9 @@ def _load(cfg: TrainConfig, path: str) -> list[dict]:
 
 
 def sized_by_memory(cfg: TrainConfig) -> TrainConfig:
-    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (train/batch_size.py); under several processes
+    """`--batch-size auto`, then `--checkpoint-every auto`, resolved (memory/sizing.py); under several processes
     the smallest any of them chose, so that every process steps the same batch (and none runs out of memory)."""
-    from .batch_size import resolve_auto
+    from ..memory.sizing import resolve_auto
 
     return resolve_auto(cfg, log, agree=_smallest_over_processes)
 
@@ -239,7 +249,7 @@ def _gathered_state_dict(trainer):
     return trainer.accelerator.get_state_dict(trainer.model_wrapped) if _sharded(trainer) else None
 
 
-def make_trainer(cfg, chosen, tuned, args, train_ds, eval_ds, collator, callbacks, loss_path="fused"):
+def make_trainer(cfg, chosen, tuned, args, train_ds, eval_ds, collator, callbacks, loss_path="fused", heldout=None):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from .trainer import LLMTrainer
@@ -249,7 +259,7 @@ def make_trainer(cfg, chosen, tuned, args, train_ds, eval_ds, collator, callback
         from .kernels import liger_linear_cross_entropy_sum as linear_ce
     trainer = LLMTrainer(model=tuned, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                          callbacks=callbacks, method=chosen, linear_ce=linear_ce,
-                         fused_loss=loss_path in ("fused", "liger") and chosen.fast_loss)
+                         fused_loss=loss_path in ("fused", "liger") and chosen.fast_loss, heldout_loss=heldout)
     if _sharded(trainer) and not chosen.shardable:
         raise UserError(f"--method {chosen.name} under FSDP or DeepSpeed ZeRO-3: its weights are saved from one "
                         "process, which holds only a shard of them there; use DDP or ZeRO-2 (examples/accelerate/)")
@@ -280,6 +290,9 @@ def fit(trainer, resume_from, callbacks, output_dir):
         if earlier and earlier.get("train_loss") is not None:
             train_loss = earlier["train_loss"]  # the run's mean training loss, as the training process reported it
         return train_loss, 0.0, earlier  # no training in this process
+    except KeyboardInterrupt:
+        callbacks["progress"].close()  # the bar ends its line before the command says how to go on
+        raise
     finally:
         release_buffers()
 
@@ -309,7 +322,7 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
         "peak_rss_mib": round(peak_rss_mib(), 1),  # peak RSS (MiB) from then on
         "startup_seconds": startup,
         "log_history": trainer.state.log_history,
-        **gpu_peaks(),  # CUDA only (train/gpu_memory.py)
+        **gpu_peaks(),  # CUDA only (memory/gpu_peaks.py)
     }
     if earlier:
         # nothing trained in this process: the training figures are those of the process that did (a comparison
@@ -318,15 +331,54 @@ def _metrics(method, model, trainer, lr, losses, seconds, rss_before_model, star
     return metrics
 
 
-def validate(cfg: TrainConfig, tuned, tokenizer, val_recs):
-    """The held-out loss over response tokens (None without held-out records)."""
+def heldout_loss(cfg: TrainConfig, tokenizer, val_recs):
+    """The held-out loss of a model: the mean cross-entropy over every response token of the held-out records
+    (evaluate.response_loss). One function for the base before training, the Trainer's evaluations during it
+    and the final figure, so that the three are one measure. None without held-out records."""
     if not val_recs:
         return None
     from ..evaluate import response_loss
 
-    loss = response_loss(tuned, tokenizer, val_recs, cfg.template, cfg.max_length, cfg.batch_size)["loss"]
-    log(f"held-out loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f}) on {len(val_recs)} records")
+    return lambda model: response_loss(model, tokenizer, val_recs, cfg.template, cfg.max_length,
+                                       cfg.batch_size)["loss"]
+
+
+def base_eval(cfg: TrainConfig, base, heldout) -> float | None:
+    """The base model's held-out loss, before any method touches it (--base-eval false: skipped)."""
+    if heldout is None or not cfg.base_eval:
+        return None
+    loss = heldout(base)
+    log(f"base model: held-out loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})")
     return loss
+
+
+def _base_eval_apart(cfg: TrainConfig, base, heldout) -> tuple[float | None, dict]:
+    """(the base's held-out loss, the GPU peaks of loading so far): on CUDA the peaks restart after the base's
+    evaluation, whose activations are neither loading's nor training's."""
+    loading = gpu_peaks("load_peak")
+    loss = base_eval(cfg, base, heldout)
+    if loss is not None:
+        reset_peak_gpu()
+    return loss, loading
+
+
+def _higher(peaks: dict, other: dict) -> dict:
+    """`peaks` with each figure `other` also has raised to the higher of the two."""
+    return {k: max(v, other[k]) if k in other else v for k, v in peaks.items()}
+
+
+def validate(tuned, heldout) -> float | None:
+    """The held-out loss after training (None without held-out records)."""
+    return None if heldout is None else heldout(tuned)
+
+
+def effect(base_loss: float | None, loss: float | None) -> str | None:
+    """The run's last line: what training did to the held-out loss (None without held-out records)."""
+    if loss is None:
+        return None
+    if base_loss is None:
+        return f"held-out loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})"
+    return f"held-out loss {base_loss:.4f} -> {loss:.4f} ({loss - base_loss:+.4f})"
 
 
 def save(cfg: TrainConfig, chosen, tuned, tokenizer, trainer, metrics):
@@ -365,6 +417,7 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     chosen, train_recs, val_recs, resume_from = check(cfg)
     loss_path = _loss_path(cfg)  # --kernels liger on a CPU stops here, in one line
     cfg = sized_by_memory(cfg)  # --batch-size / --checkpoint-every auto: from the memory estimate, before loading
+    write_run_config(cfg)  # now, so that `--resume` alone continues a run interrupted before its end
 
     # Heavy imports only now that the input is known to be good.
     quiet_libraries()
@@ -382,10 +435,13 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
                                   template=cfg.template)
     train_ds, eval_ds = data(cfg, tokenizer, train_recs, val_recs)
 
+    heldout = heldout_loss(cfg, tokenizer, val_recs)
     rss_before_model = reset_peak_rss_mib()
     reset_peak_gpu()
-    tuned = method(cfg, chosen, model(cfg, chosen, tokenizer, loss_path))
-    loaded_gpu = gpu_peaks("load_peak")  # CUDA only: the peak while loading, apart from training's
+    base = model(cfg, chosen, tokenizer, loss_path)
+    base_loss, loading_gpu = _base_eval_apart(cfg, base, heldout)
+    tuned = method(cfg, chosen, base)
+    loaded_gpu = _higher(gpu_peaks("load_peak"), loading_gpu)  # CUDA only: loading's peak, apart from training's
     lr = cfg.lr if cfg.lr is not None else chosen.default_lr
     eps = _choose_epsilon(tuned, cfg)
     collator = make_collator(tokenizer)
@@ -399,26 +455,33 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
 
     run_callbacks = make_callbacks(cfg.output_dir)
     trainer = make_trainer(cfg, chosen, tuned, _training_arguments(cfg, lr, eps, eval_ds is not None), train_ds,
-                           eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []), loss_path)
+                           eval_ds, collator, list(run_callbacks.values()) + list(callbacks or []), loss_path,
+                           heldout)
     train_loss, train_seconds, earlier = fit(trainer, resume_from, run_callbacks, cfg.output_dir)
     _raise_if_stopped(run_callbacks["stop"], cfg.output_dir)
     train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
-    eval_loss = validate(cfg, tuned, tokenizer, val_recs)
+    eval_loss = validate(tuned, heldout)
 
     seconds = time.time() - t0
     metrics = _metrics(chosen, tuned, trainer, lr, (train_loss, eval_loss, train_seconds), seconds, rss_before_model,
                        run_callbacks["clock"].seconds, earlier)
-    metrics.update(loaded_gpu)
+    metrics.update(_higher(metrics, {k.replace("load_peak", "peak"): v for k, v in loading_gpu.items()}))
+    metrics.update(loaded_gpu, base_eval_loss=base_loss, heldout_records=len(val_recs),
+                   train_examples=len(train_ds))
     if describe_gpu_peaks(metrics):
         log(describe_gpu_peaks(metrics))
     save(cfg, chosen, tuned, tokenizer, trainer, metrics)
+    if effect(base_loss, eval_loss):
+        log(effect(base_loss, eval_loss))
     return TrainResult(cfg.output_dir, chosen.name, metrics["trainable_params"], metrics["total_params"], train_loss,
                        eval_loss, trainer.state.global_step, seconds, trainer.state.log_history)
 
 
 def train_process(cfg: TrainConfig) -> TrainResult:
-    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): a run that quantises
+    """`llm-tuning train` as a whole process (the CLI and the comparison's worker alike): glibc's malloc gives
+    freed tensors back to the system (memory/allocator.py: the peak is then the estimate's); a run that quantises
     nothing never imports bitsandbytes (models/load.py, skip_bitsandbytes)."""
+    return_freed_memory()
     if not cfg.quantization:
         from ..models.load import skip_bitsandbytes
 

@@ -19,6 +19,7 @@ import shutil
 from ..errors import UserError, spell
 from ..log import log
 from ..methods import RUN_INFO
+from ..models.facts import shape_facts
 from .processes import barrier, check_resume_under_processes, is_main_process, start_process_group, world_size
 
 COMPLETE = "COMPLETE"
@@ -129,14 +130,21 @@ def _write_final(cfg, method, model, tokenizer, metrics: dict, state_dict=None):
     tokenizer.save_pretrained(tmp)
     import yaml
 
+    from .card import write_train_card
+    from .loss_plot import PLOT, write_loss_plot
+
     with open(os.path.join(tmp, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, allow_unicode=True, sort_keys=False)
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
+    write_loss_plot(os.path.join(tmp, PLOT), metrics["log_history"], metrics.get("base_eval_loss"),
+                    (metrics["steps"], metrics.get("eval_loss")), f"{method.name} on {cfg.model}")
+    write_train_card(tmp, cfg, method, metrics)  # after the method's save: PEFT's own card is replaced
     for name in os.listdir(tmp):
         os.replace(os.path.join(tmp, name), os.path.join(out, name))
     shutil.rmtree(tmp)
     # Written last: its presence says the folder holds a finished adapter.
     with open(os.path.join(out, RUN_INFO), "w") as f:
-        json.dump({"method": method.name, "base_model": cfg.model, "template": cfg.template,
-                   "max_length": cfg.max_length, "config": cfg.to_dict()}, f, indent=2, ensure_ascii=False)
+        json.dump({"method": method.name, "base_model": cfg.model, "base_shape": shape_facts(model.config),
+                   "template": cfg.template, "max_length": cfg.max_length, "config": cfg.to_dict()}, f, indent=2,
+                  ensure_ascii=False)

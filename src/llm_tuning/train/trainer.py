@@ -3,11 +3,14 @@ method (imported only once the input is known to be good: it imports transformer
 
 - length grouping (data/sampling.py) in place of transformers' (less padding, batches in random order);
 - the fused output layer + loss (fastloss.py) when the config and the method allow it, also under DDP;
+- its evaluations during training measure the held-out loss as the run's final figure does (`evaluate`);
 - checkpoints that hold what the method needs (Method.save_checkpoint / load_checkpoint: BitFit's biases instead
   of the whole model, prompt encoders beside PEFT's saved output).
 """
 
 from __future__ import annotations
+
+import time
 
 from transformers import Trainer
 
@@ -15,9 +18,10 @@ from .fastloss import backbone_and_head, response_loss_sum
 
 
 class LLMTrainer(Trainer):
-    def __init__(self, *args, method, fused_loss: bool, linear_ce=None, **kwargs):
+    def __init__(self, *args, method, fused_loss: bool, linear_ce=None, heldout_loss=None, **kwargs):
         # linear_ce: the fused output layer + loss (None: fastloss.py's CPU one; Liger's on CUDA, train/kernels.py)
-        self.method, self.fused_loss, self.linear_ce = method, fused_loss, linear_ce
+        # heldout_loss: model -> the held-out loss, as the run's final figure (loop.heldout_loss)
+        self.method, self.fused_loss, self.linear_ce, self.heldout_loss = method, fused_loss, linear_ce, heldout_loss
         super().__init__(*args, **kwargs)
         if self.fused_loss and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             # the fused loss reads the output layer's weight outside that layer's forward, where FSDP / ZeRO-3 hold
@@ -79,6 +83,21 @@ class LLMTrainer(Trainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
         return loss
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """`eval_loss` as the final held-out figure is measured: every response token of every held-out record
+        counts once. The Trainer's own evaluation averages the means of its batches instead (and under N
+        processes, of batches that span them), which gives another number for the same weights."""
+        if self.heldout_loss is None or eval_dataset is not None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        start = time.time()
+        loss = self.heldout_loss(self.model)
+        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_runtime": round(time.time() - start, 4)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     # ------------------------------------------------------------ checkpoints
 

@@ -2,13 +2,14 @@
 
 No weights are read: the numbers follow from the tensor shapes of the architecture, the method, the
 precision, the quantisation, the batch and the sequence length. The estimate models what *this project's*
-training does (see train.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over a
-half base (`Method.prepare`); `prepare_model_for_kbit_training` over a quantised base (which casts the
+training does (see train/loop.py): a plain half-precision or fp32 base, no autocast; PEFT adapters in fp32 over
+a half base (`Method.prepare`); `prepare_model_for_kbit_training` over a quantised base (which casts the
 non-quantised weights to fp32); AdamW; transformers' SDPA attention for Llama; for Bloom, with `bloom_sdpa`, the
-project's SDPA attention (speedups.py, what train runs unless --speedups is off: one shared bias instead of each
-layer's [B, heads, L, L] probabilities; estimate_run asks for it as the run has it), else transformers' eager
-attention, both held against autograd's saved tensors; the fused output layer + loss of fastloss.py (vocabulary blocks or row chunks) for every method
-(unless fast_loss is off; that path runs without a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
+project's SDPA attention (models/speedups.py, what train runs unless --speedups is off: one shared bias instead of
+each layer's [B, heads, L, L] probabilities; estimate_run asks for it as the run has it), else transformers' eager
+attention, both held against autograd's saved tensors; the fused output layer + loss of train/fastloss.py
+(vocabulary blocks or row chunks, loss_chunks.py) for every method (unless fast_loss is off; that path runs without
+a KV cache), the stock causal-LM loss over B·L·V logits otherwise.
 
 Every byte count below names the tensor it is. Per-token activation terms come from walking the forward of
 one decoder layer op by op and asking, for each op, which inputs or outputs autograd keeps for the backward
@@ -26,13 +27,12 @@ AdamW (the CPU default); a foreach AdamW makes temporaries of all trainable tens
 
 from __future__ import annotations
 
-from ...methods import check_quantizable
-from ...methods.base import Footprint
-from ...models.arch import Arch, arch_of, count_params
-from ...train.fastloss import VOCAB_BLOCK, block_rows, chunk_rows
+from ..methods import check_quantizable
+from ..methods.base import Footprint
+from ..models.arch import Arch, EstimateError, arch_of, count_params, load_config
 from .activations import _activations, _Run
-from .arch import (DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PRECISION_DTYPE, STORED_BYTES, EstimateError,
-                   load_config, stored_dtype)
+from .dtype_bytes import DTYPE_BYTES, FP32, INT64, NF4_BYTES_PER_PARAM, PRECISION_DTYPE, STORED_BYTES, stored_dtype
+from .loss_chunks import VOCAB_BLOCK, block_rows, chunk_rows
 from .params import method_of, options
 
 # What `training` (the training step's peak) sums; `total` is the larger of it and `loading`;
@@ -110,7 +110,7 @@ def _output_layer(r: _Run, p, fast: bool) -> tuple[float, float, float]:
 
 
 def _fused_output_layer(a: Arch, fp: Footprint, act, p, batch_size, seq, t) -> tuple[float, float, float]:
-    """fastloss.py (train's default for every method): the output layer and the cross-entropy run fused, piece
+    """train/fastloss.py (train's default for every method): the output layer and the cross-entropy run fused, piece
     by piece, on the learned positions only (here every position but the last: an upper bound), their gradients
     formed in the forward. Returns (kept for the backward, forward transient, backward transient)."""
     h, v = a.hidden, a.vocab
@@ -215,7 +215,7 @@ def estimate(config, method: str, precision: str | None = None, quantization: st
     backbone = ac["layers"] + ac["head"] + ac["stash"]
     fast = bool(o.fast_loss) and m.fast_loss
     if fast:
-        ac["cache"] = 0.0  # fastloss.py's forward asks for no KV cache
+        ac["cache"] = 0.0  # train/fastloss.py's forward asks for no KV cache
     out_kept, out_forward, out_backward = _output_layer(r, p, fast)
     kept = backbone + out_kept
     # Dequantising: bitsandbytes materialises one linear's weight at a time in the compute dtype (fp32 for 8-bit's

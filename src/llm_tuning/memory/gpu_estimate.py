@@ -1,7 +1,7 @@
 """Peak GPU memory of a training run: `llm-tuning estimate --device cuda` ("does it fit on my 24 GB card?").
 
-Built on the CPU estimate's tensor bytes (peak.py: weights, adapter, gradients, AdamW states, activations kept
-for the backward, the transient at the peak), with what differs on a CUDA device:
+Built on the CPU estimate's tensor bytes (cpu_estimate.py: weights, adapter, gradients, AdamW states, activations
+kept for the backward, the transient at the peak), with what differs on a CUDA device:
 - no process RSS; instead the CUDA context (driver state, kernels, cuBLAS handles) that nvidia-smi / NVML show
   for the process: CUDA_CONTEXT, a typical figure for torch 2.x with lazy module loading on a Hopper GPU (an
   assumption: not measured by this project, which has no GPU of its own);
@@ -15,17 +15,17 @@ for the backward, the transient at the peak), with what differs on a CUDA device
   same memory model); --kernels none the stock loss over all logits;
 - loading is not a GPU peak: weights are moved (and quantised) tensor by tensor.
 
-Held against the peaks measured on an H200 (NVML, CUDA context included; ../shared/gpu/README.md, landed main
-ab613c4) in tests/test_estimate_gpu.py. LLM.int8 (8-bit) measured 16.9 GiB against 14.8 GiB for fp16: that
-build's non-reentrant checkpointing left every layer's 8-bit linears' inputs alive (bitsandbytes keeps them
-outside autograd's saved tensors, models/checkpointing.py), 5.7 GiB at that shape; with them this model comes
-to 3 % under the measurement. train now checkpoints an 8-bit base reentrantly (none kept), unmeasured on a GPU.
+Held against the peaks measured on an H200 (NVML, CUDA context included; ../shared/gpu/README.md) in
+tests/test_estimate_gpu.py. LLM.int8 (8-bit) measured 16.9 GiB against 14.8 GiB for fp16 with non-reentrant
+checkpointing, which left every layer's 8-bit linears' inputs alive (bitsandbytes keeps them outside autograd's
+saved tensors, models/checkpointing.py), 5.7 GiB at that shape; with them this model comes to 3 % under the
+measurement. train checkpoints an 8-bit base reentrantly (none kept), which is unmeasured on a GPU.
 """
 
 from __future__ import annotations
 
-from .arch import load_config
-from .peak import estimate
+from ..models.arch import load_config
+from .cpu_estimate import estimate
 
 CUDA_CONTEXT = 512 * 2**20
 ALLOCATOR_OVERHEAD = 0.05
@@ -37,11 +37,11 @@ NOTE_8BIT = (
 def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size=1, max_length=512,
                  gradient_checkpointing=False, opts=None, kernels="auto", speedups=True) -> dict:
     """Peak GPU memory in bytes: {"tensors", "reserved", "context", "total"} plus the tensor estimate by component
-    it starts from (under "parts": peak.py's, Bloom's attention walked as SDPA when speedups is on). kernels: the
-    loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
+    it starts from (under "parts": cpu_estimate.py's, Bloom's attention walked as SDPA when speedups is on).
+    kernels: the loss path as `train --kernels` picks it on CUDA (auto/liger: fused, none: stock)."""
     import dataclasses
 
-    from ...config import TrainConfig
+    from ..config import TrainConfig
 
     if isinstance(config, str):
         config = load_config(config)
@@ -54,13 +54,3 @@ def estimate_gpu(config, method, precision="fp32", quantization=None, batch_size
     return {"tensors": int(tensors), "reserved": int(reserved), "context": CUDA_CONTEXT,
             "total": int(reserved + CUDA_CONTEXT), "parts": parts,
             "note": NOTE_8BIT if quantization == "8bit" else ""}
-
-
-def largest_batch_that_fits(config, method, memory_bytes, precision="fp32", quantization=None, max_length=512,
-                            gradient_checkpointing=False, opts=None, kernels="auto", limit=256) -> int:
-    """The largest micro-batch whose estimated peak fits in memory_bytes (0 if not even 1)."""
-    from ...train.batch_size import largest_fitting
-
-    return largest_fitting(lambda b: estimate_gpu(config, method, precision, quantization, b, max_length,
-                                                   gradient_checkpointing, opts, kernels)["total"] <= memory_bytes,
-                           limit)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...methods.base import Footprint
-from ...models.arch import Arch
-from ...models.checkpointing import checkpointed, int8_inputs_outlive_checkpointing
-from .arch import FP32, INT64
+from ..methods.base import Footprint
+from ..models.arch import Arch
+from ..models.checkpointing import checkpointed, int8_inputs_outlive_checkpointing
+from .dtype_bytes import FP32, INT64
 
 
 # ---------------------------------------------------------------- activations
@@ -65,7 +65,7 @@ def _llama_layer(r: _Run, x_rg: bool) -> tuple[float, bool]:
     a, act = r.arch, r.act
     h, qd, kvd, inter = a.hidden, a.q_dim, a.kv_dim, a.intermediate
     kv_ratio = r.kv_len / r.seq
-    full, norms = r.fp.linear_weights, r.fp.norm_weights
+    norms = r.fp.norm_weights
     kept = 0.0
 
     def rmsnorm(rg):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...config import TrainConfig
-from ...models.arch import arch_of, count_params
-from .arch import EstimateError
+from ..config import TrainConfig
+from ..models.arch import EstimateError, arch_of, count_params
 
 __all__ = ["count_params", "trainable_params", "footprint", "options"]
 
@@ -27,7 +26,7 @@ def options(opts) -> TrainConfig:
 
 
 def method_of(name: str):
-    from ...methods import METHODS
+    from ..methods import METHODS
 
     if name not in METHODS:
         raise EstimateError(f"--method {name!r} is unknown; choose one of {', '.join(METHODS)}")

@@ -1,11 +1,10 @@
-"""The architecture as the estimator sees it: shapes from a config (folder, hub id, config.json or preset)."""
+"""Bytes per element as the estimate counts them: of each precision, of a quantised weight, of the dtype a
+checkpoint is stored in."""
 
 from __future__ import annotations
 
-from ...models.arch import BLOOM_TYPES, LLAMA_TYPES, PRESETS, Arch, EstimateError, _get, arch_of, load_config
-from ...models.precision import PRECISION_DTYPES
-
-__all__ = ["PRESETS", "Arch", "EstimateError", "arch_of", "load_config", "stored_dtype", "BLOOM_TYPES", "LLAMA_TYPES"]
+from ..models.arch import _get
+from ..models.precision import PRECISION_DTYPES
 
 
 DTYPE_BYTES = {k: nbytes for k, (_, nbytes) in PRECISION_DTYPES.items()}

@@ -1,7 +1,7 @@
 """`--batch-size auto` and `--checkpoint-every auto`, sized by the memory estimate.
 
-`--batch-size auto`: the largest micro-batch the memory estimate (lab/estimate) says fits in this process's share
-of the device's memory: on CUDA the device's free memory (`torch.cuda.mem_get_info`) against `estimate --device
+`--batch-size auto`: the largest micro-batch the memory estimate (estimate.py) says fits in this process's share of
+the device's memory: on CUDA the device's free memory (`torch.cuda.mem_get_info`) against `estimate --device
 cuda`'s total; on a CPU the machine's available memory (MemAvailable) shared by the processes on it, against the
 CPU estimate's peak above the process itself. The estimate is a model (docs/memory.md says how close it is), so a
 tenth of the memory is kept back. Resolved before anything heavy is loaded; the run's config.yaml records the
@@ -14,16 +14,17 @@ and costs failed steps. The estimate answers on both devices before the first st
 `--checkpoint-every auto` (with --gradient-checkpointing): at the batch size (chosen first when it is auto too, with
 every layer checkpointed), the largest N, so the fewest layers recomputed, whose estimate fits the same share. Every
 N from the layer count down is tried: the peak does not grow with N everywhere (a checkpointed last layer is
-recomputed with every layer below it kept, lab/estimate/activations.py)."""
+recomputed with every layer below it kept, activations.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from ..errors import UserError
+from ..options import AUTO  # noqa: F401  the value `--batch-size auto` stands for (equal to 0), read from here too
 
-AUTO = 0  # the value `--batch-size auto` stands for
 LIMIT = 64  # more is rarely faster on one device; grad_accum reaches larger batches
 HEADROOM = 0.9
 
@@ -44,7 +45,7 @@ def available_memory(cuda: bool) -> tuple[int, str]:
 def needed_bytes(cfg, batch: int, cuda: bool, config=None) -> int:
     """The estimate for this run at micro-batch `batch`: what it adds to the process (CPU) or the device's total.
     config: cfg.model's config already read (load_config; the searches below read it once), or None to read it."""
-    from ..lab.estimate import estimate_run
+    from .estimate import estimate_run
 
     every = 1 if cfg.checkpoint_every == AUTO else cfg.checkpoint_every  # not chosen yet: sized with every layer
     run = dataclasses.replace(cfg, batch_size=batch, checkpoint_every=every)
@@ -78,24 +79,6 @@ def _cuda(cuda: bool | None) -> bool:
     return cuda
 
 
-def heap_warning(cfg, cuda: bool) -> str | None:
-    """On a CPU with checkpointing, glibc's malloc keeps freed activations in its heap: the peak ran up to 40 % above
-    the estimate (docs/memory.md), past the 10 % kept back; under tcmalloc it was the estimate. Said, not fixed:
-    the allocator is the user's choice of system library."""
-    if cuda or not cfg.gradient_checkpointing:
-        return None
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        return None
-    if "tcmalloc" in maps or "jemalloc" in maps:
-        return None
-    return ("note: with gradient checkpointing, glibc's malloc keeps freed activations and the peak ran up to 40 % "
-            "above the estimate (docs/memory.md); for a peak at the estimate run under tcmalloc: "
-            "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (apt-get install libtcmalloc-minimal4)")
-
-
 def resolve_auto(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | None = None, agree=None):
     """`--batch-size auto`, then `--checkpoint-every auto`, resolved; agree(cfg, field): the value every process
     takes (train under several processes), cfg itself by default."""
@@ -106,8 +89,6 @@ def resolve_auto(cfg, log, memory: tuple[int, str] | None = None, cuda: bool | N
         if getattr(cfg, field) == AUTO:
             cfg = resolve(cfg, log, memory, cuda)
             cfg = agree(cfg, field) if agree else cfg
-    if note := heap_warning(cfg, cuda):
-        log(note)
     return cfg
 
 
@@ -118,11 +99,17 @@ def _room(memory, cuda: bool) -> tuple[int, str]:
     return usable, f"{_gib(usable)} usable, {HEADROOM:.0%} of {_gib(budget)} {where}"
 
 
+# What the estimate raises for a model it cannot size: an architecture or option it does not know (EstimateError,
+# a UserError), a config that cannot be read (OSError; a config.json that is not JSON). Anything else is a bug in
+# the estimator, and propagates as one.
+_CANNOT_SIZE = (UserError, OSError, json.JSONDecodeError)
+
+
 def _estimated(flag: str, sizes):
-    """sizes(), with an architecture the estimator does not know said in one line."""
+    """sizes(), with a model the estimate cannot size said in one line."""
     try:
         return sizes()
-    except Exception as e:
+    except _CANNOT_SIZE as e:
         raise UserError(f"{flag} auto: the memory estimate cannot size this model ({e}); give {flag} N")
 
 
@@ -131,7 +118,7 @@ def resolve_batch_size(cfg, log, memory: tuple[int, str] | None = None, cuda: bo
     instead of reading the device's."""
     if cfg.batch_size != AUTO:
         return cfg
-    from ..lab.estimate import load_config
+    from ..models.arch import load_config
 
     cuda = _cuda(cuda)
     usable, room = _room(memory, cuda)
@@ -151,7 +138,7 @@ def resolve_checkpoint_every(cfg, log, memory: tuple[int, str] | None = None, cu
     """cfg with `--checkpoint-every auto` replaced by the N chosen (cfg itself otherwise); the batch size is known."""
     if cfg.checkpoint_every != AUTO:
         return cfg
-    from ..lab.estimate import arch_of, load_config
+    from ..models.arch import arch_of, load_config
     from ..models.checkpointing import checkpointed
 
     cuda = _cuda(cuda)

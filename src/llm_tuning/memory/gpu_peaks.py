@@ -4,7 +4,7 @@
 whether a run fits on a card (an out-of-memory error comes when a reservation fails), above the tensors'
 own peak (`max_memory_allocated`) by the allocator's rounding and fragmentation. Neither counts the CUDA
 context (~0.5 GiB of driver memory outside the allocator) that nvidia-smi / NVML show:
-lab/estimate/gpu.py adds it to predict what NVML reports.
+memory/gpu_estimate.py adds it to predict what NVML reports.
 """
 
 from __future__ import annotations
