@@ -423,6 +423,21 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         return _train(cfg, callbacks)
 
 
+def _checked_collator(cfg: TrainConfig, tokenizer, train_ds, tuned, eps):
+    """The batch collator, after the guard's pre-flight over the padded one (packing swaps it in afterwards)."""
+    from ..data.collate import make_collator
+    from .guard import preflight
+
+    collator = make_collator(tokenizer)
+    preflight(tokenizer, train_ds, train_ds, tuned, cfg, eps, collator, log=log)
+    if cfg.packing:  # the padded collator above is the one the guard checks
+        from ..data.packing import packing_collator
+        from ..models.packed_attention import uses_flash_attention
+
+        collator = packing_collator(uses_flash_attention(tuned))
+    return collator
+
+
 def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     t0 = time.time()
     warn_about_launch()
@@ -435,11 +450,9 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     quiet_libraries()
     import transformers
 
-    from ..data.collate import make_collator
     from ..data.tokenize import prepare_tokenizer
     from ..models.load import load_tokenizer
     from .callbacks import make_callbacks
-    from .guard import preflight
 
     transformers.logging.set_verbosity_error()
     transformers.set_seed(cfg.seed)
@@ -456,13 +469,7 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     loaded_gpu = _higher(gpu_peaks("load_peak"), loading_gpu)  # CUDA only: loading's peak, apart from training's
     lr = cfg.lr if cfg.lr is not None else chosen.default_lr
     eps = _choose_epsilon(tuned, cfg)
-    collator = make_collator(tokenizer)
-    preflight(tokenizer, train_ds, train_ds, tuned, cfg, eps, collator, log=log)
-    if cfg.packing:  # the padded collator above is the one the guard checks
-        from ..data.packing import packing_collator
-        from ..models.packed_attention import uses_flash_attention
-
-        collator = packing_collator(uses_flash_attention(tuned))
+    collator = _checked_collator(cfg, tokenizer, train_ds, tuned, eps)
     os.makedirs(cfg.output_dir, exist_ok=True)
 
     run_callbacks = make_callbacks(cfg.output_dir)
@@ -480,11 +487,11 @@ def _train(cfg: TrainConfig, callbacks) -> TrainResult:
     metrics.update(_higher(metrics, {k.replace("load_peak", "peak"): v for k, v in loading_gpu.items()}))
     metrics.update(loaded_gpu, base_eval_loss=base_loss, heldout_records=len(val_recs),
                    train_examples=len(train_ds))
-    if describe_gpu_peaks(metrics):
-        log(describe_gpu_peaks(metrics))
+    if peaks := describe_gpu_peaks(metrics):
+        log(peaks)
     save(cfg, chosen, tuned, tokenizer, trainer, metrics)
-    if effect(base_loss, eval_loss):
-        log(effect(base_loss, eval_loss))
+    if line := effect(base_loss, eval_loss):
+        log(line)
     return TrainResult(cfg.output_dir, chosen.name, metrics["trainable_params"], metrics["total_params"], train_loss,
                        eval_loss, trainer.state.global_step, seconds, trainer.state.log_history)
 
